@@ -178,7 +178,7 @@ def segment(doc: Document) -> SegmentedDocument:
         for s, e in sentences(norm, ps, pe):
             if label is not None:
                 sents.append(Sentence(s, e, p, Kind.BOILERPLATE, label))
-            elif p == 0 and not _SENT_END.search(norm[s:e]) and len(paras) > 1:
+            elif p == 0 and not _SENT_END.search(norm[s:e]):
                 sents.append(Sentence(s, e, p, Kind.BODY, "headline"))
             else:
                 sents.append(Sentence(s, e, p, Kind.BODY))

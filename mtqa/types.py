@@ -14,6 +14,7 @@ from typing import Union
 
 __all__ = [
     "AlignmentLink",
+    "BadRecord",
     "CheckResult",
     "Document",
     "DocumentReport",
@@ -78,6 +79,14 @@ class Document:
     src: str | None = None
     meta: Mapping[str, JSONValue] = field(default_factory=lambda: _EMPTY)
     origin: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class BadRecord:
+    """An input record that could not be loaded; a batch reports it and goes on."""
+
+    origin: str  # "path" or "path:line"
+    message: str
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,126 @@
+"""Combine the checkers' results for one document into a DocumentReport.
+
+Overlapping findings are merged into one span: the most severe finding gives the span its
+offsets, category and severity; the others add their messages, and their agreement raises the
+confidence (noisy-or over distinct checkers). A ``reference-mismatch`` finding is evidence: it
+never decides a merged span's severity while another finding covers the same text.
+
+The document score is provisional until calibration (issue 7): an MQM-style penalty (minor 1,
+major 5, critical 25, each weighted by confidence) per 100 body words, mapped to 0-100 by
+``100 * exp(-penalty_per_100_words / PENALTY_SCALE)``, averaged with LM fluency when present.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from types import MappingProxyType
+
+from mtqa import __version__
+from mtqa.types import (
+    CheckResult,
+    DocumentReport,
+    Finding,
+    Kind,
+    SegmentedDocument,
+    SentenceReport,
+    Severity,
+    Skipped,
+    Span,
+    Verdict,
+)
+
+__all__ = ["MQM_WEIGHTS", "PENALTY_SCALE", "aggregate", "merge_findings", "penalty_score"]
+
+MQM_WEIGHTS = {Severity.MINOR: 1.0, Severity.MAJOR: 5.0, Severity.CRITICAL: 25.0}
+#: penalty points per 100 words at which the score falls to 100/e (about 37)
+PENALTY_SCALE = 10.0
+#: weight of LM fluency in the provisional document score
+FLUENCY_WEIGHT = 0.4
+_EVIDENCE = frozenset({"reference-mismatch"})
+
+
+def _rank(f: Finding) -> tuple[int, int, float]:
+    return (0 if f.category in _EVIDENCE else 1, f.severity.rank, f.confidence)
+
+
+def merge_findings(mt: str, findings: Sequence[Finding]) -> list[Span]:
+    """Merge overlapping findings into report spans, ``text == mt[start:end]``."""
+    clusters: list[list[Finding]] = []
+    for f in sorted(findings, key=lambda f: (f.start, f.end)):
+        if f.end <= f.start:
+            continue
+        if clusters and f.start < max(g.end for g in clusters[-1]):
+            clusters[-1].append(f)
+        else:
+            clusters.append([f])
+    spans: list[Span] = []
+    for cluster in clusters:
+        main = max(cluster, key=_rank)
+        others = [g for g in cluster if g is not main]
+        best: dict[str, float] = {}
+        for g in cluster:
+            best[g.checker] = max(best.get(g.checker, 0.0), g.confidence)
+        confidence = 1.0 - math.prod(1.0 - c for c in best.values())
+        message = main.message
+        extra = [f"{g.checker}: {g.message}" for g in others if g.message != main.message]
+        if extra:
+            message += " (also " + "; ".join(dict.fromkeys(extra)) + ")"
+        suggestions = tuple(dict.fromkeys(s for g in cluster for s in g.suggestions))
+        spans.append(Span(
+            start=main.start, end=main.end, text=mt[main.start : main.end],
+            category=main.category, severity=main.severity,
+            checker="+".join(dict.fromkeys([main.checker] + [g.checker for g in others])),
+            message=message, confidence=round(confidence, 4), rule=main.rule,
+            suggestions=suggestions,
+        ))
+    return spans
+
+
+def penalty_score(spans: Sequence[Span], words: int) -> float:
+    """0-100 from MQM-weighted span penalties per 100 words."""
+    penalty = sum(MQM_WEIGHTS[s.severity] * s.confidence for s in spans)
+    per_100 = 100.0 * penalty / max(words, 1)
+    return 100.0 * math.exp(-per_100 / PENALTY_SCALE)
+
+
+def aggregate(
+    sd: SegmentedDocument,
+    results: Sequence[CheckResult],
+    skipped: Sequence[Skipped] = (),
+) -> DocumentReport:
+    """One DocumentReport from every checker's result for a document (verdict left empty)."""
+    mt = sd.doc.mt
+    body = [(s.start, s.end) for s in sd.sentences if s.kind is Kind.BODY]
+
+    def in_body(f: Finding) -> bool:
+        return any(s <= f.start < e for s, e in body)
+
+    findings = [f for r in results for f in r.findings if in_body(f)]
+    spans = merge_findings(mt, findings)
+    words = sum(len(mt[s:e].split()) for s, e in body)
+    fluency_result = next((r for r in results if r.checker == "fluency"), None)
+    fluency = fluency_result.doc_score if fluency_result is not None else None
+    sentence_fluency: Sequence[float | None] = (
+        fluency_result.sentence_scores if fluency_result is not None
+        and len(fluency_result.sentence_scores) == len(sd.sentences)
+        else [None] * len(sd.sentences)
+    )
+    sentences = tuple(
+        SentenceReport(s.start, s.end, s.kind, None if s.kind is Kind.BOILERPLATE else fl, s.why)
+        for s, fl in zip(sd.sentences, sentence_fluency)
+    )
+    score = penalty_score(spans, words)
+    if fluency is not None:
+        score = (1.0 - FLUENCY_WEIGHT) * score + FLUENCY_WEIGHT * fluency
+    reference = next((r.reference for r in results if r.reference is not None), None)
+    features = {f"{r.checker}.{k}": float(v) for r in results for k, v in r.features.items()}
+    features["body_words"] = float(words)
+    signature = " + ".join([f"mtqa:{__version__}"] + [r.signature for r in results])
+    return DocumentReport(
+        id=sd.doc.id, mt=mt, score=round(score, 2),
+        fluency=None if fluency is None else round(fluency, 2),
+        sentences=sentences, spans=tuple(spans), reference=reference,
+        verdict=Verdict(passed=True), skipped=tuple(skipped), signature=signature,
+        meta=sd.doc.meta, features=MappingProxyType(features), ref=sd.doc.ref,
+    )

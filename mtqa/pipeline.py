@@ -1,0 +1,164 @@
+"""The one place that wires stages: load → segment → checkers → aggregate → gate.
+
+``Checker`` is the object a process keeps: built from plain ``Settings``, it builds each checker
+(and so loads each model) once, on first use, and is safe to call again and again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING
+
+from mtqa.aggregate import aggregate
+from mtqa.checkers.base import load_checker_class
+from mtqa.config import CHECKERS, Settings
+from mtqa.errors import CheckerUnavailable
+from mtqa.gate import Policy, decide, load_policy
+from mtqa.segment import segment
+from mtqa.types import CheckResult, Document, DocumentReport, Report, SegmentedDocument, Skipped
+
+if TYPE_CHECKING:
+    from mtqa.checkers.base import BaseChecker
+
+__all__ = ["Checker", "check"]
+
+logger = logging.getLogger(__name__)
+
+
+def _checker_kwargs(name: str, s: Settings) -> dict[str, object]:
+    """The settings each checker takes, by keyword."""
+    if name == "fluency":
+        return {"lm_model": s.lm_model, "cache_dir": Path(s.cache_dir) if s.cache_dir else None,
+                "batch_size": s.batch_size, "threads": s.threads, "device": s.device}
+    if name == "grammar":
+        return {"backend": s.grammar_backend, "language": s.language,
+                "languagetool_url": s.languagetool_url, "enabled_rules": s.enabled_rules,
+                "disabled_rules": s.disabled_rules}
+    if name == "reference":
+        return {"embedder": s.embedder, "mode": s.ref_mode}
+    return {}
+
+
+class Checker:
+    """Checks documents with every configured checker; keep one per process.
+
+    ``checkers`` injects ready-made checker objects by name (tests, services that share models);
+    the others are built from ``settings`` on first use. A checker that cannot run here is
+    reported in each document's ``skipped`` list, with the reason, and the rest still run.
+    """
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        policy: Policy | None = None,
+        checkers: Mapping[str, BaseChecker] | None = None,
+    ) -> None:
+        self.settings = settings or Settings()
+        policy_path = None if self.settings.policy is None else Path(self.settings.policy)
+        self.policy = policy if policy is not None else load_policy(policy_path)
+        self._built: dict[str, BaseChecker] = dict(checkers or {})
+        self._unavailable: dict[str, str] = {}
+        self._lock = threading.RLock()
+        self._closed = False
+
+    def _get(self, name: str) -> BaseChecker | None:
+        """The named checker, built on first use; None (and a recorded reason) if unavailable."""
+        with self._lock:
+            if name in self._built:
+                return self._built[name]
+            if name in self._unavailable:
+                return None
+            try:
+                cls = load_checker_class(name)
+                checker = cls(**_checker_kwargs(name, self.settings))  # type: ignore[call-arg]
+            except CheckerUnavailable as exc:
+                logger.warning("checker %s unavailable: %s", name, exc.reason)
+                self._unavailable[name] = exc.reason
+                return None
+            except ImportError as exc:
+                reason = f"not installed in this version of mtqa ({exc})"
+                self._unavailable[name] = reason
+                return None
+            self._built[name] = checker
+            return checker
+
+    def check(self, mt: str, ref: str | Sequence[str] | None = None, *, id: str = "doc",
+              src: str | None = None) -> DocumentReport:
+        """Check one text, optionally against one or more references."""
+        refs = () if ref is None else ((ref,) if isinstance(ref, str) else tuple(ref))
+        return self.check_many([Document(id=id, mt=mt, ref=refs, src=src)]).documents[0]
+
+    def check_many(self, docs: Iterable[Document]) -> Report:
+        """Check documents in batches; one report per document, in input order."""
+        docs = list(docs)
+        with self._lock:
+            if self._closed:
+                err = "this Checker is closed"
+                raise RuntimeError(err)
+            segs = [segment(d) for d in docs]
+            per_doc: list[list[CheckResult]] = [[] for _ in docs]
+            off = [Skipped(c, "turned off in the settings") for c in CHECKERS
+                   if c not in self.settings.checkers]
+            skipped: list[list[Skipped]] = [list(off) for _ in docs]
+            for name in self.settings.checkers:
+                wanted = [i for i, d in enumerate(docs) if name != "reference" or d.ref]
+                if not wanted:
+                    continue
+                checker = self._get(name)
+                if checker is None:
+                    for i in wanted:
+                        skipped[i].append(Skipped(name, self._unavailable[name]))
+                    continue
+                for i in wanted:
+                    skipped[i].extend(getattr(checker, "skipped", ()))
+                for i, result in self._run(checker, [segs[i] for i in wanted], wanted, skipped):
+                    per_doc[i].append(result)
+            reports = []
+            for sd, results, skip in zip(segs, per_doc, skipped):
+                report = aggregate(sd, results, skip)
+                reports.append(dataclasses.replace(report, verdict=decide(report, self.policy)))
+            return Report(documents=tuple(reports))
+
+    def _run(self, checker: BaseChecker, segs: list[SegmentedDocument], index: list[int],
+             skipped: list[list[Skipped]]) -> list[tuple[int, CheckResult]]:
+        """Run a checker on a batch; if the batch fails, isolate the documents that break it."""
+        try:
+            return list(zip(index, checker.check(segs)))
+        except Exception:
+            if len(segs) == 1:
+                logger.exception("checker %s failed on document %s", checker.name, segs[0].doc.id)
+                skipped[index[0]].append(Skipped(checker.name, "failed on this document (see log)"))
+                return []
+            logger.warning("checker %s failed on a batch; retrying one document at a time",
+                           checker.name)
+        out: list[tuple[int, CheckResult]] = []
+        for i, sd in zip(index, segs):
+            out.extend(self._run(checker, [sd], [i], skipped))
+        return out
+
+    def close(self) -> None:
+        """Release every checker's resources; calling it twice is harmless."""
+        with self._lock:
+            for checker in self._built.values():
+                checker.close()
+            self._built.clear()
+            self._closed = True
+
+    def __enter__(self) -> Checker:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+
+def check(mt: str, ref: str | Sequence[str] | None = None, **options: object) -> DocumentReport:
+    """Check one text with a throw-away Checker (``options`` are Settings fields)."""
+    with Checker(Settings.from_dict(options)) as checker:
+        return checker.check(mt, ref)
