@@ -1,4 +1,10 @@
-"""mtqa: machine-translation quality checks for English news text."""
+"""mtqa: machine-translation quality checks for English news text.
+
+>>> import mtqa
+>>> report = mtqa.check("The talks were successful. even as protests went on.", checkers=["structure"])
+>>> [s.text for s in report.spans]
+['successful. even']
+"""
 
 from __future__ import annotations
 
@@ -7,3 +13,25 @@ import logging
 __version__ = "0.1.0"
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
+
+from mtqa.config import Settings  # noqa: E402 - after the version, which submodules read
+from mtqa.errors import CheckerUnavailable, ConfigError, InputError, MtqaError  # noqa: E402
+from mtqa.gate import Policy, load_policy  # noqa: E402
+from mtqa.pipeline import Checker, check  # noqa: E402
+from mtqa.types import Document, DocumentReport, Report  # noqa: E402
+
+__all__ = [
+    "CheckerUnavailable",
+    "Checker",
+    "ConfigError",
+    "Document",
+    "DocumentReport",
+    "InputError",
+    "MtqaError",
+    "Policy",
+    "Report",
+    "Settings",
+    "__version__",
+    "check",
+    "load_policy",
+]

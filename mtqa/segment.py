@@ -93,13 +93,14 @@ _BYLINE = re.compile(
 )
 _CHROME = re.compile(
     r"^\s*(?:back to top(?: button)?|most (?:popular|read|viewed)|load more|see all\b.*|tags?\b.*"
-    r"|(?:updated|published|posted|last updated|first published)\s*:?.*\d.*"
     r"|advertisement|sponsored(?: content)?|related(?: articles?| stories| coverage)?\s*:?.*"
     r"|read more\b.*|share (?:this|on)\b.*|(?:sign up|subscribe)\b.*|follow us\b.*"
     r"|click here\b.*|copyright\b.*|©.*|all rights reserved.*|skip to (?:main )?content"
     r"|next article|previous article|comments?\s*\(?\d*\)?|print|email|share)\s*$",
     re.I,
 )
+_UPDATED = re.compile(r"^\s*(?:updated|published|posted|last updated|first published)\s*:?\s*"
+                      r"[^.!?]{0,40}\d[^!?]{0,40}$", re.I)
 _DISCLAIMER = re.compile(
     r"\b(?:point of view of the (?:site|website|publisher)|translated? (?:it )?(?:through|by|via) "
     r"(?:programmatic|automatic|machine)|not from a human editor|automatically (?:translated|"
@@ -129,7 +130,8 @@ def _paragraph_label(text: str, index: int, count: int) -> str | None:
     words = _words(text)
     if _PICTURED.match(text):
         return "photo caption"
-    if _CHROME.match(text):
+    # NOTE: chrome items are labels, not sentences: "Tags were found on the birds." is body
+    if (_CHROME.match(text) and not _SENT_END.search(text)) or _UPDATED.match(text):
         return "site chrome"
     if len(words) <= 16 and not _END_PUNCT.search(text) and _CREDIT.match(text):
         return "photo credit"

@@ -238,7 +238,8 @@ def _finding(rule: str, m: re.Match[str], base: int, mt: str) -> Finding | None:
         confidence = 0.8
     elif rule == "repeated-word":
         # "had had" is English; "Ni Ni" and "Li Li" are names
-        if m.group(1).lower() in _LEGIT_REPEATS or m.group(1)[0].isupper():
+        second = text.split()[-1]
+        if m.group(1).lower() in _LEGIT_REPEATS or (m.group(1)[0].isupper() and second[0].isupper()):
             return None
     elif rule == "stray-punctuation":
         stripped = text.strip()

@@ -1,0 +1,111 @@
+"""Aggregation, the JSON contract (golden file), the gate, and the Python API."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from conftest import FIXTURES
+from mtqa.aggregate import merge_findings, penalty_score
+from mtqa.config import Settings
+from mtqa.errors import ConfigError
+from mtqa.gate import Policy, decide, load_policy
+from mtqa.pipeline import Checker
+from mtqa.render.json import render_json
+from mtqa.types import Document, Finding, Severity
+
+STRUCTURE_ONLY = Settings(checkers=("structure",))
+GOLDEN = FIXTURES / "golden" / "emoji_structure.json"
+
+
+def test_merge_overlapping_findings_keeps_most_severe_and_raises_confidence() -> None:
+    mt = "They developed in the during the same period."
+    a = Finding(15, 32, "structure", Severity.MAJOR, "structure", "collide", 0.9, "colliding")
+    b = Finding(19, 32, "garbled", Severity.MINOR, "fluency", "odd words", 0.5)
+    c = Finding(5, 14, "reference-mismatch", Severity.MINOR, "reference", "differs", 0.3)
+    spans = merge_findings(mt, [b, a, c])
+    assert [s.text for s in spans] == ["developed", "in the during the"]
+    merged = spans[1]
+    assert merged.severity is Severity.MAJOR and merged.checker == "structure+fluency"
+    assert merged.confidence == pytest.approx(1 - 0.1 * 0.5)
+    assert "fluency: odd words" in merged.message
+
+
+def test_reference_evidence_never_decides_severity() -> None:
+    mt = "The talks ended on Tuesday."
+    ev = Finding(19, 26, "reference-mismatch", Severity.MAJOR, "reference", "ref: Monday", 0.4)
+    fl = Finding(19, 26, "garbled", Severity.MINOR, "fluency", "odd", 0.5)
+    (span,) = merge_findings(mt, [ev, fl])
+    assert span.category == "garbled" and span.confidence == pytest.approx(1 - 0.6 * 0.5)
+
+
+def test_penalty_score_monotone() -> None:
+    mt = "x"
+    minor = merge_findings(mt, [Finding(0, 1, "s", Severity.MINOR, "c", "m")])
+    major = merge_findings(mt, [Finding(0, 1, "s", Severity.MAJOR, "c", "m")])
+    assert penalty_score([], 100) == 100.0
+    assert 100.0 > penalty_score(minor, 100) > penalty_score(major, 100) > 0.0
+
+
+def test_every_span_text_matches_offsets_with_emoji(emoji_text: str) -> None:
+    with Checker(STRUCTURE_ONLY) as checker:
+        doc = checker.check(emoji_text, id="emoji")
+    assert len(doc.spans) >= 4
+    for s in doc.spans:
+        assert s.text == emoji_text[s.start : s.end]
+
+
+def test_json_report_matches_golden(emoji_text: str) -> None:
+    with Checker(STRUCTURE_ONLY) as checker:
+        report = checker.check_many([Document("emoji", emoji_text)])
+    text = render_json(report)
+    if os.environ.get("MTQA_REGEN_GOLDEN"):  # regenerate deliberately, then review the diff
+        GOLDEN.write_text(text, encoding="utf-8")
+    assert json.loads(text) == json.loads(GOLDEN.read_text(encoding="utf-8"))
+
+
+def test_checker_is_reusable_and_deterministic(abc_text: str) -> None:
+    with Checker(STRUCTURE_ONLY) as checker:
+        first = checker.check(abc_text)
+        second = checker.check(abc_text)
+    assert first == second
+
+
+def test_default_policy_loads_and_explains() -> None:
+    policy = load_policy()
+    assert policy.name == "default" and "untranslated" in policy.blocking_categories
+    with Checker(STRUCTURE_ONLY, policy=policy) as checker:
+        doc = checker.check("The spokesman said 我们将继续努力 during the briefing on Monday.")
+    assert not doc.verdict.passed
+    rules = {r.rule for r in doc.verdict.reasons}
+    assert "blocking_category:untranslated" in rules
+    reason = next(r for r in doc.verdict.reasons if r.rule == "blocking_category:untranslated")
+    assert doc.spans[reason.spans[0]].text == "我们将继续努力"
+
+
+def test_policy_errors(tmp_path: Path) -> None:
+    bad = tmp_path / "p.toml"
+    bad.write_text('min_score = "high"\n', encoding="utf-8")
+    with pytest.raises(ConfigError, match="min_score must be a number"):
+        load_policy(bad)
+    bad.write_text("min_score = [\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match="invalid TOML"):
+        load_policy(bad)
+
+
+def test_empty_policy_passes_everything(abc_text: str) -> None:
+    with Checker(STRUCTURE_ONLY, policy=Policy(name="none")) as checker:
+        doc = checker.check(abc_text)
+    assert doc.spans and decide(doc, Policy()).passed
+
+
+def test_settings_round_trip() -> None:
+    s = Settings(checkers=("structure", "grammar"), batch_size=4, disabled_rules=("X",))
+    assert Settings.from_dict(json.loads(json.dumps(s.to_dict()))) == s
+    with pytest.raises(ConfigError, match="unknown setting"):
+        Settings.from_dict({"batch": 3})
+    with pytest.raises(ConfigError, match="unknown checker"):
+        Settings(checkers=("spelling",))
