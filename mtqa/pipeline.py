@@ -76,7 +76,7 @@ class Checker:
                 return None
             try:
                 cls = load_checker_class(name)
-                checker = cls(**_checker_kwargs(name, self.settings))  # type: ignore[call-arg]
+                checker = cls(**_checker_kwargs(name, self.settings))
             except CheckerUnavailable as exc:
                 logger.warning("checker %s unavailable: %s", name, exc.reason)
                 self._unavailable[name] = exc.reason

