@@ -1,0 +1,307 @@
+"""Meta-evaluation against MQM human judgments: correlations, span F1, bootstrap intervals.
+
+Data format (JSONL, one annotated translation per line; the format of ``shared/data``)::
+
+    {"doc_id": str, "seg_id": int|str, "system": str, "source": str, "hypothesis": str,
+     "reference": str, "mqm": float,                       # penalty: 0 perfect, higher worse
+     "errors": [{"start": int, "end": int, "severity": "minor"|"major"|"critical",
+                 "category": str, "side": "target"|"source"}, ...]}
+
+``doc_seg_id`` and extra fields are optional. Offsets of ``side == "target"`` errors are
+``[start, end)`` code points into ``hypothesis``.
+
+Figures, as WMT computes them:
+
+- Pearson and Kendall's tau-b between a metric and ``-mqm``, pooled over all lines;
+- within-segment Kendall: tau over the systems of each ``seg_id``, averaged over segments;
+- pairwise accuracy: over all pairs of systems on the same segment whose MQM differs, the share
+  the metric orders the same way (a metric tie counts as half);
+- character-level span precision/recall/F1 (WMT23 QE task 2): a predicted error character on a
+  gold error character counts 1 when the severities agree and 0.5 when they do not;
+- a 95% bootstrap interval for each, resampling segments (all systems of a segment together).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from mtqa.errors import InputError
+
+__all__ = [
+    "GoldError",
+    "MetricFigures",
+    "MqmRecord",
+    "SpanFigures",
+    "bootstrap",
+    "correlations",
+    "kendall",
+    "load_mqm",
+    "pairwise_accuracy",
+    "pearson",
+    "span_scores",
+    "within_segment_kendall",
+]
+
+_SEVERITIES = {"minor": "minor", "major": "major", "critical": "critical",
+               "neutral": "minor", "no-error": "minor"}
+
+
+@dataclass(frozen=True, slots=True)
+class GoldError:
+    """One annotated error on the target side."""
+
+    start: int
+    end: int
+    severity: str
+    category: str
+
+
+@dataclass(frozen=True, slots=True)
+class MqmRecord:
+    """One annotated translation."""
+
+    doc_id: str
+    seg_id: str
+    system: str
+    source: str
+    hypothesis: str
+    reference: str
+    mqm: float
+    errors: tuple[GoldError, ...]
+
+
+def load_mqm(path: Path, *, limit: int | None = None) -> list[MqmRecord]:
+    """Read an MQM JSONL file; a malformed line is an InputError naming the file and line."""
+    out: list[MqmRecord] = []
+    with path.open(encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            where = f"{path}:{lineno}"
+            try:
+                r = json.loads(line)
+                errors = tuple(
+                    GoldError(int(e["start"]), int(e["end"]),
+                              _SEVERITIES.get(str(e.get("severity", "minor")).lower(), "minor"),
+                              str(e.get("category", "")))
+                    for e in r.get("errors", ())
+                    if e.get("side", "target") == "target" and e.get("start") is not None
+                    and int(e["end"]) > int(e["start"])
+                )
+                out.append(MqmRecord(str(r["doc_id"]), str(r["seg_id"]), str(r["system"]),
+                                     str(r.get("source", "")), str(r["hypothesis"]),
+                                     str(r.get("reference", "")), float(r["mqm"]), errors))
+            except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+                err = f"{where}: not an MQM record ({type(exc).__name__}: {exc})"
+                raise InputError(err) from exc
+            if limit is not None and len(out) >= limit:
+                break
+    return out
+
+
+def pearson(x: Sequence[float], y: Sequence[float]) -> float:
+    """Pearson's r (nan when either side is constant)."""
+    a, b = np.asarray(x, float), np.asarray(y, float)
+    if len(a) < 2 or a.std() == 0 or b.std() == 0:
+        return math.nan
+    return float(np.corrcoef(a, b)[0, 1])
+
+
+def kendall(x: Sequence[float], y: Sequence[float]) -> float:
+    """Kendall's tau-b (nan when either side is constant)."""
+    from scipy.stats import kendalltau
+
+    if len(x) < 2:
+        return math.nan
+    tau = kendalltau(x, y).statistic
+    return float(tau) if tau == tau else math.nan
+
+
+def _groups(seg_ids: Sequence[str]) -> list[np.ndarray]:
+    index: dict[str, list[int]] = defaultdict(list)
+    for i, s in enumerate(seg_ids):
+        index[s].append(i)
+    return [np.asarray(v) for v in index.values()]
+
+
+def within_segment_kendall(x: Sequence[float], y: Sequence[float], seg_ids: Sequence[str]) -> float:
+    """Kendall's tau over the systems of each segment, averaged (segments with ties only skipped)."""
+    a, b = np.asarray(x, float), np.asarray(y, float)
+    taus = [kendall(a[g], b[g]) for g in _groups(seg_ids) if len(g) > 1]
+    taus = [t for t in taus if t == t]
+    return float(np.mean(taus)) if taus else math.nan
+
+
+def pairwise_accuracy(x: Sequence[float], y: Sequence[float], seg_ids: Sequence[str]) -> float:
+    """Share of same-segment system pairs with different MQM that the metric orders alike."""
+    a, b = np.asarray(x, float), np.asarray(y, float)
+    agree = total = 0.0
+    for g in _groups(seg_ids):
+        da = np.sign(a[g][:, None] - a[g][None, :])
+        db = np.sign(b[g][:, None] - b[g][None, :])
+        mask = np.triu(db != 0, k=1)
+        total += mask.sum()
+        agree += ((da == db) & mask).sum() + 0.5 * ((da == 0) & mask).sum()
+    return float(agree / total) if total else math.nan
+
+
+@dataclass(frozen=True, slots=True)
+class MetricFigures:
+    """Segment-level agreement of one metric with ``-mqm``, with 95% bootstrap intervals."""
+
+    name: str
+    pearson: float
+    kendall: float
+    within_kendall: float
+    pairwise_accuracy: float
+    ci: dict[str, tuple[float, float]]
+
+
+def correlations(name: str, metric: Sequence[float], human: Sequence[float],
+                 seg_ids: Sequence[str], *, samples: int = 200, seed: int = 0) -> MetricFigures:
+    """All segment-level figures of one metric against human scores (higher = better on both)."""
+    fns: dict[str, Callable[[np.ndarray, np.ndarray, list[str]], float]] = {
+        "pearson": lambda a, b, s: pearson(a, b),
+        "kendall": lambda a, b, s: kendall(a, b),
+        "within_kendall": within_segment_kendall,
+        "pairwise_accuracy": pairwise_accuracy,
+    }
+    a, b = np.asarray(metric, float), np.asarray(human, float)
+    ids = list(seg_ids)
+    point = {k: fn(a, b, ids) for k, fn in fns.items()}
+    ci = {k: bootstrap(lambda idx, fn=fn: fn(a[idx], b[idx], [ids[i] for i in idx]),  # type: ignore[misc]
+                       ids, samples=samples, seed=seed)
+          for k, fn in fns.items()}
+    return MetricFigures(name, point["pearson"], point["kendall"], point["within_kendall"],
+                         point["pairwise_accuracy"], ci)
+
+
+def bootstrap(stat: Callable[[np.ndarray], float], seg_ids: Sequence[str], *, samples: int = 200,
+              seed: int = 0) -> tuple[float, float]:
+    """95% interval of ``stat(indices)`` over resamples of whole segments."""
+    groups = _groups(seg_ids)
+    rng = np.random.default_rng(seed)
+    values = []
+    for _ in range(samples):
+        pick = rng.integers(0, len(groups), len(groups))
+        idx = np.concatenate([groups[i] for i in pick])
+        v = stat(idx)
+        if v == v:
+            values.append(v)
+    if not values:
+        return (math.nan, math.nan)
+    lo, hi = np.percentile(values, [2.5, 97.5])
+    return (float(lo), float(hi))
+
+
+@dataclass(frozen=True, slots=True)
+class SpanFigures:
+    """Character-level span agreement (severity mismatch counted half)."""
+
+    precision: float
+    recall: float
+    f1: float
+    major_precision: float
+    predicted_chars: int
+    gold_chars: int
+
+
+def _char_severity(length: int, spans: Iterable[tuple[int, int, str]]) -> list[str | None]:
+    out: list[str | None] = [None] * length
+    rank = {"minor": 0, "major": 1, "critical": 2}
+    for s, e, sev in spans:
+        for i in range(max(s, 0), min(e, length)):
+            if out[i] is None or rank[sev] > rank[out[i] or "minor"]:
+                out[i] = sev
+    return out
+
+
+def span_scores(texts: Sequence[str], predicted: Sequence[Iterable[tuple[int, int, str]]],
+                gold: Sequence[Iterable[tuple[int, int, str]]], *,
+                ignore_severity: bool = False) -> SpanFigures:
+    """Micro-averaged character P/R/F1 over a corpus; ``critical`` counts as ``major``.
+
+    With ``ignore_severity`` every overlapping character counts 1 (the "flag everything" floor
+    of the data README is computed that way).
+    """
+    credit = pred_n = gold_n = major_pred = major_hit = 0.0
+    for text, p, g in zip(texts, predicted, gold):
+        norm = lambda sev: "major" if sev == "critical" else sev  # noqa: E731
+        pc = _char_severity(len(text), ((s, e, norm(v)) for s, e, v in p))
+        gc = _char_severity(len(text), ((s, e, norm(v)) for s, e, v in g))
+        for a, b in zip(pc, gc):
+            if a is not None:
+                pred_n += 1
+                if a == "major":
+                    major_pred += 1
+                    major_hit += b is not None
+            if b is not None:
+                gold_n += 1
+            if a is not None and b is not None:
+                credit += 1.0 if a == b or ignore_severity else 0.5
+    precision = credit / pred_n if pred_n else 0.0
+    recall = credit / gold_n if gold_n else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return SpanFigures(precision, recall, f1, major_hit / major_pred if major_pred else math.nan,
+                       int(pred_n), int(gold_n))
+
+
+@dataclass(frozen=True, slots=True)
+class Evaluation:
+    """Every figure of one ``mtqa evaluate`` run."""
+
+    data: str
+    lines: int
+    segments: int
+    with_reference: bool
+    metrics: tuple[MetricFigures, ...]
+    spans: dict[str, SpanFigures]
+    seconds: float
+    signature: str
+
+
+def baselines(records: Sequence[MqmRecord], *, with_reference: bool) -> dict[str, list[float]]:
+    """Scores of the standard baselines, computed in the same run: length, and sacreBLEU metrics."""
+    out: dict[str, list[float]] = {"-length": [-float(len(r.hypothesis)) for r in records]}
+    if with_reference:
+        import sacrebleu
+
+        out["sentence BLEU"] = [sacrebleu.sentence_bleu(r.hypothesis, [r.reference]).score
+                                for r in records]
+        out["chrF"] = [sacrebleu.sentence_chrf(r.hypothesis, [r.reference]).score for r in records]
+        out["-TER"] = [-sacrebleu.sentence_ter(r.hypothesis, [r.reference]).score for r in records]
+    return out
+
+
+def evaluate(
+    records: Sequence[MqmRecord],
+    scores: dict[str, Sequence[float]],
+    spans: dict[str, Sequence[Iterable[tuple[int, int, str]]]],
+    *,
+    data: str,
+    with_reference: bool,
+    seconds: float,
+    signature: str,
+    samples: int = 200,
+) -> Evaluation:
+    """Figures for each named score (and the baselines) and each named span prediction."""
+    human = [-r.mqm for r in records]
+    seg_ids = [r.seg_id for r in records]
+    all_scores = {**scores, **baselines(records, with_reference=with_reference)}
+    metrics = tuple(correlations(name, values, human, seg_ids, samples=samples)
+                    for name, values in all_scores.items())
+    texts = [r.hypothesis for r in records]
+    gold = [[(e.start, e.end, e.severity) for e in r.errors] for r in records]
+    flag_all = [[(0, len(t), "minor")] for t in texts]
+    span_figs = {name: span_scores(texts, pred, gold) for name, pred in spans.items()}
+    span_figs["flag everything (severity ignored)"] = span_scores(texts, flag_all, gold,
+                                                                   ignore_severity=True)
+    return Evaluation(data, len(records), len(set(seg_ids)), with_reference, metrics, span_figs,
+                      seconds, signature)
