@@ -32,19 +32,28 @@ from pathlib import Path
 
 import numpy as np
 
+from mtqa.config import Settings
 from mtqa.errors import InputError
+from mtqa.types import DocumentReport, JSONValue
 
 __all__ = [
+    "Evaluation",
     "GoldError",
     "MetricFigures",
     "MqmRecord",
     "SpanFigures",
     "bootstrap",
+    "baselines",
     "correlations",
+    "evaluate",
+    "evaluate_reports",
+    "evaluation_to_dict",
     "kendall",
     "load_mqm",
     "pairwise_accuracy",
     "pearson",
+    "render_evaluation",
+    "score_records",
     "span_scores",
     "within_segment_kendall",
 ]
@@ -305,3 +314,96 @@ def evaluate(
                                                                    ignore_severity=True)
     return Evaluation(data, len(records), len(set(seg_ids)), with_reference, metrics, span_figs,
                       seconds, signature)
+
+
+def score_records(
+    records: Sequence[MqmRecord],
+    settings: Settings,
+    *,
+    with_reference: bool,
+    chunk: int = 256,
+    progress: Callable[[int], None] | None = None,
+) -> tuple[list[DocumentReport], str]:
+    """Run mtqa on every hypothesis (with its reference when asked); reports in input order."""
+    from mtqa.pipeline import Checker
+    from mtqa.types import Document
+
+    reports: list[DocumentReport] = []
+    with Checker(settings) as checker:
+        for start in range(0, len(records), chunk):
+            part = records[start : start + chunk]
+            docs = [Document(id=f"{r.seg_id}:{r.system}", mt=r.hypothesis,
+                             ref=(r.reference,) if with_reference and r.reference else ())
+                    for r in part]
+            reports.extend(checker.check_many(docs).documents)
+            if progress is not None:
+                progress(len(part))
+    signature = reports[0].signature if reports else ""
+    return reports, signature
+
+
+def evaluate_reports(records: Sequence[MqmRecord], reports: Sequence[DocumentReport], *,
+                     data: str, with_reference: bool, seconds: float,
+                     samples: int = 200) -> Evaluation:
+    """Figures of mtqa's scores and spans (and the baselines) against the MQM annotation."""
+    scores: dict[str, list[float]] = {"mtqa score": [d.score for d in reports]}
+    if all(d.fluency is not None for d in reports):
+        scores["mtqa fluency"] = [float(d.fluency or 0.0) for d in reports]
+    spans = {
+        "mtqa spans": [[(s.start, s.end, s.severity.value) for s in d.spans] for d in reports],
+        "mtqa major spans": [[(s.start, s.end, s.severity.value) for s in d.spans
+                              if s.severity.value != "minor"] for d in reports],
+    }
+    signature = reports[0].signature if reports else ""
+    return evaluate(records, scores, spans, data=data, with_reference=with_reference,
+                    seconds=seconds, signature=signature, samples=samples)
+
+
+def evaluation_to_dict(e: Evaluation) -> dict[str, JSONValue]:
+    """Plain data for ``--format json``."""
+    def r(x: float) -> float | None:
+        return None if x != x else round(x, 4)
+
+    return {
+        "schema": "mtqa.evaluation/1",
+        "data": e.data, "lines": e.lines, "segments": e.segments,
+        "with_reference": e.with_reference, "seconds": round(e.seconds, 1),
+        "signature": e.signature,
+        "metrics": [
+            {"name": m.name, "pearson": r(m.pearson), "kendall": r(m.kendall),
+             "within_kendall": r(m.within_kendall), "pairwise_accuracy": r(m.pairwise_accuracy),
+             "ci95": {k: [r(lo), r(hi)] for k, (lo, hi) in m.ci.items()}}
+            for m in e.metrics
+        ],
+        "spans": {
+            name: {"precision": r(f.precision), "recall": r(f.recall), "f1": r(f.f1),
+                   "major_precision": r(f.major_precision), "predicted_chars": f.predicted_chars,
+                   "gold_chars": f.gold_chars}
+            for name, f in e.spans.items()
+        },
+    }
+
+
+def render_evaluation(e: Evaluation) -> str:
+    """A plain-text table of the figures, mtqa beside the baselines."""
+    def ci(m: MetricFigures, key: str) -> str:
+        lo, hi = m.ci[key]
+        return f"[{lo:+.3f},{hi:+.3f}]"
+
+    lines = [
+        f"mtqa evaluate: {e.data}  {e.lines} lines, {e.segments} segments, "
+        f"{'with' if e.with_reference else 'without'} reference, {e.seconds:.0f} s",
+        f"  {e.signature}",
+        "",
+        f"  {'metric vs -MQM':22s} {'pearson':>8s} {'kendall':>8s} {'95% CI':>17s} "
+        f"{'within':>8s} {'95% CI':>17s} {'pairacc':>8s}",
+    ]
+    for m in e.metrics:
+        lines.append(
+            f"  {m.name:22s} {m.pearson:8.3f} {m.kendall:8.3f} {ci(m, 'kendall'):>17s} "
+            f"{m.within_kendall:8.3f} {ci(m, 'within_kendall'):>17s} {m.pairwise_accuracy:8.3f}")
+    lines += ["", f"  {'spans (character level)':36s} {'P':>6s} {'R':>6s} {'F1':>6s} {'P major':>8s}"]
+    for name, f in e.spans.items():
+        lines.append(f"  {name:36s} {f.precision:6.3f} {f.recall:6.3f} {f.f1:6.3f} "
+                     f"{f.major_precision:8.3f}")
+    return "\n".join(lines) + "\n"
