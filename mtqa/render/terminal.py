@@ -1,17 +1,28 @@
-"""Human-readable terminal output: verdict, reasons, and every span highlighted in its context."""
+"""Human-readable terminal output: verdict, reasons, and every span highlighted in its context.
+
+``render_gate`` shows only the publish decision (every reason with its measured value, threshold
+and spans); ``render_batch_summary`` is the table ``mtqa batch`` prints at the end of a run.
+"""
 
 from __future__ import annotations
 
 import io
+import statistics
 from collections import Counter
+from collections.abc import Sequence
 
 from rich.console import Console
 from rich.markup import escape
+from rich.table import Table
 from rich.text import Text
 
-from mtqa.types import DocumentReport, Kind, Report, Severity
+from mtqa.types import BadRecord, BatchSummary, DocumentReport, Kind, Reason, Report, Severity
 
-__all__ = ["render_terminal"]
+__all__ = ["SCORE_BANDS", "render_batch_summary", "render_gate", "render_terminal"]
+
+#: score bands of the batch summary's distribution, as ``(low, high, label)``
+SCORE_BANDS: tuple[tuple[float, float, str], ...] = (
+    (90.0, 100.01, "90-100"), (70.0, 90.0, "70-90"), (50.0, 70.0, "50-70"), (0.0, 50.0, "0-50"))
 
 _STYLE = {
     Severity.MINOR: "black on yellow",
@@ -32,6 +43,26 @@ def _context(d: DocumentReport, start: int, end: int, severity: Severity) -> Tex
     if right < len(d.mt):
         text.append("…", style="dim")
     return text
+
+
+def _value(v: float | str) -> str:
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+def _reason(console: Console, d: DocumentReport, r: Reason) -> None:
+    """A reason: rule, message, measured value against threshold, then the spans involved."""
+    mark = "[red]✗[/]" if r.blocking else "[yellow]![/]"
+    console.print(f"  {mark} {escape(r.rule)}: {escape(r.message)} "
+                  f"[dim](measured {escape(_value(r.value))}, threshold "
+                  f"{escape(_value(r.threshold))})[/]")
+    for i in r.spans:
+        if i >= len(d.spans):
+            continue
+        s = d.spans[i]
+        line = Text(f"      #{i} ")
+        line.append(s.text.replace("\n", " "), style=_STYLE[s.severity])
+        line.append(f" {s.severity.value} {s.category}/{s.rule or '-'}: {s.message}", style="dim")
+        console.print(line)
 
 
 def _document(console: Console, d: DocumentReport) -> None:
@@ -76,4 +107,68 @@ def render_terminal(report: Report, *, color: bool = True, width: int = 100) -> 
         if i:
             console.print()
         _document(console, d)
+    return buf.getvalue()
+
+
+def render_gate(report: Report, errors: Sequence[BadRecord] = (), *, failed_only: bool = False,
+                color: bool = True, width: int = 100) -> str:
+    """The publish decision for each document, with every reason, then the counts."""
+    buf = io.StringIO()
+    console = Console(file=buf, force_terminal=color, no_color=not color, width=width,
+                      highlight=False, soft_wrap=True)
+    for d in report.documents:
+        if failed_only and d.verdict.passed:
+            continue
+        verdict = "[bold green]PASS[/]" if d.verdict.passed else "[bold red]FAIL[/]"
+        fluency = "—" if d.fluency is None else f"{d.fluency:.1f}"
+        console.print(f"{verdict} [bold]{escape(d.id)}[/]  score {d.score:.1f}  fluency {fluency}  "
+                      f"[dim]policy {escape(d.verdict.policy)}[/]")
+        for r in d.verdict.reasons:
+            _reason(console, d, r)
+    for b in errors:
+        console.print(f"[bold red]ERROR[/] {escape(b.message)}")
+    passed = sum(1 for d in report.documents if d.verdict.passed)
+    failed = len(report.documents) - passed
+    console.print(f"{len(report.documents)} document(s): {passed} passed, {failed} failed; "
+                  f"{len(errors)} error(s)")
+    return buf.getvalue()
+
+
+def render_batch_summary(summary: BatchSummary, *, color: bool = True, width: int = 100) -> str:
+    """The end-of-run table: counts, score distribution, errors and outputs."""
+    buf = io.StringIO()
+    console = Console(file=buf, force_terminal=color, no_color=not color, width=width,
+                      highlight=False, soft_wrap=True)
+    rows = summary.rows
+    scores = [r.score for r in rows if r.score is not None]
+    counts = Table(title="mtqa batch", show_header=False, title_justify="left")
+    counts.add_column("what")
+    counts.add_column("n", justify="right")
+    rate = 60.0 * summary.scored / summary.seconds if summary.seconds > 0 else 0.0
+    for label, n in (("inputs", len(rows)), ("checked in this run", summary.scored),
+                     ("reused from the store", summary.reused), ("[green]passed[/]", summary.passed),
+                     ("[red]failed the gate[/]", summary.failed),
+                     ("[red]input errors[/]", len(summary.errors))):
+        counts.add_row(label, str(n))
+    counts.add_row("time", f"{summary.seconds:.1f}s ({rate:.0f} documents/min checked)")
+    console.print(counts)
+    if scores:
+        dist = Table(title=f"scores (policy {escape(summary.policy)})", title_justify="left")
+        dist.add_column("score")
+        dist.add_column("documents", justify="right")
+        dist.add_column("")
+        top = max(1, max(sum(1 for x in scores if lo <= x < hi) for lo, hi, _ in SCORE_BANDS))
+        for lo, hi, label in SCORE_BANDS:
+            n = sum(1 for x in scores if lo <= x < hi)
+            dist.add_row(label, str(n), "█" * round(20 * n / top))
+        console.print(dist)
+        console.print(f"min {min(scores):.1f}  median {statistics.median(scores):.1f}  "
+                      f"mean {statistics.fmean(scores):.1f}  max {max(scores):.1f}")
+    errors = summary.errors
+    for r in errors[:10]:
+        console.print(f"[red]error[/] {escape(r.error or '')}")
+    if len(errors) > 10:
+        console.print(f"[red]... and {len(errors) - 10} more error(s)[/] (see the outputs)")
+    for path in summary.outputs:
+        console.print(f"wrote {escape(path)}")
     return buf.getvalue()

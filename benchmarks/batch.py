@@ -1,0 +1,126 @@
+"""End-to-end batch throughput on 200 real news articles, and where the time goes.
+
+Articles are built from WMT21 zh-en MQM (``/work/shared/data/mqm_2021_zhen.jsonl``): the
+hypotheses of one ``doc_id`` and one system, in ``doc_seg_id`` order, one segment per line, with
+the human reference (ref-A) of the same segments as ``ref`` and the Chinese as ``src``. The
+human references themselves (system ref-A) are left out. ``run_batch`` then checks them end to
+end (load, segment, checkers, aggregate, gate, JSONL/CSV/HTML outputs, SQLite store), in a fresh
+store; a second run over the same store shows what a resume costs.
+
+Printed: articles/minute (with and without model loading), seconds per checker from
+``Checker.timings``, and the share of the wall time spent outside the language model (the
+``fluency`` checker, loading included): the target is below 15%.
+
+    python benchmarks/batch.py --checkers structure
+    python benchmarks/batch.py                        # every checker available here
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+from mtqa.batch import run_batch
+from mtqa.config import CHECKERS, Settings
+from mtqa.pipeline import Checker
+
+DATA = Path("/work/shared/data/mqm_2021_zhen.jsonl")
+
+
+def build_articles(path: Path, n: int, with_ref: bool) -> list[dict[str, object]]:
+    """``n`` articles (id, mt, ref, src), ordered by doc_id then system."""
+    groups: dict[tuple[str, str], list[dict[str, object]]] = defaultdict(list)
+    with path.open(encoding="utf-8") as f:
+        for line in f:
+            rec = json.loads(line)
+            if rec["system"] != "ref-A":
+                groups[(rec["doc_id"], rec["system"])].append(rec)
+    articles = []
+    for (doc_id, system), segs in sorted(groups.items())[:n]:
+        segs.sort(key=lambda r: int(r["doc_seg_id"]))  # type: ignore[call-overload]
+        article: dict[str, object] = {
+            "id": f"{doc_id}/{system}",
+            "mt": "\n".join(str(r["hypothesis"]) for r in segs),
+            "src": "\n".join(str(r["source"]) for r in segs),
+            "system": system,
+        }
+        if with_ref:
+            article["ref"] = "\n".join(str(r["reference"]) for r in segs)
+        articles.append(article)
+    return articles
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=DATA)
+    parser.add_argument("-n", type=int, default=200)
+    parser.add_argument("--checkers", default=",".join(CHECKERS))
+    parser.add_argument("--no-ref", action="store_true", help="Articles without references.")
+    parser.add_argument("--html", action="store_true", help="Also write the HTML pages.")
+    parser.add_argument("--chunk-size", type=int, default=32)
+    parser.add_argument("--batch-size", type=int, default=Settings().batch_size)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+
+    articles = build_articles(args.data, args.n, with_ref=not args.no_ref)
+    words = sum(len(str(a["mt"]).split()) for a in articles)
+    settings = Settings(checkers=tuple(args.checkers.split(",")), batch_size=args.batch_size,
+                        device=args.device, threads=args.threads)
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        inputs = root / "articles.jsonl"
+        inputs.write_text("".join(json.dumps(a, ensure_ascii=False) + "\n" for a in articles),
+                          encoding="utf-8")
+        out = root / "results.jsonl"
+        extra = {"csv_out": root / "results.csv", "html_dir": root / "html" if args.html else None}
+        with Checker(settings) as checker:
+            t0 = time.perf_counter()
+            summary = run_batch([inputs], out, checker=checker, chunk_size=args.chunk_size, **extra)
+            wall = time.perf_counter() - t0
+            timings = dict(checker.timings)
+        skipped = sorted({f"{s['checker']} ({s['reason'][:60]})"
+                          for line in out.read_text(encoding="utf-8").splitlines()
+                          for s in json.loads(line).get("skipped", [])
+                          if s["reason"] != "turned off in the settings"})
+        t1 = time.perf_counter()
+        again = run_batch([inputs], out, settings, chunk_size=args.chunk_size, **extra)
+        resume = time.perf_counter() - t1
+
+    load = sum(v for k, v in timings.items() if k.endswith(".load"))
+    lm = timings.get("fluency", 0.0) + timings.get("fluency.load", 0.0)
+    checked = sum(v for k, v in timings.items() if not k.endswith(".load"))
+    print(f"{len(articles)} articles, {words:,} words, checkers {','.join(settings.checkers)}, "
+          f"device {settings.device}, refs {'no' if args.no_ref else 'yes'}")
+    print(f"scored {summary.scored}, passed {summary.passed}, failed {summary.failed}, "
+          f"errors {len(summary.errors)}")
+    print(f"wall {wall:.1f}s: {60 * len(articles) / wall:.0f} articles/min; "
+          f"without model loading ({load:.1f}s) {60 * len(articles) / max(wall - load, 1e-9):.0f}"
+          " articles/min")
+    for name, seconds in sorted(timings.items(), key=lambda kv: -kv[1]):
+        print(f"  {name:18s} {seconds:8.2f}s  {100 * seconds / wall:5.1f}%")
+    print(f"  {'(outside checkers)':18s} {wall - checked - load:8.2f}s  "
+          f"{100 * (wall - checked - load) / wall:5.1f}%  segmentation, aggregation, gate, "
+          "store, outputs")
+    if "fluency" in settings.checkers and lm:
+        outside = wall - lm
+        steady = wall - load
+        print(f"outside the language model: {outside:.1f}s of {wall:.1f}s = "
+              f"{100 * outside / wall:.1f}% (target < 15%); with no model loading counted: "
+              f"{100 * (steady - timings.get('fluency', 0.0)) / steady:.1f}%")
+    else:
+        print("no language model ran: the share outside it is 100% by definition")
+    print(f"resume over the same store: {again.reused} reused, {again.scored} checked, "
+          f"{resume:.1f}s")
+    if skipped:
+        print(f"skipped checkers: {'; '.join(skipped)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,521 @@
+"""Batch scoring: many inputs, one Checker, results kept in a resumable SQLite store.
+
+``run_batch`` loads every input (JSONL/CSV records, text and HTML files, directories of them),
+checks the documents in chunks with one ``Checker`` (models load once) and commits each chunk's
+reports to the store before going on. The store is keyed by the content (``mt``, ``ref``, ``src``)
+and by the settings that change scores, so a run that was interrupted (Ctrl-C, ``kill -9``)
+continues where it stopped, and a document already scored under the same settings is never
+scored again, whatever its id or position.
+
+The store is the source of truth; the outputs are written from it, in input order, on every
+run: the JSONL output grows in ``OUT.partial`` (flushed after every chunk) and replaces ``OUT``
+when the run ends, so it never holds a document twice. The gate policy is applied when the
+outputs are written, not stored, so re-gating a finished batch with another policy re-scores
+nothing.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import hashlib
+import io
+import json
+import logging
+import os
+import re
+import sqlite3
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import TextIO
+
+from mtqa import __version__
+from mtqa.config import Settings
+from mtqa.errors import ConfigError, InputError, MtqaError
+from mtqa.gate import Policy, decide
+from mtqa.io import MAX_BYTES, RECORD_SUFFIXES, TEXT_SUFFIXES, iter_records, load_text, read_text
+from mtqa.pipeline import Checker
+from mtqa.render.csv import render_csv
+from mtqa.render.html import render_html, render_index
+from mtqa.render.json import (
+    document_from_dict,
+    document_to_dict,
+    render_error_line,
+    render_jsonl_line,
+)
+from mtqa.types import (
+    SCHEMA,
+    BadRecord,
+    BatchRow,
+    BatchSummary,
+    Document,
+    DocumentReport,
+    Report,
+    Severity,
+)
+
+__all__ = [
+    "CHUNK_SIZE",
+    "ResultStore",
+    "config_signature",
+    "content_key",
+    "default_store",
+    "iter_inputs",
+    "load_ref_map",
+    "read_results",
+    "run_batch",
+]
+
+logger = logging.getLogger(__name__)
+
+#: documents checked (and committed to the store) together
+CHUNK_SIZE = 32
+_STORE_VERSION = 1
+_REF_STEM = re.compile(r"^(?P<name>.+)\.ref\d*$")
+ProgressCallback = Callable[[int, int], None]
+
+
+# -- inputs -----------------------------------------------------------------------------------
+
+
+def load_ref_map(path: Path) -> dict[str, tuple[Path, ...]]:
+    """Document id → reference files, from JSON (``{"id": "ref.txt" | [...]}``) or CSV (``id,ref``).
+
+    Relative paths are relative to the map file.
+
+    Raises:
+        ConfigError: the file is not such a mapping.
+    """
+    text = read_text(path)
+    base = path.parent
+    out: dict[str, list[Path]] = {}
+    if path.suffix.lower() == ".json":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            err = f"{path}:{exc.lineno}: malformed JSON in the reference map: {exc.msg}"
+            raise ConfigError(err) from exc
+        if not isinstance(data, dict):
+            err = f"{path}: the reference map must be a JSON object {{\"id\": \"ref path\"}}"
+            raise ConfigError(err)
+        for key, value in data.items():
+            refs = value if isinstance(value, list) else [value]
+            if not all(isinstance(r, str) for r in refs):
+                err = f"{path}: reference map entry {key!r} must be a path or a list of paths"
+                raise ConfigError(err)
+            out[str(key)] = [base / r for r in refs]
+    else:
+        reader = csv.DictReader(io.StringIO(text, newline=""))
+        if reader.fieldnames is None or not {"id", "ref"} <= set(reader.fieldnames):
+            err = f"{path}:1: the reference map needs 'id' and 'ref' columns"
+            raise ConfigError(err)
+        for row in reader:
+            if not row.get("id") or not row.get("ref"):
+                err = f"{path}:{reader.line_num}: empty 'id' or 'ref'"
+                raise ConfigError(err)
+            out.setdefault(row["id"], []).append(base / row["ref"])
+    return {k: tuple(v) for k, v in out.items()}
+
+
+def _directory(root: Path, max_bytes: int) -> Iterator[Document | BadRecord]:
+    """Text and HTML files under ``root`` (sorted); ``NAME.ref.txt`` is the reference of ``NAME.txt``."""
+    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in TEXT_SUFFIXES)
+    refs: dict[Path, list[Path]] = {}
+    texts: list[Path] = []
+    for p in files:
+        match = _REF_STEM.match(p.stem)
+        if match:
+            refs.setdefault(p.parent / match["name"], []).append(p)
+        else:
+            texts.append(p)
+    stems = {p.parent / p.stem for p in texts}
+    for orphan in sorted(set(refs) - stems):
+        logger.warning("%s: reference file(s) with no translation beside them: %s", root,
+                       ", ".join(str(p) for p in refs[orphan]))
+    for p in texts:
+        doc_id = p.relative_to(root).with_suffix("").as_posix()
+        try:
+            ref = tuple(load_text(r, max_bytes=max_bytes).mt for r in refs.get(p.parent / p.stem, ()))
+            yield load_text(p, doc_id=doc_id, ref=ref, max_bytes=max_bytes)
+        except InputError as exc:
+            yield BadRecord(str(p), str(exc))
+
+
+def _single(path: Path, max_bytes: int) -> Iterator[Document | BadRecord]:
+    yield load_text(path, max_bytes=max_bytes)  # NOTE: a generator, so errors come out of the loop
+
+
+def iter_inputs(
+    paths: Sequence[Path],
+    *,
+    ref_map: Mapping[str, Sequence[Path]] | None = None,
+    max_bytes: int = MAX_BYTES,
+) -> Iterator[Document | BadRecord]:
+    """Documents (or BadRecords) from files and directories, in order; a bad one never stops it.
+
+    ``ref_map`` adds references by document id, after those the record or file name gives.
+    """
+    ref_map = ref_map or {}
+    used: set[str] = set()
+    for path in paths:
+        if path.is_dir():
+            items: Iterator[Document | BadRecord] = _directory(path, max_bytes)
+        elif path.suffix.lower() in RECORD_SUFFIXES:
+            items = iter_records(path, max_bytes=max_bytes)
+        else:
+            items = _single(path, max_bytes)
+        try:
+            for item in items:
+                if isinstance(item, Document) and item.id in ref_map:
+                    used.add(item.id)
+                    try:
+                        extra = tuple(load_text(r, max_bytes=max_bytes).mt for r in ref_map[item.id])
+                    except InputError as exc:
+                        yield BadRecord(item.origin, f"{item.origin}: reference: {exc}")
+                        continue
+                    item = dataclasses.replace(item, ref=item.ref + extra)
+                yield item
+        except InputError as exc:
+            yield BadRecord(str(path), str(exc))
+    unused = sorted(set(ref_map) - used)
+    if unused:
+        logger.warning("reference map entries matching no document: %s", ", ".join(unused[:10]))
+
+
+# -- the store --------------------------------------------------------------------------------
+
+
+def content_key(doc: Document) -> str:
+    """sha256 of what is checked: ``mt``, every ``ref`` and ``src`` (not the id or metadata)."""
+    data = json.dumps([doc.mt, list(doc.ref), doc.src], ensure_ascii=False)
+    return hashlib.sha256(data.encode("utf-8")).hexdigest()
+
+
+def config_signature(settings: Settings) -> str:
+    """The settings that can change a report's numbers, and the mtqa version, as JSON.
+
+    The gate policy is left out: verdicts are recomputed whenever outputs are written.
+    """
+    data = settings.to_dict()
+    data.pop("policy", None)
+    return json.dumps({"mtqa": __version__, "settings": data}, sort_keys=True)
+
+
+def default_store(out: Path) -> Path:
+    """The store beside an output file: ``results.jsonl`` → ``results.store.sqlite``."""
+    return out.with_name(out.stem + ".store.sqlite")
+
+
+class ResultStore:
+    """Reports by (content key, configuration key) in SQLite (WAL: a killed run keeps its commits)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(path, timeout=60.0)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            # NOTE: NORMAL is durable against a crashed or killed process in WAL mode; only a
+            # power cut can lose the last commits, which the next run then re-scores.
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            version = self._db.execute("PRAGMA user_version").fetchone()[0]
+            if version not in (0, _STORE_VERSION):
+                err = (f"{path}: store format {version} is not {_STORE_VERSION}; "
+                       f"use another --store path")
+                raise ConfigError(err)
+            with self._db:
+                self._db.execute("CREATE TABLE IF NOT EXISTS configs (config TEXT PRIMARY KEY, "
+                                 "signature TEXT NOT NULL)")
+                self._db.execute(
+                    "CREATE TABLE IF NOT EXISTS results (content TEXT NOT NULL, config TEXT NOT NULL, "
+                    "doc_id TEXT, report TEXT NOT NULL, seconds REAL, created REAL, "
+                    "PRIMARY KEY (content, config)) WITHOUT ROWID")
+                self._db.execute(f"PRAGMA user_version = {_STORE_VERSION}")
+        except sqlite3.DatabaseError as exc:
+            err = f"{path}: cannot use this file as an mtqa result store: {exc}"
+            raise ConfigError(err) from exc
+
+    def config(self, signature: str) -> str:
+        """The key of a configuration signature, registered in the store."""
+        key = hashlib.sha256(signature.encode("utf-8")).hexdigest()[:16]
+        with self._db:
+            self._db.execute("INSERT OR IGNORE INTO configs VALUES (?, ?)", (key, signature))
+        return key
+
+    def get(self, config: str, contents: Sequence[str]) -> dict[str, str]:
+        """Stored report JSON by content key, for the keys that have one under ``config``."""
+        out: dict[str, str] = {}
+        unique = list(dict.fromkeys(contents))
+        for i in range(0, len(unique), 500):
+            part = unique[i : i + 500]
+            marks = ",".join("?" * len(part))
+            rows = self._db.execute(
+                f"SELECT content, report FROM results WHERE config = ? AND content IN ({marks})",
+                (config, *part))
+            out.update(rows)
+        return out
+
+    def put(self, config: str, rows: Sequence[tuple[str, str, str, float]]) -> None:
+        """Commit ``(content, doc_id, report JSON, seconds)`` rows in one transaction."""
+        now = time.time()
+        with self._db:
+            self._db.executemany(
+                "INSERT OR REPLACE INTO results VALUES (?, ?, ?, ?, ?, ?)",
+                [(c, config, i, r, s, now) for c, i, r, s in rows])
+
+    def count(self, config: str | None = None) -> int:
+        """How many reports the store holds (under one configuration, or in all)."""
+        if config is None:
+            return int(self._db.execute("SELECT COUNT(*) FROM results").fetchone()[0])
+        return int(self._db.execute("SELECT COUNT(*) FROM results WHERE config = ?",
+                                    (config,)).fetchone()[0])
+
+    def close(self) -> None:
+        """Close the database; calling it twice is harmless."""
+        self._db.close()
+
+    def __enter__(self) -> ResultStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+# -- the run ----------------------------------------------------------------------------------
+
+
+def _score(checker: Checker, docs: list[Document]) -> list[DocumentReport | str]:
+    """Reports for a chunk; a document that makes the pipeline fail gets an error message."""
+    try:
+        return list(checker.check_many(docs).documents)
+    except Exception as exc:  # NOTE: one bad document must not stop a batch of thousands
+        if len(docs) == 1:
+            logger.exception("checking %s failed", docs[0].origin or docs[0].id)
+            return [f"{docs[0].origin or docs[0].id}: checking failed: {type(exc).__name__}: {exc}"]
+        logger.warning("a chunk failed (%s); checking its documents one at a time", exc)
+    return [r for d in docs for r in _score(checker, [d])]
+
+
+def _counts(d: DocumentReport) -> tuple[int, int, int]:
+    n = [0, 0, 0]
+    for s in d.spans:
+        n[s.severity.rank] += 1
+    return (n[Severity.MINOR.rank], n[Severity.MAJOR.rank], n[Severity.CRITICAL.rank])
+
+
+def _page_name(position: int, doc_id: str) -> str:
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", doc_id).strip("-.")[:60] or "doc"
+    return f"{position:05d}-{slug}.html"
+
+
+class _Outputs:
+    """The output files of a run, written in input order as results become available."""
+
+    def __init__(self, out: Path, html_dir: Path | None, policy: Policy) -> None:
+        self.out = out
+        self.partial = out.with_name(out.name + ".partial")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        self._jsonl: TextIO = self.partial.open("w", encoding="utf-8")
+        self.html_dir = html_dir
+        if html_dir is not None:
+            html_dir.mkdir(parents=True, exist_ok=True)
+        self.policy = policy
+        self.rows: list[BatchRow] = []
+
+    def error(self, origin: str, message: str, doc_id: str | None = None) -> None:
+        row = BatchRow(origin=origin, id=doc_id, error=message)
+        self.rows.append(row)
+        self._jsonl.write(render_error_line(row))
+
+    def document(self, position: int, doc: Document, stored: str) -> None:
+        report = document_from_dict(json.loads(stored), mt=doc.mt, ref=doc.ref, id=doc.id,
+                                    meta=doc.meta)
+        report = dataclasses.replace(report, verdict=decide(report, self.policy))
+        page = None
+        if self.html_dir is not None:
+            page = _page_name(position, doc.id)
+            (self.html_dir / page).write_text(render_html(Report((report,))), encoding="utf-8")
+        self.rows.append(BatchRow(
+            origin=doc.origin, id=doc.id, score=report.score, fluency=report.fluency,
+            passed=report.verdict.passed, spans=_counts(report), reasons=report.verdict.reasons,
+            page=page))
+        self._jsonl.write(render_jsonl_line(report))
+
+    def flush(self) -> None:
+        self._jsonl.flush()
+
+    def finish(self, csv_out: Path | None) -> list[str]:
+        """Close the files and move them into place; the paths written."""
+        self._jsonl.close()
+        os.replace(self.partial, self.out)
+        written = [str(self.out)]
+        if csv_out is not None:
+            csv_out.parent.mkdir(parents=True, exist_ok=True)
+            csv_out.write_text(render_csv(self.rows), encoding="utf-8")
+            written.append(str(csv_out))
+        if self.html_dir is not None:
+            index = self.html_dir / "index.html"
+            index.write_text(render_index(self.rows, title=f"mtqa batch: {self.out.name}"),
+                             encoding="utf-8")
+            written.append(str(index))
+        return written
+
+    def abandon(self) -> None:
+        self._jsonl.close()
+
+
+def run_batch(
+    inputs: Sequence[Path],
+    out: Path,
+    settings: Settings | None = None,
+    *,
+    store: Path | None = None,
+    csv_out: Path | None = None,
+    html_dir: Path | None = None,
+    ref_map: Path | None = None,
+    chunk_size: int = CHUNK_SIZE,
+    checker: Checker | None = None,
+    on_progress: ProgressCallback | None = None,
+) -> BatchSummary:
+    """Check every input and write JSONL (plus CSV and HTML when asked) to ``out``.
+
+    Args:
+        settings: how to check (ignored when ``checker`` is given: its settings are used).
+        store: the SQLite result store (default: ``default_store(out)``).
+        checker: a ready Checker to use and leave open (default: one built here and closed).
+        on_progress: called with ``(documents done, total)`` after each chunk.
+
+    Raises:
+        MtqaError: a setting, policy, reference map or the store is unusable (bad records
+            are not raised: they become error lines and rows).
+    """
+    if chunk_size < 1:
+        err = f"chunk size must be at least 1, not {chunk_size}"
+        raise ConfigError(err)
+    t0 = time.perf_counter()
+    own = checker is None
+    checker = checker or Checker(settings)
+    settings = checker.settings
+    refs = load_ref_map(ref_map) if ref_map is not None else None
+    items = list(iter_inputs(inputs, ref_map=refs, max_bytes=settings.max_bytes))
+    keys = [content_key(i) if isinstance(i, Document) else "" for i in items]
+    try:
+        with ResultStore(store or default_store(out)) as db:
+            summary = _run(items, keys, db, checker, out, csv_out, html_dir, chunk_size,
+                           on_progress, t0)
+    finally:
+        if own:
+            checker.close()
+    return summary
+
+
+def _run(items: list[Document | BadRecord], keys: list[str], db: ResultStore, checker: Checker,
+         out: Path, csv_out: Path | None, html_dir: Path | None, chunk_size: int,
+         on_progress: ProgressCallback | None, t0: float) -> BatchSummary:
+    config = db.config(config_signature(checker.settings))
+    stored = db.get(config, [k for k in keys if k])
+    failed: dict[str, str] = {}  # content key → why checking it failed (not stored: retried)
+    positions: dict[str, list[int]] = {}
+    pending: list[tuple[int, Document]] = []
+    for i, (item, key) in enumerate(zip(items, keys)):
+        if isinstance(item, Document):
+            positions.setdefault(key, []).append(i)
+            if key not in stored and len(positions[key]) == 1:
+                pending.append((i, item))
+    reused = sum(len(positions[k]) for k in positions if k in stored)
+    finished = reused + sum(1 for i in items if isinstance(i, BadRecord))
+    outputs = _Outputs(out, html_dir, checker.policy)
+    done = 0
+
+    def emit_ready() -> None:
+        nonlocal done
+        while done < len(items):
+            item, key = items[done], keys[done]
+            if isinstance(item, BadRecord):
+                outputs.error(item.origin, item.message)
+            elif key in failed:
+                outputs.error(item.origin or item.id, failed[key], item.id)
+            elif key in stored:
+                outputs.document(done, item, stored[key])
+            else:
+                break
+            done += 1
+        outputs.flush()
+
+    scored = 0
+    try:
+        emit_ready()
+        if on_progress is not None:
+            on_progress(finished, len(items))
+        for start in range(0, len(pending), chunk_size):
+            chunk = pending[start : start + chunk_size]
+            c0 = time.perf_counter()
+            results = _score(checker, [doc for _, doc in chunk])
+            seconds = (time.perf_counter() - c0) / len(chunk)
+            rows = []
+            for (i, doc), result in zip(chunk, results):
+                if isinstance(result, str):
+                    failed[keys[i]] = result
+                else:
+                    data = json.dumps(document_to_dict(result), ensure_ascii=False, sort_keys=True)
+                    rows.append((keys[i], doc.id, data, seconds))
+                finished += len(positions[keys[i]])
+            db.put(config, rows)  # committed: a kill after this line loses none of this chunk
+            stored.update({c: r for c, _, r, _ in rows})
+            scored += len(rows)
+            emit_ready()
+            if on_progress is not None:
+                on_progress(finished, len(items))
+    except BaseException:
+        outputs.abandon()
+        raise
+    written = outputs.finish(csv_out)
+    seconds = time.perf_counter() - t0
+    logger.info("batch: %d checked, %d reused, %d inputs in %.1fs", scored, reused, len(items),
+                seconds)
+    return BatchSummary(rows=tuple(outputs.rows), scored=scored, reused=reused, seconds=seconds,
+                        outputs=tuple(written), policy=checker.policy.name)
+
+
+# -- reading results back ---------------------------------------------------------------------
+
+
+def read_results(path: Path) -> Iterator[DocumentReport | BadRecord]:
+    """Reports from a batch results JSONL or a ``check --format json`` report.
+
+    Error lines of a batch come back as BadRecords, and so do lines that are not results.
+    The reports have no article text (the JSON does not hold it); each span keeps its own text.
+    """
+    text = read_text(path)
+    try:
+        whole = json.loads(text)
+    except json.JSONDecodeError:
+        whole = None  # JSONL: one result per line
+    if isinstance(whole, dict) and isinstance(whole.get("documents"), list):
+        for k, doc in enumerate(whole["documents"]):
+            try:
+                yield document_from_dict(doc)
+            except InputError as exc:
+                yield BadRecord(str(path), f"{path}: document {k}: {exc}")
+        return
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        where = f"{path}:{lineno}"
+        try:
+            data = json.loads(line)
+        except json.JSONDecodeError as exc:
+            yield BadRecord(where, f"{where}: malformed JSON: {exc.msg} (column {exc.colno})")
+            continue
+        if not isinstance(data, dict) or data.get("schema", SCHEMA) != SCHEMA:
+            yield BadRecord(where, f"{where}: not an {SCHEMA} result line")
+            continue
+        if "error" in data:
+            yield BadRecord(str(data.get("origin") or where), str(data["error"]))
+            continue
+        try:
+            yield document_from_dict(data)
+        except MtqaError as exc:
+            yield BadRecord(where, f"{where}: {exc}")
+
