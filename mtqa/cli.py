@@ -279,6 +279,59 @@ def gate_command(
     raise typer.Exit(_exit_code(len(bad), failed, True))
 
 
+@app.command()
+def evaluate(
+    data: Annotated[Path, typer.Argument(help="MQM-annotated JSONL (format: mtqa.evaluate docs).",
+                                         exists=True, dir_okay=False)],
+    reference: Annotated[bool, typer.Option(
+        "--reference/--no-reference", help="Give mtqa each line's reference.")] = False,
+    limit: Annotated[Optional[int], typer.Option(help="Only the first N lines.")] = None,  # noqa: UP007
+    include_human: Annotated[bool, typer.Option(
+        help="Keep the human translations (systems ref-*) as candidates.")] = False,
+    samples: Annotated[int, typer.Option(help="Bootstrap resamples for the 95% CIs.")] = 200,
+    fmt: Annotated[Format, typer.Option("--format", "-f", help="text or json.")] = Format.text,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o")] = None,  # noqa: UP007
+    checkers: ChecksOpt = None,
+    no_lm: NoLmOpt = False,
+    lm_model: LmModelOpt = None,
+    batch_size: BatchSizeOpt = _DEFAULTS.batch_size,
+    threads: ThreadsOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Correlate mtqa with MQM human judgments, beside sacreBLEU and length baselines."""
+    import json
+    import time
+
+    from mtqa import evaluate as ev
+
+    try:
+        settings = _settings(config, checkers, no_lm, None, lm_model=lm_model,
+                             batch_size=batch_size, threads=threads)
+        if not reference:
+            settings = settings.without("reference")
+        records = [r for r in ev.load_mqm(data, limit=limit)
+                   if include_human or not r.system.startswith("ref-")]
+        t0 = time.perf_counter()
+        with _progress(sys.stderr.isatty()) as on_progress:
+            done = [0]
+
+            def tick(n: int) -> None:
+                done[0] += n
+                if on_progress is not None:
+                    on_progress(done[0], len(records))
+
+            reports, _ = ev.score_records(records, settings, with_reference=reference,
+                                          progress=tick)
+        result = ev.evaluate_reports(records, reports, data=str(data), with_reference=reference,
+                                     seconds=time.perf_counter() - t0, samples=samples)
+    except MtqaError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(EXIT_INPUT_ERROR) from exc
+    text = (json.dumps(ev.evaluation_to_dict(result), ensure_ascii=False, sort_keys=True, indent=2)
+            + "\n" if fmt is Format.json else ev.render_evaluation(result))
+    _emit(text, out)
+
+
 def main() -> None:
     """Console-script entry point."""
     app()

@@ -72,3 +72,22 @@ def test_malformed_line_names_file_and_line(tmp_path: Path) -> None:
                    encoding="utf-8")
     with pytest.raises(InputError, match=r"m\.jsonl:2: not an MQM record"):
         load_mqm(bad)
+
+
+def test_evaluate_command_json() -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from mtqa.cli import app
+
+    result = CliRunner().invoke(app, ["evaluate", str(SAMPLE), "--checkers", "structure",
+                                      "--samples", "10", "--format", "json", "--reference"])
+    assert result.exit_code == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert data["schema"] == "mtqa.evaluation/1" and data["with_reference"] is True
+    names = [m["name"] for m in data["metrics"]]
+    assert names[0] == "mtqa score" and {"chrF", "-length", "sentence BLEU", "-TER"} <= set(names)
+    assert data["lines"] == 52  # the two human translations of each segment are left out
+    floor = data["spans"]["flag everything (severity ignored)"]
+    assert floor["recall"] == 1.0 and 0 < floor["precision"] < 1
