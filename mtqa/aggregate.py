@@ -44,29 +44,48 @@ def _rank(f: Finding) -> tuple[int, int, float]:
     return (0 if f.category in _EVIDENCE else 1, f.severity.rank, f.confidence)
 
 
-def merge_findings(mt: str, findings: Sequence[Finding]) -> list[Span]:
-    """Merge overlapping findings into report spans, ``text == mt[start:end]``."""
-    clusters: list[list[Finding]] = []
-    for f in sorted(findings, key=lambda f: (f.start, f.end)):
-        if f.end <= f.start:
-            continue
-        if clusters and f.start < max(g.end for g in clusters[-1]):
-            clusters[-1].append(f)
-        else:
-            clusters.append([f])
+def merge_findings(mt: str, findings: Sequence[Finding], *,
+                   standalone_evidence: bool = True) -> list[Span]:
+    """Merge overlapping findings into report spans, ``text == mt[start:end]``.
+
+    Without ``standalone_evidence``, a cluster made of evidence alone (a diff against a
+    comparable article, which is another text, not a translation) is not reported.
+    """
+    def cluster(items: Sequence[Finding]) -> list[list[Finding]]:
+        out: list[list[Finding]] = []
+        for f in sorted(items, key=lambda f: (f.start, f.end)):
+            if out and f.start < max(g.end for g in out[-1]):
+                out[-1].append(f)
+            else:
+                out.append([f])
+        return out
+
+    valid = [f for f in findings if f.end > f.start]
+    # NOTE: evidence never joins two findings into one span: long diff stretches would chain
+    # neighbouring garbles together. It attaches to the spans it overlaps, or stands alone.
+    clusters = cluster([f for f in valid if f.category not in _EVIDENCE])
+    loose = []
+    for f in (f for f in valid if f.category in _EVIDENCE):
+        hits = [c for c in clusters if any(f.start < g.end and g.start < f.end for g in c)]
+        for c in hits:
+            c.append(f)
+        if not hits:
+            loose.append(f)
+    if standalone_evidence:
+        clusters += cluster(loose)
     spans: list[Span] = []
-    for cluster in clusters:
-        main = max(cluster, key=_rank)
-        others = [g for g in cluster if g is not main]
+    for members in sorted(clusters, key=lambda c: min(g.start for g in c)):
+        main = max(members, key=_rank)
+        others = [g for g in members if g is not main]
         best: dict[str, float] = {}
-        for g in cluster:
+        for g in members:
             best[g.checker] = max(best.get(g.checker, 0.0), g.confidence)
         confidence = 1.0 - math.prod(1.0 - c for c in best.values())
         message = main.message
         extra = [f"{g.checker}: {g.message}" for g in others if g.message != main.message]
         if extra:
             message += " (also " + "; ".join(dict.fromkeys(extra)) + ")"
-        suggestions = tuple(dict.fromkeys(s for g in cluster for s in g.suggestions))
+        suggestions = tuple(dict.fromkeys(s for g in members for s in g.suggestions))
         spans.append(Span(
             start=main.start, end=main.end, text=mt[main.start : main.end],
             category=main.category, severity=main.severity,
@@ -97,7 +116,11 @@ def aggregate(
         return any(s <= f.start < e for s, e in body)
 
     findings = [f for r in results for f in r.findings if in_body(f)]
-    spans = merge_findings(mt, findings)
+    reference = next((r.reference for r in results if r.reference is not None), None)
+    # NOTE: a comparable article words the same facts differently; its diff only corroborates
+    # a span another checker found (issue 5), while a parallel reference's diff is evidence itself.
+    spans = merge_findings(mt, findings,
+                           standalone_evidence=reference is None or reference.mode == "parallel")
     words = sum(len(mt[s:e].split()) for s, e in body)
     fluency_result = next((r for r in results if r.checker == "fluency"), None)
     fluency = fluency_result.doc_score if fluency_result is not None else None
@@ -113,7 +136,6 @@ def aggregate(
     score = penalty_score(spans, words)
     if fluency is not None:
         score = (1.0 - FLUENCY_WEIGHT) * score + FLUENCY_WEIGHT * fluency
-    reference = next((r.reference for r in results if r.reference is not None), None)
     features = {f"{r.checker}.{k}": float(v) for r in results for k, v in r.features.items()}
     features["body_words"] = float(words)
     signature = " + ".join([f"mtqa:{__version__}"] + [r.signature for r in results])

@@ -42,6 +42,24 @@ def test_reference_evidence_never_decides_severity() -> None:
     assert span.category == "garbled" and span.confidence == pytest.approx(1 - 0.6 * 0.5)
 
 
+def test_comparable_evidence_alone_is_not_a_span() -> None:
+    mt = "The talks ended on Tuesday in the capital."
+    ev = Finding(0, 9, "reference-mismatch", Severity.MINOR, "reference", "differs", 0.3)
+    assert merge_findings(mt, [ev], standalone_evidence=False) == []
+    assert [s.text for s in merge_findings(mt, [ev])] == ["The talks"]
+
+
+def test_evidence_does_not_chain_two_spans() -> None:
+    mt = "It was successful. even as they resisted new measures. sanctions followed."
+    i, j = mt.index("successful. even"), mt.index("measures. sanctions")
+    a = Finding(i, i + 16, "structure", Severity.MAJOR, "structure", "join 1", 0.9, "broken-join")
+    b = Finding(j, j + 19, "structure", Severity.MAJOR, "structure", "join 2", 0.9, "broken-join")
+    ev = Finding(10, 60, "reference-mismatch", Severity.MINOR, "reference", "differs", 0.3)
+    spans = merge_findings(mt, [a, b, ev])
+    assert [s.text for s in spans] == ["successful. even", "measures. sanctions"]
+    assert all(s.checker == "structure+reference" for s in spans)
+
+
 def test_penalty_score_monotone() -> None:
     mt = "x"
     minor = merge_findings(mt, [Finding(0, 1, "s", Severity.MINOR, "c", "m")])
