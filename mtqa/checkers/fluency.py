@@ -1,0 +1,655 @@
+"""Fluency from language-model surprisal, normalised for word rarity (SLOR), and garbled spans.
+
+Per document, the body sentences (boilerplate is skipped) are read as one text, a paragraph per
+line, in overlapping windows after an ``<|endoftext|>`` prefix so that the first word is scored
+too. Token surprisals are summed per word (a run of non-space characters). A word's *excess* is
+its LM surprisal minus its unigram surprisal from ``wordfreq`` (the SLOR numerator, Pauls & Klein
+2012; Lau et al. 2017): a name or a rare correct word is hard for the LM *and* rare. The excess is
+then standardised against what correct words of the same rarity and kind (first word, opening
+quote, punctuation) show, fitted on MQM data, so that names, numbers and rare words are not
+punished. Fluency (0-100) comes from the standardised excess above a floor, summed over the
+words of a sentence or document with a prior of fluent words; garbled spans are runs of words
+whose standardised excess stands out from their own document's.
+"""
+
+from __future__ import annotations
+
+import bisect
+import logging
+import math
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+from typing import TYPE_CHECKING, ClassVar, cast
+
+import numpy as np
+
+from mtqa import __version__
+from mtqa.checkers.base import BaseChecker
+from mtqa.errors import CheckerUnavailable, ConfigError
+from mtqa.types import CheckResult, Finding, Kind, SegmentedDocument, Severity
+
+if TYPE_CHECKING:
+    import torch
+    from numpy.typing import NDArray
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+__all__ = ["FluencyChecker", "WordScores"]
+
+logger = logging.getLogger(__name__)
+
+_WORD = re.compile(r"\S+")
+_LEXICAL = re.compile(r"[^\W_]")
+_PREFIX_TOKEN = "<|endoftext|>"
+_OPENING = frozenset("\"'“‘«‹([{")
+_PRECISIONS = ("fp32", "bf16", "int8")
+
+
+@dataclass(frozen=True, slots=True)
+class WordScores:
+    """Surprisals (nats) of the body words of one document, before any threshold is applied.
+
+    ``start``/``end`` are offsets into ``Document.mt``; ``sentence`` indexes
+    ``SegmentedDocument.sentences``; ``lm`` sums the word's token surprisals; ``unigram`` is
+    ``-ln`` of its wordfreq frequency (floored), 0 for words without letters or digits;
+    ``lm_first`` is the surprisal of the word's first token alone (where the word meets its
+    context). ``token_surprisal`` holds every scored token of the document, in order.
+    """
+
+    start: tuple[int, ...]
+    end: tuple[int, ...]
+    sentence: tuple[int, ...]
+    lm: tuple[float, ...]
+    lm_first: tuple[float, ...]
+    unigram: tuple[float, ...]
+    tokens: tuple[int, ...]
+    token_surprisal: tuple[float, ...]
+
+    @property
+    def excess(self) -> NDArray[np.float64]:
+        """LM minus unigram surprisal per word (negative SLOR numerator): high is anomalous."""
+        return np.asarray(self.lm, dtype=np.float64) - np.asarray(self.unigram, dtype=np.float64)
+
+
+@dataclass(frozen=True, slots=True)
+class _Text:
+    """The body text of one document as scored, with the map back into ``Document.mt``."""
+
+    text: str
+    text_starts: tuple[int, ...]  # where each piece copied from doc.mt starts in text
+    doc_starts: tuple[int, ...]  # and in doc.mt
+    sentence_starts: tuple[int, ...]  # doc offsets of the body sentences, ascending
+    sentence_index: tuple[int, ...]  # their indices in SegmentedDocument.sentences
+
+    def to_doc(self, i: int) -> int:
+        """The offset in ``doc.mt`` of offset ``i`` of ``text`` (never a joining newline)."""
+        k = bisect.bisect_right(self.text_starts, i) - 1
+        return self.doc_starts[k] + (i - self.text_starts[k])
+
+
+@dataclass(frozen=True, slots=True)
+class _Window:
+    doc: int
+    ids: tuple[int, ...]
+    first: int  # position in ids of the first target scored in this window
+    offset: int  # index of that target in the document's token list
+
+
+class FluencyChecker(BaseChecker):
+    """Scores fluency 0-100 per body sentence and document, and finds garbled spans.
+
+    The language model is loaded in the constructor (``mtqa.models.load_lm``) unless ``model``
+    and ``tokenizer`` are injected.
+
+    Raises:
+        CheckerUnavailable: from the constructor, when the model cannot be loaded.
+    """
+
+    name: ClassVar[str] = "fluency"
+
+    BATCH_SIZE: ClassVar[int] = 8
+    #: tokens per window, and tokens of already-scored text repeated as context in the next one
+    WINDOW: ClassVar[int] = 512
+    CONTEXT: ClassVar[int] = 128
+    PRECISION: ClassVar[str] = "fp32"
+    #: tokens of hidden states turned into vocabulary logits at once (bounds peak memory)
+    HEAD_CHUNK: ClassVar[int] = 256
+    #: unigram frequency given to words wordfreq does not know (its English list stops at 1e-8)
+    UNKNOWN_FREQ: ClassVar[float] = 1e-8
+    #: fluency: each word costs max(0, z0 - PENALTY_FROM), z0 its standardised excess (below);
+    #: a text's penalty is the sum over (words + PRIOR_WORDS), as if PRIOR_WORDS fluent words were
+    #: added, so that short texts are scored by their errors (as MQM counts them) and long ones by
+    #: error density; fluency = 100 / (1 + exp((penalty - SCORE_MID) / SCORE_SCALE)).
+    #: Chosen on WMT21 zh-en MQM (first 41 documents; see models/README.md for the figures).
+    PENALTY_FROM: ClassVar[float] = -1.0
+    PRIOR_WORDS: ClassVar[float] = 30.0
+    SCORE_MID: ClassVar[float] = 0.9
+    SCORE_SCALE: ClassVar[float] = 0.15
+    #: what a *correct* word's excess is expected to be, by rarity: piecewise linear in the word's
+    #: unigram surprisal (knots), with its spread; plus offsets for words with less context or
+    #: extra punctuation. Fitted by ``benchmarks/fluency_mqm.py --fit`` on the words of WMT21
+    #: zh-en MQM (first 41 documents, fp32) that no rater marked: this is what keeps names,
+    #: numbers and rare correct words (excess +1 nats on average when wordfreq does not know
+    #: them, -4 at frequency 1e-6) from being flagged.
+    RARITY_KNOTS: ClassVar[tuple[float, ...]] = (
+        2.5, 4.0, 6.0, 8.0, 10.0, 12.0, 14.0, 16.0, 17.5, 18.42
+    )
+    EXPECTED_EXCESS: ClassVar[tuple[float, ...]] = (
+        -1.6, -2.11, -2.76, -2.87, -3.95, -3.98, -4.11, -3.31, -0.41, 1.12
+    )
+    EXCESS_SPREAD: ClassVar[tuple[float, ...]] = (
+        0.78, 1.66, 2.33, 2.94, 3.56, 4.01, 4.82, 6.0, 5.11, 7.1
+    )
+    #: expected extra excess of: the first word of a text, a sentence's first word, a word opening
+    #: with a quote or bracket, a word of punctuation only (whose unigram surprisal is 0)
+    FIRST_WORD_OFFSET: ClassVar[float] = 5.99
+    SENTENCE_START_OFFSET: ClassVar[float] = 0.91
+    OPEN_PUNCT_OFFSET: ClassVar[float] = 5.25
+    PUNCT_ONLY_EXCESS: ClassVar[float] = 2.4
+    PUNCT_ONLY_SPREAD: ClassVar[float] = 5.91
+    #: the least spread used: function words vary little, yet 1-2 nats on "the" is not an error
+    SPREAD_FLOOR: ClassVar[float] = 3.0
+    #: spans: a word's standardised excess is compared with its document's (robust centre and
+    #: spread, shrunk towards 0 and 1 with the weight of PRIOR_WEIGHT words)
+    PRIOR_WEIGHT: ClassVar[float] = 20.0
+    #: standardised excess above which a word is anomalous, and above which a span is major
+    Z_MINOR: ClassVar[float] = 1.0
+    Z_MAJOR: ClassVar[float] = 3.5
+    #: excess (nats) a word needs besides its z-score: a clean document has outliers too
+    MIN_EXCESS: ClassVar[float] = 2.0
+    #: words added to a span on each side (within its sentence)
+    EXTEND_LEFT: ClassVar[int] = 1
+    EXTEND_RIGHT: ClassVar[int] = 1
+
+    def __init__(
+        self,
+        *,
+        lm_model: str | None = None,
+        cache_dir: Path | None = None,
+        batch_size: int = BATCH_SIZE,
+        threads: int | None = None,
+        device: str = "cpu",
+        precision: str = PRECISION,
+        window: int = WINDOW,
+        context: int = CONTEXT,
+        model: PreTrainedModel | None = None,
+        tokenizer: PreTrainedTokenizerBase | None = None,
+    ) -> None:
+        if batch_size < 1:
+            raise ConfigError(f"fluency: batch_size must be at least 1, got {batch_size}")
+        if precision not in _PRECISIONS:
+            err = f"fluency: precision must be one of {', '.join(_PRECISIONS)}, got {precision!r}"
+            raise ConfigError(err)
+        if not 0 <= context < window:
+            err = f"fluency: need 0 <= context < window, got context={context}, window={window}"
+            raise ConfigError(err)
+        try:
+            import torch
+        except ImportError as exc:
+            raise CheckerUnavailable(self.name, f"torch is not installed ({exc})") from exc
+        if threads is not None:
+            torch.set_num_threads(threads)
+        self.batch_size = batch_size
+        self.device = device
+        self.precision = precision
+        self.window = window
+        self.context = context
+        if model is None or tokenizer is None:
+            from mtqa.models import load_lm
+
+            lm = load_lm(lm_model, cache_dir=cache_dir, device=device, checker=self.name)
+            model, tokenizer = lm.model, lm.tokenizer
+            self.model_name, self.weights_sha = lm.name, lm.weights_sha
+        else:
+            self.model_name = str(getattr(model.config, "name_or_path", "") or "injected")
+            self.weights_sha = "injected"
+        module = _apply_precision(cast("torch.nn.Module", model), precision)
+        module.eval()
+        self._model: torch.nn.Module | None = module.to(device)
+        self._tokenizer: PreTrainedTokenizerBase | None = tokenizer
+        self._prefix = _prefix_id(tokenizer)
+
+    # --- public API -------------------------------------------------------------------------
+
+    @property
+    def signature(self) -> str:
+        """Every setting that changes the numbers (batch size and threads do not)."""
+        return (
+            f"fluency|model:{self.model_name}|rev:{self.weights_sha}|prec:{self.precision}"
+            f"|win:{self.window}|ctx:{self.context}|mtqa:{__version__}"
+        )
+
+    def check(self, docs: Sequence[SegmentedDocument]) -> list[CheckResult]:
+        """Score each document's body text; one result per document, in input order."""
+        scores = self.score_words(docs)
+        return [self.analyse(sd, ws) for sd, ws in zip(docs, scores)]
+
+    def score_words(self, docs: Sequence[SegmentedDocument]) -> list[WordScores]:
+        """Run the language model: the surprisal of every body word of every document."""
+        model, tokenizer = self._require()
+        texts = [_body_text(sd) for sd in docs]
+        started = time.perf_counter()
+        enc = tokenizer(
+            [t.text for t in texts], add_special_tokens=False, return_offsets_mapping=True
+        )
+        windows: list[_Window] = []
+        for d, ids in enumerate(enc["input_ids"]):
+            windows.extend(_windows(d, ids, self._prefix, self.window, self.context))
+        token_scores = [np.zeros(len(ids), dtype=np.float64) for ids in enc["input_ids"]]
+        for w, values in zip(windows, self._score_windows(model, windows)):
+            token_scores[w.doc][w.offset : w.offset + len(values)] = values
+        n_tokens = sum(len(ids) for ids in enc["input_ids"])
+        dt = time.perf_counter() - started
+        logger.debug("scored %d tokens in %d windows in %.2fs", n_tokens, len(windows), dt)
+        return [
+            _word_scores(sd, t, offsets, s, self.UNKNOWN_FREQ)
+            for sd, t, offsets, s in zip(docs, texts, enc["offset_mapping"], token_scores)
+        ]
+
+    def analyse(self, sd: SegmentedDocument, ws: WordScores) -> CheckResult:
+        """Turn one document's word surprisals into scores, findings and features (no LM)."""
+        excess = ws.excess
+        n_sent = len(sd.sentences)
+        if excess.size == 0:
+            sentence_scores: list[float | None] = [None] * n_sent
+            return CheckResult(
+                checker=self.name,
+                doc_id=sd.doc.id,
+                signature=self.signature,
+                sentence_scores=tuple(sentence_scores),
+                doc_score=None,
+                features=MappingProxyType(self._features(ws, excess, excess, (), excess)),
+            )
+        z0 = self._standardise(sd, ws, excess)
+        center, scale = self._context(z0)
+        z = (z0 - center) / scale
+        cost = np.maximum(z0 - self.PENALTY_FROM, 0.0)
+        sentence_scores = [None] * n_sent
+        sent = np.asarray(ws.sentence)
+        for i, s in enumerate(sd.sentences):
+            if s.kind is Kind.BODY:
+                mask = sent == i
+                if mask.any():
+                    sentence_scores[i] = self._fluency(cost[mask])
+        findings = tuple(self._spans(sd, ws, excess, z))
+        return CheckResult(
+            checker=self.name,
+            doc_id=sd.doc.id,
+            signature=self.signature,
+            findings=findings,
+            sentence_scores=tuple(sentence_scores),
+            doc_score=self._fluency(cost),
+            features=MappingProxyType(self._features(ws, excess, z, findings, cost)),
+        )
+
+    def close(self) -> None:
+        """Drop the model; calling it twice is harmless."""
+        self._model = None
+        self._tokenizer = None
+
+    # --- language model ---------------------------------------------------------------------
+
+    def _require(self) -> tuple[torch.nn.Module, PreTrainedTokenizerBase]:
+        if self._model is None or self._tokenizer is None:
+            err = "the checker was closed; create a new FluencyChecker"
+            raise CheckerUnavailable(self.name, err)
+        return self._model, self._tokenizer
+
+    def _score_windows(self, model: torch.nn.Module, windows: list[_Window]) -> list[list[float]]:
+        """Surprisal (nats) of the targets of each window, batched by length, in input order."""
+        import torch
+
+        order = sorted(range(len(windows)), key=lambda i: -len(windows[i].ids))
+        out: list[list[float]] = [[] for _ in windows]
+        # NOTE: the decoder and the output projection are called apart so that only scored
+        # positions are projected onto the vocabulary (see below).
+        decoder = cast("torch.nn.Module", model.get_decoder())  # type: ignore[operator]
+        head = cast("torch.nn.Module", model.get_output_embeddings())  # type: ignore[operator]
+        with torch.inference_mode():
+            for b in range(0, len(order), self.batch_size):
+                batch = [windows[i] for i in order[b : b + self.batch_size]]
+                width = max(len(w.ids) for w in batch)
+                ids = torch.zeros((len(batch), width), dtype=torch.long)
+                mask = torch.zeros((len(batch), width), dtype=torch.long)
+                rows: list[int] = []
+                cols: list[int] = []
+                targets: list[int] = []
+                for r, w in enumerate(batch):
+                    ids[r, : len(w.ids)] = torch.tensor(w.ids)
+                    mask[r, : len(w.ids)] = 1
+                    rows.extend([r] * (len(w.ids) - w.first))
+                    cols.extend(range(w.first - 1, len(w.ids) - 1))
+                    targets.extend(w.ids[w.first :])
+                hidden = decoder(
+                    input_ids=ids.to(self.device), attention_mask=mask.to(self.device)
+                ).last_hidden_state
+                # NOTE: only real positions reach the vocabulary projection, so padding never
+                # enters a score and the (tokens x 49k) logits stay small.
+                picked = hidden[torch.tensor(rows), torch.tensor(cols)]
+                tgt = torch.tensor(targets, device=picked.device)
+                values = torch.cat(
+                    [
+                        _surprisal(head, picked[c : c + self.HEAD_CHUNK], tgt[c : c + self.HEAD_CHUNK])
+                        for c in range(0, len(targets), self.HEAD_CHUNK)
+                    ]
+                ).tolist()
+                pos = 0
+                for i, w in zip(order[b : b + self.batch_size], batch):
+                    n = len(w.ids) - w.first
+                    out[i] = values[pos : pos + n]
+                    pos += n
+        return out
+
+    # --- analysis ---------------------------------------------------------------------------
+
+    def _features(
+        self,
+        ws: WordScores,
+        excess: NDArray[np.float64],
+        z: NDArray[np.float64],
+        findings: Sequence[Finding],
+        cost: NDArray[np.float64],
+    ) -> dict[str, float]:
+        tok = np.asarray(ws.token_surprisal, dtype=np.float64)
+        n = float(excess.size)
+        feats: dict[str, float] = {"tokens": float(tok.size), "words": n}
+        if tok.size:
+            feats.update(
+                surprisal_mean=float(tok.mean()),
+                surprisal_max=float(tok.max()),
+                surprisal_p90=float(np.percentile(tok, 90)),
+                surprisal_sum=float(tok.sum()),
+            )
+        if excess.size:
+            slor = -excess
+            feats.update(
+                slor_mean=float(slor.mean()),
+                slor_p10=float(np.percentile(slor, 10)),
+                slor_min=float(slor.min()),
+                excess_pos_sum=float(np.maximum(excess, 0).sum()),
+                z_max=float(z.max()),
+                z_pos_sum=float(np.maximum(z, 0).sum()),
+            )
+            feats.update(penalty=self._penalty(cost), penalty_sum=float(cost.sum()))
+        feats.update(
+            spans=float(len(findings)),
+            major_spans=float(sum(f.severity is Severity.MAJOR for f in findings)),
+            span_chars=float(sum(f.end - f.start for f in findings)),
+        )
+        return feats
+
+    def _standardise(
+        self, sd: SegmentedDocument, ws: WordScores, excess: NDArray[np.float64]
+    ) -> NDArray[np.float64]:
+        """Each word's excess minus what a correct word of its kind has, over that spread."""
+        uni = np.asarray(ws.unigram, dtype=np.float64)
+        expected = np.interp(uni, self.RARITY_KNOTS, self.EXPECTED_EXCESS)
+        spread = np.interp(uni, self.RARITY_KNOTS, self.EXCESS_SPREAD)
+        punct, first, starts, opening = _word_classes(sd, ws)
+        expected[punct] = self.PUNCT_ONLY_EXCESS
+        spread[punct] = self.PUNCT_ONLY_SPREAD
+        expected[first] += self.FIRST_WORD_OFFSET
+        expected[starts] += self.SENTENCE_START_OFFSET
+        expected[opening] += self.OPEN_PUNCT_OFFSET
+        return (excess - expected) / np.maximum(spread, self.SPREAD_FLOOR)
+
+    def _context(self, z0: NDArray[np.float64]) -> tuple[float, float]:
+        """Robust centre and spread of the document's standardised excess, shrunk to (0, 1)."""
+        n = float(z0.size)
+        k = self.PRIOR_WEIGHT
+        med = float(np.median(z0))
+        mad = float(np.median(np.abs(z0 - med))) * 1.4826
+        center = n * med / (n + k)
+        scale = (n * mad + k) / (n + k)
+        return center, max(scale, 1e-3)
+
+    def _penalty(self, cost: NDArray[np.float64]) -> float:
+        return float(cost.sum()) / (cost.size + self.PRIOR_WORDS)
+
+    def _fluency(self, cost: NDArray[np.float64]) -> float:
+        """0-100 from the words' costs (see PENALTY_FROM)."""
+        return 100.0 / (1.0 + math.exp((self._penalty(cost) - self.SCORE_MID) / self.SCORE_SCALE))
+
+    def _spans(
+        self,
+        sd: SegmentedDocument,
+        ws: WordScores,
+        excess: NDArray[np.float64],
+        z: NDArray[np.float64],
+    ) -> list[Finding]:
+        """Runs of anomalous words, widened by the neighbours they collide with, as findings."""
+        flagged = (z >= self.Z_MINOR) & (excess >= self.MIN_EXCESS)
+        sent = np.asarray(ws.sentence)
+        covered = flagged.copy()
+        # NOTE: a word is surprising given the words before it, so the error is often the
+        # junction: "in the during the" surprises on "during" alone. Widen within the sentence.
+        for shift, width in ((-1, self.EXTEND_LEFT), (1, self.EXTEND_RIGHT)):
+            grow = flagged.copy()
+            for _ in range(width):
+                moved = np.zeros_like(grow)
+                if shift < 0:
+                    moved[:-1] = grow[1:] & (sent[:-1] == sent[1:])
+                else:
+                    moved[1:] = grow[:-1] & (sent[1:] == sent[:-1])
+                grow = moved
+                covered |= moved
+        out: list[Finding] = []
+        i, n = 0, len(covered)
+        while i < n:
+            if not covered[i]:
+                i += 1
+                continue
+            j = i
+            while j + 1 < n and covered[j + 1] and sent[j + 1] == sent[i]:
+                j += 1
+            hot = np.flatnonzero(flagged[i : j + 1]) + i
+            if hot.size == 0:  # only neighbours of a run that belongs to another sentence
+                i = j + 1
+                continue
+            peak = float(z[hot].max())
+            major = peak >= self.Z_MAJOR
+            start, end = ws.start[i], ws.end[j]
+            words = sd.doc.mt[start:end]
+            confidence = 1.0 / (1.0 + math.exp(-(peak - self.Z_MAJOR)))
+            out.append(
+                Finding(
+                    start=start,
+                    end=end,
+                    category="garbled" if major else "unnatural-phrasing",
+                    severity=Severity.MAJOR if major else Severity.MINOR,
+                    checker=self.name,
+                    message=(
+                        f"unexpected wording {words!r}: the language model finds it "
+                        f"{float(excess[hot].max()):.1f} nats more surprising than its word "
+                        f"frequency explains ({peak:.1f} spreads above this text's norm)"
+                    ),
+                    confidence=round(confidence, 4),
+                    rule="lm-surprisal",
+                )
+            )
+            i = j + 1
+        return out
+
+
+# --- helpers ----------------------------------------------------------------------------------
+
+
+def _windows(doc: int, ids: Sequence[int], prefix: int, window: int, context: int) -> list[_Window]:
+    """Overlapping windows over ``[prefix] + ids`` that score every token exactly once.
+
+    Each window after the first repeats at least ``context`` already-scored tokens before the
+    tokens it scores; the last one is aligned to the end of the text to get the most context.
+    """
+    seq = [prefix, *ids]
+    out: list[_Window] = []
+    done = 1  # positions of seq before this one are scored (0 is the prefix)
+    while done < len(seq):
+        start = 0 if done == 1 else done - context
+        end = min(start + window, len(seq))
+        if end == len(seq):
+            start = max(0, min(start, end - window))
+        out.append(_Window(doc, tuple(seq[start:end]), done - start, done - 1))
+        done = end
+    return out
+
+
+def _word_classes(sd: SegmentedDocument, ws: WordScores) -> tuple[NDArray[np.bool_], ...]:
+    """Masks of words: punctuation only, the text's first, a later sentence's first, opening."""
+    n = len(ws.start)
+    punct = np.asarray(ws.unigram, dtype=np.float64) == 0.0
+    sent = np.asarray(ws.sentence)
+    first = np.zeros(n, dtype=bool)
+    first[:1] = True
+    starts = np.zeros(n, dtype=bool)
+    starts[1:] = sent[1:] != sent[:-1]
+    opening = np.array([sd.doc.mt[a] in _OPENING for a in ws.start], dtype=bool)
+    return punct, first, starts, opening
+
+
+def _apply_precision(model: torch.nn.Module, precision: str) -> torch.nn.Module:
+    """The model in the given precision (bf16 converts it in place; int8 makes a copy)."""
+    import torch
+
+    if precision == "fp32":
+        return model.to(torch.float32)
+    if precision == "bf16":
+        return model.to(torch.bfloat16)
+    if precision == "int8":
+        from torch.ao.quantization import quantize_dynamic
+
+        # NOTE: the output projection shares its weight with the input embedding and does not
+        # survive 8-bit quantisation (surprisal goes up by half): quantise the decoder only.
+        head = model.get_output_embeddings()  # type: ignore[operator]
+        names = {n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and m is not head}
+        quantized: torch.nn.Module = quantize_dynamic(  # type: ignore[no-untyped-call]
+            model, names, dtype=torch.qint8
+        )
+        return quantized
+    err = f"fluency: unknown precision {precision!r}"
+    raise ConfigError(err)
+
+
+def _prefix_id(tokenizer: PreTrainedTokenizerBase) -> int:
+    """The token put before every text so its first word is scored: ``<|endoftext|>`` or BOS."""
+    vocab = tokenizer.get_vocab()
+    if _PREFIX_TOKEN in vocab:
+        return int(vocab[_PREFIX_TOKEN])
+    for tid in (tokenizer.bos_token_id, tokenizer.eos_token_id):
+        if tid is not None:
+            return int(tid)
+    raise CheckerUnavailable("fluency", "the tokenizer has no <|endoftext|>, BOS or EOS token")
+
+
+def _surprisal(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    import torch
+
+    logits = head(hidden).float()
+    picked = logits.gather(1, targets[:, None])[:, 0]
+    out: torch.Tensor = (torch.logsumexp(logits, dim=1) - picked).double()
+    return out
+
+
+def _body_text(sd: SegmentedDocument) -> _Text:
+    """The body sentences as one text: runs of body sentences of a paragraph, one per line."""
+    parts: list[str] = []
+    pieces: list[tuple[int, int]] = []
+    starts: list[int] = []
+    index: list[int] = []
+    pos = 0
+    run: tuple[int, int] | None = None  # (doc start, doc end) of the current run
+    last_para = -1
+
+    def flush() -> None:
+        nonlocal pos, run
+        if run is None:
+            return
+        if parts:
+            parts.append("\n")
+            pos += 1
+        pieces.append((pos, run[0]))
+        # NOTE: the LM reads the normalised text (plain spaces and quotes, same offsets).
+        parts.append(sd.norm[run[0] : run[1]])
+        pos += run[1] - run[0]
+        run = None
+
+    for i, s in enumerate(sd.sentences):
+        if s.kind is not Kind.BODY:
+            flush()
+            continue
+        starts.append(s.start)
+        index.append(i)
+        if run is not None and s.paragraph == last_para:
+            run = (run[0], s.end)
+        else:
+            flush()
+            run = (s.start, s.end)
+        last_para = s.paragraph
+    flush()
+    return _Text(
+        "".join(parts),
+        tuple(p[0] for p in pieces),
+        tuple(p[1] for p in pieces),
+        tuple(starts),
+        tuple(index),
+    )
+
+
+def _unigram(word: str, unknown_freq: float) -> float:
+    """``-ln`` unigram frequency of a word (0 without letters or digits), floored for unknowns."""
+    if not _LEXICAL.search(word):
+        return 0.0
+    from wordfreq import word_frequency
+
+    # NOTE: wordfreq tokenizes the word itself (strips punctuation, splits "Mohajer-6")
+    return -math.log(max(word_frequency(word, "en"), unknown_freq))
+
+
+def _word_scores(
+    sd: SegmentedDocument,
+    t: _Text,
+    offsets: Sequence[tuple[int, int]],
+    token_surprisal: NDArray[np.float64],
+    unknown_freq: float,
+) -> WordScores:
+    text = t.text
+    words = list(_WORD.finditer(text))
+    owner = np.full(len(text) + 1, -1, dtype=np.int64)
+    for k, m in enumerate(words):
+        owner[m.start() : m.end()] = k
+    lm = np.zeros(len(words), dtype=np.float64)
+    first = np.zeros(len(words), dtype=np.float64)
+    ntok = np.zeros(len(words), dtype=np.int64)
+    for (s, e), value in zip(offsets, token_surprisal):
+        # NOTE: byte-level BPE offsets include the token's leading space; trim it. Tokens that
+        # are only whitespace (paragraph breaks) belong to no word.
+        while s < e and text[s].isspace():
+            s += 1
+        if s >= e:
+            continue
+        k = int(owner[s])
+        if k >= 0:
+            if ntok[k] == 0:
+                first[k] = value
+            lm[k] += value
+            ntok[k] += 1
+    start, end, sentence, unigram = [], [], [], []
+    for m in words:
+        ds = t.to_doc(m.start())
+        start.append(ds)
+        end.append(ds + (m.end() - m.start()))
+        j = bisect.bisect_right(t.sentence_starts, ds) - 1
+        sentence.append(t.sentence_index[max(j, 0)])
+        unigram.append(_unigram(sd.doc.mt[ds : ds + m.end() - m.start()], unknown_freq))
+    return WordScores(
+        start=tuple(start),
+        end=tuple(end),
+        sentence=tuple(sentence),
+        lm=tuple(lm.tolist()),
+        lm_first=tuple(first.tolist()),
+        unigram=tuple(unigram),
+        tokens=tuple(ntok.tolist()),
+        token_surprisal=tuple(token_surprisal.tolist()),
+    )

