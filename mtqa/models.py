@@ -236,6 +236,7 @@ def _load_gguf(gguf: Path, checker: str) -> tuple[PreTrainedModel, PreTrainedTok
         err = "transformers needs accelerate to read GGUF files; install it with: pip install accelerate"
         raise CheckerUnavailable(checker, err)
     directory, name = str(gguf.parent), gguf.name
+    _quiet_transformers()
     try:
         tokenizer = AutoTokenizer.from_pretrained(directory, gguf_file=name, local_files_only=True)
         model = AutoModelForCausalLM.from_pretrained(
@@ -308,6 +309,13 @@ def _hub_sha(weights: list[Path]) -> str:
     return file_sha256(*weights)[:_SHA_LEN]
 
 
+def _quiet_transformers() -> None:
+    """No progress bars on the user's stderr: a library reports through logging."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+
+
 def _from_pretrained(
     path: str, device: str, checker: str
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
@@ -318,6 +326,7 @@ def _from_pretrained(
     except ImportError as exc:
         err = f"torch/transformers are not installed ({exc}); install mtqa's dependencies"
         raise CheckerUnavailable(checker, err) from exc
+    _quiet_transformers()
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
         model = AutoModelForCausalLM.from_pretrained(
