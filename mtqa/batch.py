@@ -34,7 +34,15 @@ from mtqa import __version__
 from mtqa.config import Settings
 from mtqa.errors import ConfigError, InputError, MtqaError
 from mtqa.gate import Policy, decide
-from mtqa.io import MAX_BYTES, RECORD_SUFFIXES, TEXT_SUFFIXES, iter_records, load_text, read_text
+from mtqa.io import (
+    MAX_BYTES,
+    RECORD_SUFFIXES,
+    TEXT_SUFFIXES,
+    iter_json_lines,
+    iter_records,
+    load_text,
+    read_text,
+)
 from mtqa.pipeline import Checker
 from mtqa.render.csv import render_csv
 from mtqa.render.html import render_html, render_index
@@ -499,16 +507,12 @@ def read_results(path: Path) -> Iterator[DocumentReport | BadRecord]:
             except InputError as exc:
                 yield BadRecord(str(path), f"{path}: document {k}: {exc}")
         return
-    for lineno, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
+    for item in iter_json_lines(path, text):
+        if isinstance(item, BadRecord):
+            yield item
             continue
-        where = f"{path}:{lineno}"
-        try:
-            data = json.loads(line)
-        except json.JSONDecodeError as exc:
-            yield BadRecord(where, f"{where}: malformed JSON: {exc.msg} (column {exc.colno})")
-            continue
-        if not isinstance(data, dict) or data.get("schema", SCHEMA) != SCHEMA:
+        where, data = item
+        if data.get("schema", SCHEMA) != SCHEMA:
             yield BadRecord(where, f"{where}: not an {SCHEMA} result line")
             continue
         if "error" in data:

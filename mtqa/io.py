@@ -21,6 +21,7 @@ __all__ = [
     "MAX_BYTES",
     "RECORD_SUFFIXES",
     "TEXT_SUFFIXES",
+    "iter_json_lines",
     "iter_records",
     "load",
     "load_text",
@@ -145,7 +146,8 @@ def record_to_document(record: Mapping[str, object], where: str, default_id: str
                     meta=MappingProxyType(meta), origin=where)  # type: ignore[arg-type]
 
 
-def _iter_jsonl(path: Path, text: str) -> Iterator[Document | BadRecord]:
+def iter_json_lines(path: Path, text: str) -> Iterator[tuple[str, dict[str, object]] | BadRecord]:
+    """``(where, object)`` for each JSON object line of a JSONL text, a BadRecord for others."""
     for lineno, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
@@ -158,6 +160,16 @@ def _iter_jsonl(path: Path, text: str) -> Iterator[Document | BadRecord]:
         if not isinstance(record, dict):
             yield BadRecord(where, f"{where}: expected a JSON object, got {type(record).__name__}")
             continue
+        yield where, record
+
+
+def _iter_jsonl(path: Path, text: str) -> Iterator[Document | BadRecord]:
+    for item in iter_json_lines(path, text):
+        if isinstance(item, BadRecord):
+            yield item
+            continue
+        where, record = item
+        lineno = where.rsplit(":", 1)[1]
         try:
             yield record_to_document(record, where, f"{path.stem}:{lineno}")
         except InputError as exc:
