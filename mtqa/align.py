@@ -198,7 +198,7 @@ def link_competitive(score: Matrix, t: float) -> Pairs:
 def link_hungarian(score: Matrix, t: float) -> Pairs:
     """The one-to-one assignment of maximal total score, pairs below ``t`` dropped."""
     # NOTE: scipy comes with sentence-transformers; only this benchmark baseline needs it
-    from scipy.optimize import linear_sum_assignment  # type: ignore[import-untyped]
+    from scipy.optimize import linear_sum_assignment
 
     if score.size == 0:
         return []

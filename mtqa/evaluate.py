@@ -26,11 +26,13 @@ from __future__ import annotations
 import json
 import math
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Union
 
 import numpy as np
+from numpy.typing import NDArray
 
 from mtqa.config import Settings
 from mtqa.errors import InputError
@@ -57,6 +59,9 @@ __all__ = [
     "span_scores",
     "within_segment_kendall",
 ]
+
+#: numbers a metric takes: a list or a numpy array
+Floats = Union[Sequence[float], NDArray[np.float64]]
 
 _SEVERITIES = {"minor": "minor", "major": "major", "critical": "critical",
                "neutral": "minor", "no-error": "minor"}
@@ -115,7 +120,7 @@ def load_mqm(path: Path, *, limit: int | None = None) -> list[MqmRecord]:
     return out
 
 
-def pearson(x: Sequence[float], y: Sequence[float]) -> float:
+def pearson(x: Floats, y: Floats) -> float:
     """Pearson's r (nan when either side is constant)."""
     a, b = np.asarray(x, float), np.asarray(y, float)
     if len(a) < 2 or a.std() == 0 or b.std() == 0:
@@ -123,7 +128,7 @@ def pearson(x: Sequence[float], y: Sequence[float]) -> float:
     return float(np.corrcoef(a, b)[0, 1])
 
 
-def kendall(x: Sequence[float], y: Sequence[float]) -> float:
+def kendall(x: Floats, y: Floats) -> float:
     """Kendall's tau-b (nan when either side is constant)."""
     from scipy.stats import kendalltau
 
@@ -140,7 +145,7 @@ def _groups(seg_ids: Sequence[str]) -> list[np.ndarray]:
     return [np.asarray(v) for v in index.values()]
 
 
-def within_segment_kendall(x: Sequence[float], y: Sequence[float], seg_ids: Sequence[str]) -> float:
+def within_segment_kendall(x: Floats, y: Floats, seg_ids: Sequence[str]) -> float:
     """Kendall's tau over the systems of each segment, averaged (segments with ties only skipped)."""
     a, b = np.asarray(x, float), np.asarray(y, float)
     taus = [kendall(a[g], b[g]) for g in _groups(seg_ids) if len(g) > 1]
@@ -148,7 +153,7 @@ def within_segment_kendall(x: Sequence[float], y: Sequence[float], seg_ids: Sequ
     return float(np.mean(taus)) if taus else math.nan
 
 
-def pairwise_accuracy(x: Sequence[float], y: Sequence[float], seg_ids: Sequence[str]) -> float:
+def pairwise_accuracy(x: Floats, y: Floats, seg_ids: Sequence[str]) -> float:
     """Share of same-segment system pairs with different MQM that the metric orders alike."""
     a, b = np.asarray(x, float), np.asarray(y, float)
     agree = total = 0.0
@@ -176,7 +181,7 @@ class MetricFigures:
 def correlations(name: str, metric: Sequence[float], human: Sequence[float],
                  seg_ids: Sequence[str], *, samples: int = 200, seed: int = 0) -> MetricFigures:
     """All segment-level figures of one metric against human scores (higher = better on both)."""
-    fns: dict[str, Callable[[np.ndarray, np.ndarray, list[str]], float]] = {
+    fns: dict[str, Callable[[Floats, Floats, Sequence[str]], float]] = {
         "pearson": lambda a, b, s: pearson(a, b),
         "kendall": lambda a, b, s: kendall(a, b),
         "within_kendall": within_segment_kendall,
@@ -185,9 +190,11 @@ def correlations(name: str, metric: Sequence[float], human: Sequence[float],
     a, b = np.asarray(metric, float), np.asarray(human, float)
     ids = list(seg_ids)
     point = {k: fn(a, b, ids) for k, fn in fns.items()}
-    ci = {k: bootstrap(lambda idx, fn=fn: fn(a[idx], b[idx], [ids[i] for i in idx]),  # type: ignore[misc]
-                       ids, samples=samples, seed=seed)
-          for k, fn in fns.items()}
+    def resampled(fn: Callable[[Floats, Floats, Sequence[str]], float]
+                  ) -> Callable[[NDArray[np.int64]], float]:
+        return lambda idx: fn(a[idx], b[idx], [ids[i] for i in idx])
+
+    ci = {k: bootstrap(resampled(fn), ids, samples=samples, seed=seed) for k, fn in fns.items()}
     return MetricFigures(name, point["pearson"], point["kendall"], point["within_kendall"],
                          point["pairwise_accuracy"], ci)
 
@@ -232,6 +239,10 @@ def _char_severity(length: int, spans: Iterable[tuple[int, int, str]]) -> list[s
     return out
 
 
+def _as_major(severity: str) -> str:
+    return "major" if severity == "critical" else severity
+
+
 def span_scores(texts: Sequence[str], predicted: Sequence[Iterable[tuple[int, int, str]]],
                 gold: Sequence[Iterable[tuple[int, int, str]]], *,
                 ignore_severity: bool = False) -> SpanFigures:
@@ -242,9 +253,8 @@ def span_scores(texts: Sequence[str], predicted: Sequence[Iterable[tuple[int, in
     """
     credit = pred_n = gold_n = major_pred = major_hit = 0.0
     for text, p, g in zip(texts, predicted, gold):
-        norm = lambda sev: "major" if sev == "critical" else sev  # noqa: E731
-        pc = _char_severity(len(text), ((s, e, norm(v)) for s, e, v in p))
-        gc = _char_severity(len(text), ((s, e, norm(v)) for s, e, v in g))
+        pc = _char_severity(len(text), ((s, e, _as_major(v)) for s, e, v in p))
+        gc = _char_severity(len(text), ((s, e, _as_major(v)) for s, e, v in g))
         for a, b in zip(pc, gc):
             if a is not None:
                 pred_n += 1
@@ -291,8 +301,8 @@ def baselines(records: Sequence[MqmRecord], *, with_reference: bool) -> dict[str
 
 def evaluate(
     records: Sequence[MqmRecord],
-    scores: dict[str, Sequence[float]],
-    spans: dict[str, Sequence[Iterable[tuple[int, int, str]]]],
+    scores: Mapping[str, Sequence[float]],
+    spans: Mapping[str, Sequence[Iterable[tuple[int, int, str]]]],
     *,
     data: str,
     with_reference: bool,

@@ -313,7 +313,7 @@ def _quiet_transformers() -> None:
     """No progress bars on the user's stderr: a library reports through logging."""
     from transformers.utils import logging as hf_logging
 
-    hf_logging.disable_progress_bar()
+    hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
 
 
 def _from_pretrained(

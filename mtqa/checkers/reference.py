@@ -119,7 +119,7 @@ class SentenceTransformerEncoder:
             raise CheckerUnavailable("reference", err) from exc
         from transformers.utils import logging as hf_logging
 
-        hf_logging.disable_progress_bar()  # a library must not draw bars on the user's stderr
+        hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]  # a library must not draw bars on the user's stderr
         try:
             # NOTE: local_files_only: a model name that is not cached must fail here, not
             # try the network from a machine that may have none.
