@@ -302,17 +302,18 @@ def fit(lines: Sequence[Line], checker: FluencyChecker, docs: Sequence[Segmented
         scores: Sequence[WordScores]) -> None:
     """Fit the expected excess of correct words (no rater marked them) by rarity and kind."""
     knots = np.asarray(checker.RARITY_KNOTS)
-    cols: list[list[np.ndarray]] = [[] for _ in range(7)]
+    cols: list[list[np.ndarray]] = [[] for _ in range(8)]
     for k in parts(lines)["tune"]:
         ws = scores[k]
         if not ws.start:
             continue
         punct, first, starts, opening = _word_classes(docs[k], ws)
         err = np.array([lines[k].gold[a:b].max() > 0 for a, b in zip(ws.start, ws.end)])
+        extra = checker._extra_tokens(ws)
         for c, v in zip(cols, (ws.excess, np.asarray(ws.unigram), punct, first, starts, opening,
-                               err)):
+                               extra, err)):
             c.append(np.asarray(v))
-    x, uni, punct, first, starts, opening, err = (np.concatenate(c) for c in cols)
+    x, uni, punct, first, starts, opening, extra, err = (np.concatenate(c) for c in cols)
     ok = ~err.astype(bool)
     uc = np.clip(uni, knots[0], knots[-1])
     j = np.clip(np.searchsorted(knots, uc, side="right") - 1, 0, len(knots) - 2)
@@ -321,18 +322,23 @@ def fit(lines: Sequence[Line], checker: FluencyChecker, docs: Sequence[Segmented
     basis[np.arange(x.size), j] = 1 - t
     basis[np.arange(x.size), j + 1] += t
     basis[punct.astype(bool)] = 0.0
-    design = np.hstack([basis, np.stack([punct, first, starts, opening], 1).astype(float)])
+    design = np.hstack([basis, np.stack([punct, first, starts, opening, extra], 1).astype(float)])
     # NOTE: clipped so that a few huge values (emoji, scripts) do not pull the means
     y = np.clip(x, -15, 20)
     coef = np.linalg.lstsq(design[ok], y[ok], rcond=None)[0]
     resid = y - design @ coef
-    near = np.abs(uni[:, None] - knots[None, :]).argmin(1)
 
     def mad(m: np.ndarray) -> float:
         r = resid[m]
         return float(1.4826 * np.median(np.abs(r - np.median(r)))) if r.size else 1.0
 
-    spread = [mad(ok & ~punct.astype(bool) & (near == i)) for i in range(len(knots))]
+    # spread: 1.2533 E|residual| (the sd of a normal) fitted the same way, by rarity knots
+    # plus a slope per extra token of a rare word
+    words = ok & ~punct.astype(bool)
+    spread_design = np.hstack([basis, extra[:, None]])[words]
+    spread_coef = np.linalg.lstsq(spread_design, 1.2533 * np.abs(resid[words]), rcond=None)[0]
+    spread = [float(v) for v in spread_coef[: len(knots)]]
+    slope = float(spread_coef[len(knots)])
     fitted = {
         "EXPECTED_EXCESS": tuple(round(float(v), 2) for v in coef[: len(knots)]),
         "EXCESS_SPREAD": tuple(round(v, 2) for v in spread),
@@ -341,6 +347,8 @@ def fit(lines: Sequence[Line], checker: FluencyChecker, docs: Sequence[Segmented
         "FIRST_WORD_OFFSET": round(float(coef[len(knots) + 1]), 2),
         "SENTENCE_START_OFFSET": round(float(coef[len(knots) + 2]), 2),
         "OPEN_PUNCT_OFFSET": round(float(coef[len(knots) + 3]), 2),
+        "RARE_TOKEN_EXCESS": round(float(coef[len(knots) + 4]), 2),
+        "RARE_TOKEN_SPREAD": round(slope, 2),
     }
     print(f"fitted on {int(ok.sum())} unmarked words of the tune part:")
     for name, value in fitted.items():

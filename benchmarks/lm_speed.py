@@ -4,7 +4,8 @@
 
 Printed for each precision: tokens/s of batch scoring (real news text: WMT21 zh-en hypotheses
 joined into ~500-token documents, plus the seed pair), the same run's fp32 GEMM FLOP/s measured
-with ``torch.matmul``, efficiency = tokens/s x 2 x parameters / GEMM FLOP/s, and whether the spans
+with ``torch.matmul`` (2048^3) right before and after, efficiency = tokens/s x 2 x parameters /
+GEMM FLOP/s, whether batch size 1 and the default give the same spans, and whether the spans
 change against fp32 (character agreement on the documents and the seed pair). Then the cold
 start: a fresh ``python -c`` that loads the cached model and scores the ABC seed, timed from
 process start to its report, with its peak RSS (``resource.getrusage``, run first). Other processes on the
@@ -63,7 +64,8 @@ def news_docs(n_docs: int) -> list[SegmentedDocument]:
             by_key.setdefault((r["doc_id"], r["system"]), []).append(r["hypothesis"])
     docs: list[SegmentedDocument] = []
     for (doc_id, system), segs in by_key.items():
-        text, k = [], 0
+        text: list[str] = []
+        k = 0
         while k < len(segs) and sum(len(t) for t in text) < 2200:
             text.append(segs[k])
             k += 1
@@ -121,20 +123,24 @@ def main() -> None:
     cache = str(args.cache_dir) if args.cache_dir else "-"
     for run in (1, 2):
         t = time.perf_counter()
-        out = subprocess.run([sys.executable, "-c", COLD, cache, str(args.threads)], cwd=ROOT,
-                             capture_output=True, text=True, check=True,
-                             env={**os.environ, "HF_HUB_OFFLINE": "1"})
-        wall = time.perf_counter() - t
-        report = [x for x in out.stdout.splitlines() if x.startswith("REPORT")]
-        print(f"cold start {run}: {wall:.2f}s from process start to report; "
-              f"{report[0][7:] if report else out.stderr[-500:]}", flush=True)
+        proc = subprocess.Popen([sys.executable, "-c", COLD, cache, str(args.threads)], cwd=ROOT,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        report, wall = "", 0.0
+        assert proc.stdout is not None
+        for out_line in proc.stdout:
+            if out_line.startswith("REPORT"):
+                wall, report = time.perf_counter() - t, out_line.strip()
+                break
+        _, err = proc.communicate()
+        exited = time.perf_counter() - t
+        print(f"cold start {run}: {wall:.2f}s from process start to report ({exited:.2f}s to "
+              f"exit); {report[7:] if report else err[-500:]}", flush=True)
     # NOTE: measured before this process loads torch, so the children's ru_maxrss (which a
     # child inherits from its parent across fork/exec) is the cold-start process's own peak.
     child = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     print(f"peak RSS of the cold-start process (getrusage): {child:.0f} MB")
     docs = news_docs(args.docs)
-    flops = gemm_flops(args.threads)
-    print(f"fp32 GEMM (2048^3 torch.matmul): {flops / 1e9:.0f} GFLOP/s")
     results: dict[str, list[CheckResult]] = {}
     params = 0
     for prec in args.precisions.split(","):
@@ -144,14 +150,19 @@ def main() -> None:
         # NOTE: int8 modules hide their weights from parameters(); count the unquantised model
         params = params or sum(p.numel() for p in model.parameters())
         checker.check(docs[:1])  # warm-up
+        # NOTE: GEMM measured right before and after, since other load on the machine varies
+        before = gemm_flops(args.threads)
         t = time.perf_counter()
         words = checker.score_words(docs)
         dt = time.perf_counter() - t
+        after = gemm_flops(args.threads)
+        flops = (before + after) / 2
         results[prec] = [checker.analyse(d, w) for d, w in zip(docs, words)]
         tokens = sum(len(w.token_surprisal) for w in words)
         tps = tokens / dt
         eff = tps * 2 * params / flops
-        line = f"{prec:5s} {tokens} tokens in {dt:.1f}s: {tps:.0f} tokens/s, efficiency {eff:.2f}"
+        line = (f"{prec:5s} {tokens} tokens in {dt:.1f}s: {tps:.0f} tokens/s; fp32 GEMM "
+                f"{before / 1e9:.0f}/{after / 1e9:.0f} GFLOP/s before/after; efficiency {eff:.2f}")
         if prec != "fp32" and "fp32" in results:
             base = results["fp32"]
             seeds = [(d, x, y) for d, x, y in zip(docs, base, results[prec]) if d.doc.id in SEEDS]

@@ -233,7 +233,7 @@ def _load_gguf(gguf: Path, checker: str) -> tuple[PreTrainedModel, PreTrainedTok
         err = f"transformers is not installed ({exc}); install mtqa's dependencies"
         raise CheckerUnavailable(checker, err) from exc
     if not is_accelerate_available():
-        err = "transformers needs accelerate to read GGUF files; install it with: pip install accelerate"
+        err = "transformers needs accelerate to read GGUF files: pip install accelerate"
         raise CheckerUnavailable(checker, err)
     directory, name = str(gguf.parent), gguf.name
     _quiet_transformers()
@@ -322,13 +322,18 @@ def _from_pretrained(
     # NOTE: ``path`` is always a local directory by now, so nothing here touches the network.
     try:
         import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
     except ImportError as exc:
         err = f"torch/transformers are not installed ({exc}); install mtqa's dependencies"
         raise CheckerUnavailable(checker, err) from exc
     _quiet_transformers()
+    # NOTE: with a tokenizer.json the generic fast tokenizer is all mtqa needs (ids, offsets,
+    # vocabulary), and it loads in 0.2 s where AutoTokenizer's first call takes 1-2 s.
+    tokenizer_cls = (
+        PreTrainedTokenizerFast if (Path(path) / "tokenizer.json").is_file() else AutoTokenizer
+    )
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        tokenizer = tokenizer_cls.from_pretrained(path, local_files_only=True)
         model = AutoModelForCausalLM.from_pretrained(
             path, local_files_only=True, dtype=torch.float32
         )

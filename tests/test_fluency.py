@@ -173,7 +173,7 @@ def test_result_shape(checker: FluencyChecker, seeds: list[SegmentedDocument],
             else:
                 assert score is not None and 0.0 <= score <= 100.0
         assert FEATURES <= set(res.features)
-        assert res.features["tokens"] > 500  # both seeds are longer than one window (512)
+        assert res.features["tokens"] > 500
         for f in res.findings:
             assert f.checker == "fluency" and 0.0 <= f.confidence <= 1.0
             assert f.category in ("garbled", "unnatural-phrasing")
@@ -227,6 +227,33 @@ def test_abc_spans_hit_annotated_garbles(seeds: list[SegmentedDocument],
     assert sum(f.severity is not Severity.MINOR for f in hill.findings) <= 1
 
 
+# (id, correct text full of names and numbers, the same text garbled)
+RARE_WORDS = [
+    ("names", "Kazakh President Kassym-Jomart Tokayev met Uzbek leader Shavkat Mirziyoyev in "
+              "Tashkent on March 14, 2023, to discuss a $1.2 billion water deal.",
+     "Kazakh President Kassym-Jomart Tokayev met Uzbek leader in the during the Shavkat "
+     "Mirziyoyev in Tashkent on March 14, 2023, to discuss a $1.2 billion water deal."),
+    ("numbers", "The spokesman said the ministry would publish the figures on Tuesday, adding "
+                "that 4,312 people had been evacuated from Zaporizhzhia and Mykolaiv.",
+     "The spokesman said the ministry would publish the figures on Tuesday, adding that At "
+     "4,312 people had been evacuated from Zaporizhzhia and Mykolaiv."),
+]
+
+
+@pytest.mark.model
+@pytest.mark.parametrize(("clean", "garbled"), [c[1:] for c in RARE_WORDS],
+                         ids=[c[0] for c in RARE_WORDS])
+def test_rare_correct_words_are_not_punished(checker: FluencyChecker, clean: str,
+                                             garbled: str) -> None:
+    good, bad = checker.check([seg(clean), seg(garbled)])
+    assert [f for f in good.findings if f.severity is not Severity.MINOR] == []
+    assert good.doc_score is not None and bad.doc_score is not None
+    assert good.doc_score > 85.0 and bad.doc_score < good.doc_score
+    changed = [f for f in bad.findings if "during" in garbled[f.start : f.end]
+               or "At" in garbled[f.start : f.end]]
+    assert changed, "the garble itself is flagged"
+
+
 @pytest.mark.model
 def test_batch_size_does_not_change_results(checker: FluencyChecker,
                                             seeds: list[SegmentedDocument],
@@ -266,6 +293,20 @@ def test_sliding_window_scores_long_text(checker: FluencyChecker, seeds: list[Se
     # the first window's words see the same context in both
     first = np.asarray(full.tokens).cumsum() < 90
     assert a[first] == pytest.approx(b[first], rel=1e-4, abs=1e-3)
+
+
+@pytest.mark.model
+def test_text_longer_than_the_default_window(checker: FluencyChecker,
+                                             seeds: list[SegmentedDocument],
+                                             seed_words: list[WordScores]) -> None:
+    both = seg(seeds[0].doc.mt + "\n\n" + seeds[1].doc.mt)
+    ws = checker.score_words([both])[0]
+    assert len(ws.token_surprisal) > checker.window  # so more than one window was needed
+    assert len(ws.start) == len(seed_words[0].start) + len(seed_words[1].start)
+    res = checker.analyse(both, ws)
+    assert res.doc_score is not None
+    garbles = {both.doc.mt[f.start : f.end] for f in res.findings if f.severity is Severity.MAJOR}
+    assert any("during" in g for g in garbles) and any("At" in g for g in garbles)
 
 
 @pytest.mark.model

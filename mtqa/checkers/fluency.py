@@ -111,9 +111,10 @@ class FluencyChecker(BaseChecker):
     name: ClassVar[str] = "fluency"
 
     BATCH_SIZE: ClassVar[int] = 8
-    #: tokens per window, and tokens of already-scored text repeated as context in the next one
-    WINDOW: ClassVar[int] = 512
-    CONTEXT: ClassVar[int] = 128
+    #: tokens per window, and tokens of already-scored text repeated as context in the next one;
+    #: 1024 holds most news articles whole (1.5x the tokens/s of 512, which re-reads context)
+    WINDOW: ClassVar[int] = 1024
+    CONTEXT: ClassVar[int] = 256
     PRECISION: ClassVar[str] = "fp32"
     #: tokens of hidden states turned into vocabulary logits at once (bounds peak memory)
     HEAD_CHUNK: ClassVar[int] = 256
@@ -123,7 +124,7 @@ class FluencyChecker(BaseChecker):
     #: a text's penalty is the sum over (words + PRIOR_WORDS), as if PRIOR_WORDS fluent words were
     #: added, so that short texts are scored by their errors (as MQM counts them) and long ones by
     #: error density; fluency = 100 / (1 + exp((penalty - SCORE_MID) / SCORE_SCALE)).
-    #: Chosen on WMT21 zh-en MQM (first 41 documents; see models/README.md for the figures).
+    #: Chosen on WMT21 zh-en MQM (first 41 documents; ``benchmarks/fluency_mqm.py --tune``).
     PENALTY_FROM: ClassVar[float] = -1.0
     PRIOR_WORDS: ClassVar[float] = 30.0
     SCORE_MID: ClassVar[float] = 0.9
@@ -138,18 +139,25 @@ class FluencyChecker(BaseChecker):
         2.5, 4.0, 6.0, 8.0, 10.0, 12.0, 14.0, 16.0, 17.5, 18.42
     )
     EXPECTED_EXCESS: ClassVar[tuple[float, ...]] = (
-        -1.6, -2.11, -2.76, -2.87, -3.95, -3.98, -4.11, -3.31, -0.41, 1.12
+        -1.59, -2.11, -2.76, -2.87, -3.95, -3.95, -4.53, -5.14, -2.41, -2.62
     )
     EXCESS_SPREAD: ClassVar[tuple[float, ...]] = (
-        0.78, 1.66, 2.33, 2.94, 3.56, 4.01, 4.82, 6.0, 5.11, 7.1
+        0.69, 1.71, 2.23, 2.94, 3.49, 4.0, 4.56, 4.84, 4.37, 5.0
     )
     #: expected extra excess of: the first word of a text, a sentence's first word, a word opening
     #: with a quote or bracket, a word of punctuation only (whose unigram surprisal is 0)
-    FIRST_WORD_OFFSET: ClassVar[float] = 5.99
-    SENTENCE_START_OFFSET: ClassVar[float] = 0.91
-    OPEN_PUNCT_OFFSET: ClassVar[float] = 5.25
-    PUNCT_ONLY_EXCESS: ClassVar[float] = 2.4
-    PUNCT_ONLY_SPREAD: ClassVar[float] = 5.91
+    FIRST_WORD_OFFSET: ClassVar[float] = 5.98
+    SENTENCE_START_OFFSET: ClassVar[float] = 0.93
+    OPEN_PUNCT_OFFSET: ClassVar[float] = 4.86
+    PUNCT_ONLY_EXCESS: ClassVar[float] = 2.59
+    PUNCT_ONLY_SPREAD: ClassVar[float] = 5.65
+    #: a rare word's LM surprisal grows with the tokens it is spelled in while its unigram
+    #: surprisal stops at the floor: per extra token, the expected excess and spread grow this
+    #: much, phased in between RARE_FROM and RARE_FULL nats of unigram surprisal
+    RARE_FROM: ClassVar[float] = 12.0
+    RARE_FULL: ClassVar[float] = 18.42
+    RARE_TOKEN_EXCESS: ClassVar[float] = 1.32
+    RARE_TOKEN_SPREAD: ClassVar[float] = 0.83
     #: the least spread used: function words vary little, yet 1-2 nats on "the" is not an error
     SPREAD_FLOOR: ClassVar[float] = 3.0
     #: spans: a word's standardised excess is compared with its document's (robust centre and
@@ -330,10 +338,11 @@ class FluencyChecker(BaseChecker):
                 # enters a score and the (tokens x 49k) logits stay small.
                 picked = hidden[torch.tensor(rows), torch.tensor(cols)]
                 tgt = torch.tensor(targets, device=picked.device)
+                step = self.HEAD_CHUNK
                 values = torch.cat(
                     [
-                        _surprisal(head, picked[c : c + self.HEAD_CHUNK], tgt[c : c + self.HEAD_CHUNK])
-                        for c in range(0, len(targets), self.HEAD_CHUNK)
+                        _surprisal(head, picked[c : c + step], tgt[c : c + step])
+                        for c in range(0, len(targets), step)
                     ]
                 ).tolist()
                 pos = 0
@@ -389,12 +398,21 @@ class FluencyChecker(BaseChecker):
         expected = np.interp(uni, self.RARITY_KNOTS, self.EXPECTED_EXCESS)
         spread = np.interp(uni, self.RARITY_KNOTS, self.EXCESS_SPREAD)
         punct, first, starts, opening = _word_classes(sd, ws)
+        extra = self._extra_tokens(ws)
+        expected += self.RARE_TOKEN_EXCESS * extra
+        spread += self.RARE_TOKEN_SPREAD * extra
         expected[punct] = self.PUNCT_ONLY_EXCESS
         spread[punct] = self.PUNCT_ONLY_SPREAD
         expected[first] += self.FIRST_WORD_OFFSET
         expected[starts] += self.SENTENCE_START_OFFSET
         expected[opening] += self.OPEN_PUNCT_OFFSET
         return (excess - expected) / np.maximum(spread, self.SPREAD_FLOOR)
+
+    def _extra_tokens(self, ws: WordScores) -> NDArray[np.float64]:
+        """Tokens beyond the first of each word, weighted by how rare the word is (0 to 1)."""
+        uni = np.asarray(ws.unigram, dtype=np.float64)
+        weight = np.clip((uni - self.RARE_FROM) / (self.RARE_FULL - self.RARE_FROM), 0.0, 1.0)
+        return np.maximum(np.asarray(ws.tokens, dtype=np.float64) - 1.0, 0.0) * weight
 
     def _context(self, z0: NDArray[np.float64]) -> tuple[float, float]:
         """Robust centre and spread of the document's standardised excess, shrunk to (0, 1)."""
@@ -523,7 +541,9 @@ def _apply_precision(model: torch.nn.Module, precision: str) -> torch.nn.Module:
         # NOTE: the output projection shares its weight with the input embedding and does not
         # survive 8-bit quantisation (surprisal goes up by half): quantise the decoder only.
         head = model.get_output_embeddings()  # type: ignore[operator]
-        names = {n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and m is not head}
+        names = {
+            n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and m is not head
+        }
         quantized: torch.nn.Module = quantize_dynamic(  # type: ignore[no-untyped-call]
             model, names, dtype=torch.qint8
         )
