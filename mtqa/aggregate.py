@@ -13,7 +13,7 @@ major 5, critical 25, each weighted by confidence) per 100 body words, mapped to
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from types import MappingProxyType
 
 from mtqa import __version__
@@ -30,7 +30,9 @@ from mtqa.types import (
     Verdict,
 )
 
-__all__ = ["MQM_WEIGHTS", "PENALTY_SCALE", "aggregate", "merge_findings", "penalty_score"]
+__all__ = [
+    "MQM_WEIGHTS", "PENALTY_SCALE", "aggregate", "count_words", "merge_findings", "penalty_score",
+]
 
 MQM_WEIGHTS = {Severity.MINOR: 1.0, Severity.MAJOR: 5.0, Severity.CRITICAL: 25.0}
 #: penalty points per 100 words at which the score falls to 100/e (about 37)
@@ -96,6 +98,11 @@ def merge_findings(mt: str, findings: Sequence[Finding], *,
     return spans
 
 
+def count_words(mt: str, ranges: Iterable[tuple[int, int]]) -> int:
+    """Whitespace-separated words of ``mt`` inside the ``[start, end)`` ranges."""
+    return sum(len(mt[s:e].split()) for s, e in ranges)
+
+
 def penalty_score(spans: Sequence[Span], words: int) -> float:
     """0-100 from MQM-weighted span penalties per 100 words."""
     penalty = sum(MQM_WEIGHTS[s.severity] * s.confidence for s in spans)
@@ -121,7 +128,7 @@ def aggregate(
     # a span another checker found (issue 5), while a parallel reference's diff is evidence itself.
     spans = merge_findings(mt, findings,
                            standalone_evidence=reference is None or reference.mode == "parallel")
-    words = sum(len(mt[s:e].split()) for s, e in body)
+    words = count_words(mt, body)
     fluency_result = next((r for r in results if r.checker == "fluency"), None)
     fluency = fluency_result.doc_score if fluency_result is not None else None
     sentence_fluency: Sequence[float | None] = (

@@ -8,7 +8,8 @@ from importlib import resources
 from pathlib import Path
 
 from mtqa.errors import ConfigError
-from mtqa.types import DocumentReport, Reason, Severity, Verdict
+from mtqa.aggregate import count_words
+from mtqa.types import DocumentReport, Kind, Reason, Severity, Verdict
 
 __all__ = ["POLICY_SCHEMA", "Policy", "decide", "load_policy"]
 
@@ -65,10 +66,8 @@ def load_policy(path: Path | None = None) -> Policy:
 
 
 def _words(report: DocumentReport) -> int:
-    from mtqa.types import Kind
-
-    body = [s for s in report.sentences if s.kind is Kind.BODY]
-    return sum(len(report.mt[s.start : s.end].split()) for s in body)
+    return count_words(report.mt, ((s.start, s.end) for s in report.sentences
+                                   if s.kind is Kind.BODY))
 
 
 def decide(report: DocumentReport, policy: Policy) -> Verdict:
