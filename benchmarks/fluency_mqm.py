@@ -26,12 +26,10 @@ import argparse
 import itertools
 import json
 import logging
-import math
 import os
 import pickle
 import sys
 import time
-from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +39,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from mtqa.evaluate import kendall, pearson, within_segment_kendall  # noqa: E402
 from mtqa.checkers.fluency import FluencyChecker, WordScores, _word_classes  # noqa: E402
 from mtqa.segment import segment  # noqa: E402
 from mtqa.types import CheckResult, Document, SegmentedDocument, Severity  # noqa: E402
@@ -90,47 +89,14 @@ def load(path: Path, limit: int | None) -> list[Line]:
 # --- statistics -------------------------------------------------------------------------------
 
 
-def kendall_tau_b(x: Sequence[float], y: Sequence[float]) -> float:
-    """Kendall's tau-b (ties in either variable handled), O(n^2) in row chunks."""
-    a, b = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
-    n = a.size
-    if n < 2:
-        return math.nan
-    s = tx = ty = 0.0
-    for i in range(0, n, 512):
-        dx = np.sign(a[i : i + 512, None] - a[None, :])
-        dy = np.sign(b[i : i + 512, None] - b[None, :])
-        s += float((dx * dy).sum())
-        tx += float((dx == 0).sum())
-        ty += float((dy == 0).sum())
-    pairs = float(n * n)  # ordered pairs incl. i == j, which count as ties in both
-    denom = math.sqrt((pairs - tx) * (pairs - ty))
-    return s / denom if denom > 0 else math.nan
-
-
-def pearson(x: Sequence[float], y: Sequence[float]) -> float:
-    a, b = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
-    if a.std() == 0 or b.std() == 0:
-        return math.nan
-    return float(np.corrcoef(a, b)[0, 1])
-
-
 def within_segment(lines: Sequence[Line], score: Sequence[float]) -> float:
-    groups: dict[int, list[int]] = defaultdict(list)
-    for k, line in enumerate(lines):
-        groups[line.seg_id].append(k)
-    taus = []
-    for idx in groups.values():
-        t = kendall_tau_b([score[k] for k in idx], [-lines[k].mqm for k in idx])
-        if not math.isnan(t):
-            taus.append(t)
-    return float(np.mean(taus)) if taus else math.nan
+    return within_segment_kendall(score, [-x.mqm for x in lines], [str(x.seg_id) for x in lines])
 
 
 def correlations(lines: Sequence[Line], score: Sequence[float]) -> tuple[float, float, float]:
     """(pooled Pearson, pooled Kendall, within-segment Kendall) against -mqm."""
     neg = [-x.mqm for x in lines]
-    return pearson(score, neg), kendall_tau_b(score, neg), within_segment(lines, score)
+    return pearson(score, neg), kendall(score, neg), within_segment(lines, score)
 
 
 @dataclass

@@ -18,7 +18,6 @@ own lines are left out. Prints, beside sentence chrF computed with sacreBLEU dir
 from __future__ import annotations
 
 import argparse
-import collections
 import json
 import os
 import sys
@@ -35,6 +34,7 @@ sys.path.insert(0, str(ROOT))
 from sacrebleu.metrics.chrf import CHRF  # noqa: E402
 
 from mtqa.checkers.reference import ReferenceChecker  # noqa: E402
+from mtqa.evaluate import within_segment_kendall  # noqa: E402
 from mtqa.segment import segment  # noqa: E402
 from mtqa.types import CheckResult, Document, Severity  # noqa: E402
 
@@ -43,16 +43,8 @@ Row = dict[str, object]
 
 
 def within_segment(rows: Sequence[Row], score: Sequence[float]) -> float:
-    by: dict[object, list[int]] = collections.defaultdict(list)
-    for k, r in enumerate(rows):
-        by[r["seg_id"]].append(k)
-    taus = []
-    for idx in by.values():
-        x = [score[k] for k in idx]
-        y = [-float(rows[k]["mqm"]) for k in idx]  # type: ignore[arg-type]
-        if len(set(x)) > 1 and len(set(y)) > 1:
-            taus.append(kendalltau(x, y).statistic)
-    return float(np.mean(taus)) if taus else float("nan")
+    y = [-float(r["mqm"]) for r in rows]  # type: ignore[arg-type]
+    return within_segment_kendall(score, y, [str(r["seg_id"]) for r in rows])
 
 
 def correlations(rows: Sequence[Row], score: Sequence[float]) -> str:
