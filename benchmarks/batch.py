@@ -13,13 +13,17 @@ Printed: articles/minute (with and without model loading), seconds per checker f
 
     python benchmarks/batch.py --checkers structure
     python benchmarks/batch.py                        # every checker available here
+    python benchmarks/batch.py -n 40 --profile 25     # and the functions that take the time
 """
 
 from __future__ import annotations
 
 import argparse
+import cProfile
+import io
 import json
 import logging
+import pstats
 import tempfile
 import time
 from collections import defaultdict
@@ -66,6 +70,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=Settings().batch_size)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--profile", type=int, default=0, metavar="N",
+                        help="Profile the run (cProfile, which slows Python code more than "
+                             "model code) and print the N functions with the most own time.")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
@@ -80,9 +87,14 @@ def main() -> None:
                           encoding="utf-8")
         out = root / "results.jsonl"
         extra = {"csv_out": root / "results.csv", "html_dir": root / "html" if args.html else None}
+        profile = cProfile.Profile() if args.profile else None
         with Checker(settings) as checker:
             t0 = time.perf_counter()
+            if profile is not None:
+                profile.enable()
             summary = run_batch([inputs], out, checker=checker, chunk_size=args.chunk_size, **extra)
+            if profile is not None:
+                profile.disable()
             wall = time.perf_counter() - t0
             timings = dict(checker.timings)
         skipped = sorted({f"{s['checker']} ({s['reason'][:60]})"
@@ -120,6 +132,10 @@ def main() -> None:
           f"{resume:.1f}s")
     if skipped:
         print(f"skipped checkers: {'; '.join(skipped)}")
+    if profile is not None:
+        text = io.StringIO()
+        pstats.Stats(profile, stream=text).sort_stats("tottime").print_stats(args.profile)
+        print(text.getvalue())
 
 
 if __name__ == "__main__":
