@@ -67,6 +67,10 @@ NEGATIVE = [
     ("brand", "The minister said iPhone sales rose sharply last year."),
     ("hyphen", "After learning about their over-loaded daily training, parents complained."),
     ("apostrophe", "Products of Yan'an in the last two years were sold abroad."),
+    # WMT21 zh-en: the lite language-ID model calls this English sentence Spanish (p=.89)
+    ("english-not-spanish", "In order to ensure the safe relocation of the Tibetan antelope herd, "
+     "the reporter learned that the Kekexili Management Office of the Yangtze River Source Park "
+     "has arranged staff to continue to carry out video surveillance."),
 ]
 
 
