@@ -5,18 +5,22 @@ offsets, category and severity; the others add their messages, and their agreeme
 confidence (noisy-or over distinct checkers). A ``reference-mismatch`` finding is evidence: it
 never decides a merged span's severity while another finding covers the same text.
 
-The document score is provisional until calibration (issue 7): an MQM-style penalty (minor 1,
-major 5, critical 25, each weighted by confidence) per 100 body words, mapped to 0-100 by
-``100 * exp(-penalty_per_100_words / PENALTY_SCALE)``, averaged with LM fluency when present.
+Scores come from the calibration (``mtqa.calibrate``): each body sentence's raw numbers give
+the MQM penalty a professional rater is expected to assign it; the sentence score and the
+document score (from the mean over body sentences) map that penalty to 0-100. Without a
+calibration model for the checkers that ran, the score falls back to an uncalibrated MQM-style
+penalty of the spans (minor 1, major 5, critical 25, weighted by confidence) per 100 words.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Iterable, Sequence
 from types import MappingProxyType
 
 from mtqa import __version__
+from mtqa.calibrate import SPAN_CHECKERS, Calibration, SpanModel, penalty_to_score, unit_features
 from mtqa.types import (
     CheckResult,
     DocumentReport,
@@ -31,7 +35,8 @@ from mtqa.types import (
 )
 
 __all__ = [
-    "MQM_WEIGHTS", "PENALTY_SCALE", "aggregate", "count_words", "merge_findings", "penalty_score",
+    "MQM_WEIGHTS", "PENALTY_SCALE", "aggregate", "calibrate_findings", "count_words",
+    "merge_findings", "penalty_score",
 ]
 
 MQM_WEIGHTS = {Severity.MINOR: 1.0, Severity.MAJOR: 5.0, Severity.CRITICAL: 25.0}
@@ -110,10 +115,41 @@ def penalty_score(spans: Sequence[Span], words: int) -> float:
     return 100.0 * math.exp(-per_100 / PENALTY_SCALE)
 
 
+def calibrate_findings(findings: Sequence[Finding], model: SpanModel,
+                       expected_at: Sequence[tuple[int, int, float]]) -> list[Finding]:
+    """Re-weigh the statistical findings (LM, grammar, reference) with the span model.
+
+    ``expected_at`` holds ``(start, end, expected penalty)`` of each calibrated body sentence.
+    A finding of a checker in ``SPAN_CHECKERS`` whose group the model knows gets the model's
+    probability that its characters are an error as its confidence, is dropped below the
+    model's ``keep`` threshold, and is major at or above its ``major`` threshold, else minor.
+    Rule-based structure findings, findings of groups the model was not fitted on, and
+    findings outside a calibrated sentence are returned unchanged.
+    """
+    out: list[Finding] = []
+    for f in findings:
+        key = f"{f.checker}:{f.category}"
+        expected = next((e for s, t, e in expected_at if s <= f.start < t), None)
+        if f.checker not in SPAN_CHECKERS or key not in model.groups or expected is None:
+            out.append(f)
+            continue
+        was_major = f.severity in (Severity.MAJOR, Severity.CRITICAL)
+        p_err, p_major = model.probabilities(f.checker, f.category, expected, f.confidence,
+                                             was_major)
+        if p_err < model.keep:
+            continue
+        severity = Severity.MAJOR if p_major >= model.major else Severity.MINOR
+        if f.severity is Severity.CRITICAL:
+            severity = Severity.CRITICAL
+        out.append(dataclasses.replace(f, severity=severity, confidence=round(p_err, 4)))
+    return out
+
+
 def aggregate(
     sd: SegmentedDocument,
     results: Sequence[CheckResult],
     skipped: Sequence[Skipped] = (),
+    calibration: Calibration | None = None,
 ) -> DocumentReport:
     """One DocumentReport from every checker's result for a document (verdict left empty)."""
     mt = sd.doc.mt
@@ -124,6 +160,23 @@ def aggregate(
 
     findings = [f for r in results for f in r.findings if in_body(f)]
     reference = next((r.reference for r in results if r.reference is not None), None)
+    expected: list[float | None] = [None] * len(sd.sentences)
+    variants: set[str] = set()
+    if calibration is not None:
+        for i, s in enumerate(sd.sentences):
+            if s.kind is Kind.BODY:
+                raw = unit_features(sd, results, [i])
+                model = calibration.model_for(raw)
+                if model is not None:
+                    expected[i] = model.expected_penalty(raw)
+                    variants.add(calibration.variant(raw))
+        side = "ref" if reference is not None and reference.mode == "parallel" else "free"
+        span_model = calibration.spans.get(side)
+        if span_model is not None and variants:
+            findings = calibrate_findings(
+                findings, span_model,
+                [(s.start, s.end, e) for s, e in zip(sd.sentences, expected) if e is not None])
+            variants.add(f"spans-{side}")
     # NOTE: a comparable article words the same facts differently; its diff only corroborates
     # a span another checker found (issue 5), while a parallel reference's diff is evidence itself.
     spans = merge_findings(mt, findings,
@@ -137,15 +190,28 @@ def aggregate(
         else [None] * len(sd.sentences)
     )
     sentences = tuple(
-        SentenceReport(s.start, s.end, s.kind, None if s.kind is Kind.BOILERPLATE else fl, s.why)
-        for s, fl in zip(sd.sentences, sentence_fluency)
+        SentenceReport(s.start, s.end, s.kind, None if s.kind is Kind.BOILERPLATE else fl, s.why,
+                       score=None if e is None else round(penalty_to_score(e), 2),
+                       expected_penalty=None if e is None else round(e, 3))
+        for s, fl, e in zip(sd.sentences, sentence_fluency, expected)
     )
-    score = penalty_score(spans, words)
-    if fluency is not None:
-        score = (1.0 - FLUENCY_WEIGHT) * score + FLUENCY_WEIGHT * fluency
+    scored = [e for e in expected if e is not None]
     features = {f"{r.checker}.{k}": float(v) for r in results for k, v in r.features.items()}
     features["body_words"] = float(words)
-    signature = " + ".join([f"mtqa:{__version__}"] + [r.signature for r in results])
+    if scored:
+        mean_penalty = sum(scored) / len(scored)
+        score = penalty_to_score(mean_penalty)
+        features["calibrated.expected_penalty"] = mean_penalty
+    else:
+        # NOTE: no body sentence, or no calibration model for these checkers: uncalibrated
+        score = penalty_score(spans, words)
+        if fluency is not None:
+            score = (1.0 - FLUENCY_WEIGHT) * score + FLUENCY_WEIGHT * fluency
+    parts = [f"mtqa:{__version__}"] + [r.signature for r in results]
+    if variants:
+        parts.append(f"calibration:{calibration.version if calibration else ''}"
+                     f"|{','.join(sorted(variants))}")
+    signature = " + ".join(parts)
     return DocumentReport(
         id=sd.doc.id, mt=mt, score=round(score, 2),
         fluency=None if fluency is None else round(fluency, 2),

@@ -200,14 +200,16 @@ def content_key(doc: Document) -> str:
     return hashlib.sha256(data.encode("utf-8")).hexdigest()
 
 
-def config_signature(settings: Settings) -> str:
-    """The settings that can change a report's numbers, and the mtqa version, as JSON.
+def config_signature(settings: Settings, calibration: str = "") -> str:
+    """The settings that can change a report's numbers, the mtqa version and the calibration's
+    fingerprint (a re-fitted file under the same path changes scores), as JSON.
 
     The gate policy is left out: verdicts are recomputed whenever outputs are written.
     """
     data = settings.to_dict()
     data.pop("policy", None)
-    return json.dumps({"mtqa": __version__, "settings": data}, sort_keys=True)
+    return json.dumps({"mtqa": __version__, "settings": data, "calibration": calibration},
+                      sort_keys=True)
 
 
 def default_store(out: Path) -> Path:
@@ -421,7 +423,7 @@ def run_batch(
 def _run(items: list[Document | BadRecord], keys: list[str], db: ResultStore, checker: Checker,
          out: Path, csv_out: Path | None, html_dir: Path | None, chunk_size: int,
          on_progress: ProgressCallback | None, t0: float) -> BatchSummary:
-    config = db.config(config_signature(checker.settings))
+    config = db.config(config_signature(checker.settings, checker.calibration.fingerprint()))
     stored = db.get(config, [k for k in keys if k])
     failed: dict[str, str] = {}  # content key → why checking it failed (not stored: retried)
     positions: dict[str, list[int]] = {}

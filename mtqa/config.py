@@ -8,6 +8,7 @@ This is the only module that reads environment variables:
 - ``LTP_JAR_DIR_PATH``: an unpacked LanguageTool to start locally (language_tool_python's variable;
   it reads ``LTP_PATH``, its download cache, itself)
 - ``MTQA_DEVICE``: ``cpu`` or ``cuda``
+- ``MTQA_CALIBRATION``: a calibration file (default: the one shipped, ``models/calibration.json``)
 
 A ``Settings`` is plain data: ``to_dict()``/``from_dict()`` round-trip through JSON, so a service or
 a Ray worker can rebuild the same checker from it.
@@ -36,6 +37,7 @@ _ENV = {
     "MTQA_LANGUAGETOOL_URL": "languagetool_url",
     "LTP_JAR_DIR_PATH": "languagetool_jar_dir",
     "MTQA_DEVICE": "device",
+    "MTQA_CALIBRATION": "calibration",
 }
 
 
@@ -62,6 +64,8 @@ class Settings:
     embedder: str | None = None
     # gate
     policy: str | None = None
+    #: calibration file (mtqa.calibrate); None: the one shipped with mtqa
+    calibration: str | None = None
     # input
     max_bytes: int = 20 * 1024 * 1024
     extra: Mapping[str, JSONValue] = field(default_factory=dict)

@@ -17,6 +17,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING
 
 from mtqa.aggregate import aggregate
+from mtqa.calibrate import Calibration, load_calibration
 from mtqa.checkers.base import load_checker_class
 from mtqa.config import CHECKERS, Settings
 from mtqa.errors import CheckerUnavailable
@@ -65,6 +66,9 @@ class Checker:
         self.settings = settings or Settings()
         policy_path = None if self.settings.policy is None else Path(self.settings.policy)
         self.policy = policy if policy is not None else load_policy(policy_path)
+        calibration_path = (None if self.settings.calibration is None
+                            else Path(self.settings.calibration))
+        self.calibration: Calibration = load_calibration(calibration_path)
         self._built: dict[str, BaseChecker] = dict(checkers or {})
         self._unavailable: dict[str, str] = {}
         self._lock = threading.RLock()
@@ -131,7 +135,7 @@ class Checker:
                     skipped[i].extend(getattr(checker, "skipped", ()))
             reports = []
             for sd, results, skip in zip(segs, per_doc, skipped):
-                report = aggregate(sd, results, skip)
+                report = aggregate(sd, results, skip, self.calibration)
                 reports.append(dataclasses.replace(report, verdict=decide(report, self.policy)))
             return Report(documents=tuple(reports))
 

@@ -179,7 +179,8 @@ class CheckResult:
     """What one checker found in one document.
 
     ``sentence_scores`` has one entry per sentence of the segmented document (``None`` where the
-    checker gives no score, e.g. boilerplate); ``features`` are raw numbers for calibration.
+    checker gives no score, e.g. boilerplate); ``features`` are raw numbers for calibration, and
+    ``sentence_features`` the same per sentence (empty, or one mapping per sentence).
     """
 
     checker: str
@@ -190,6 +191,7 @@ class CheckResult:
     doc_score: float | None = None
     features: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
     reference: ReferenceResult | None = None
+    sentence_features: tuple[Mapping[str, float], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,13 +220,19 @@ class Span:
 
 @dataclass(frozen=True, slots=True)
 class SentenceReport:
-    """A sentence in the report, with its fluency (0-100, None when not scored)."""
+    """A sentence in the report: its fluency and calibrated score (0-100, None when not scored).
+
+    ``expected_penalty`` is the MQM penalty the calibration expects a professional rater to give
+    this sentence (see ``mtqa.calibrate``); ``score`` is its 0-100 mapping.
+    """
 
     start: int
     end: int
     kind: Kind
     fluency: float | None
     why: str | None = None
+    score: float | None = None
+    expected_penalty: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -253,6 +253,25 @@ def test_settings_change_rescores(tmp_path: Path) -> None:
     assert run_batch([ABC], out, STRUCTURE).scored == 0
 
 
+def test_refitted_calibration_rescores(tmp_path: Path) -> None:
+    from mtqa.calibrate import load_calibration
+
+    out = tmp_path / "r.jsonl"
+    assert run_batch([ABC], out, STRUCTURE).scored == 1
+    data = load_calibration().to_dict()
+    data["models"]["nolm-free"]["intercept"] += 0.1  # type: ignore[index]
+    refit = tmp_path / "refit.json"
+    refit.write_text(json.dumps(data), encoding="utf-8")
+    moved = Settings(checkers=("structure",), calibration=str(refit))
+    assert config_signature(moved, "a") != config_signature(moved, "b")
+    assert run_batch([ABC], out, moved).scored == 1
+    # same path, re-fitted again: the fingerprint, not the path, keys the store
+    data["models"]["nolm-free"]["intercept"] += 0.1  # type: ignore[index]
+    refit.write_text(json.dumps(data), encoding="utf-8")
+    assert run_batch([ABC], out, moved).scored == 1
+    assert run_batch([ABC], out, moved).scored == 0
+
+
 def test_content_key_ignores_id_and_meta_but_not_refs() -> None:
     a = Document("a", "Text.", meta={"x": 1})
     assert content_key(a) == content_key(Document("b", "Text."))

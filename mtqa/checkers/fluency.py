@@ -19,7 +19,7 @@ import logging
 import math
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
@@ -46,6 +46,7 @@ _LEXICAL = re.compile(r"[^\W_]")
 _PREFIX_TOKEN = "<|endoftext|>"
 _OPENING = frozenset("\"'“‘«‹([{")
 _PRECISIONS = ("fp32", "bf16", "int8")
+_NO_FEATURES: Mapping[str, float] = MappingProxyType({})
 
 
 @dataclass(frozen=True, slots=True)
@@ -276,12 +277,21 @@ class FluencyChecker(BaseChecker):
         z = (z0 - center) / scale
         cost = np.maximum(z0 - self.PENALTY_FROM, 0.0)
         sentence_scores = [None] * n_sent
+        per_sentence: list[Mapping[str, float]] = [_NO_FEATURES] * n_sent
         sent = np.asarray(ws.sentence)
+        lm = np.asarray(ws.lm, dtype=np.float64)
+        tokens = np.asarray(ws.tokens, dtype=np.float64)
         for i, s in enumerate(sd.sentences):
             if s.kind is Kind.BODY:
                 mask = sent == i
                 if mask.any():
                     sentence_scores[i] = self._fluency(cost[mask])
+                    per_sentence[i] = MappingProxyType({
+                        "words": float(mask.sum()), "tokens": float(tokens[mask].sum()),
+                        "lm_sum": float(lm[mask].sum()), "excess_sum": float(excess[mask].sum()),
+                        "excess_pos_sum": float(np.maximum(excess[mask], 0.0).sum()),
+                        "cost_sum": float(cost[mask].sum()), "z0_max": float(z0[mask].max()),
+                    })
         findings = tuple(self._spans(sd, ws, excess, z))
         return CheckResult(
             checker=self.name,
@@ -291,6 +301,7 @@ class FluencyChecker(BaseChecker):
             sentence_scores=tuple(sentence_scores),
             doc_score=self._fluency(cost),
             features=MappingProxyType(self._features(ws, excess, z, findings, cost)),
+            sentence_features=tuple(per_sentence),
         )
 
     def close(self) -> None:

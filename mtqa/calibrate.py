@@ -1,0 +1,424 @@
+"""Calibrated scores: the checkers' raw numbers -> the MQM penalty a professional rater would give.
+
+A *unit* is a set of body sentences: one sentence of an article, or one line of MQM data (the
+unit the model is fitted on). ``unit_features`` collects, for a unit, the raw numbers of every
+checker that ran: language-model statistics, counts of structure/grammar/LM findings by
+severity, and, with a line-parallel reference, chrF/BLEU/similarity/length ratio of the aligned
+pairs, unaligned sentences and fact or wording mismatches.
+
+``Calibration`` holds one small model per set of available checkers (the LM may be off, the
+reference absent): a Poisson regression with a log link, ``E[penalty] = exp(b + w . x)`` on
+standardised inputs ``x``, fitted with an L2 penalty on a document split of WMT21 zh-en MQM
+(``scripts/calibrate.py``). Its prediction is the *expected MQM penalty* of the unit (minor 1,
+major 5, minor punctuation 0.1, non-translation 25, as in the data), and the 0-100 score is
+
+    score = 100 * exp(-expected_penalty / SCORE_SCALE)        (SCORE_SCALE = 10)
+
+so 90 means about 1 penalty point per sentence (one minor error), 70 about 3.6 (a major error
+in most sentences), 50 about 6.9 (more than one major error per sentence). A document's score is
+the same mapping of the mean expected penalty of its body sentences.
+
+The fitted parameters live in ``models/calibration.json`` (shipped in the package as
+``mtqa/data/calibration.json``), with the data hash, the code version and the held-out figures.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from mtqa.errors import ConfigError
+from mtqa.types import CheckResult, Kind, SegmentedDocument, Severity
+
+if TYPE_CHECKING:
+    from numpy.typing import NDArray
+
+__all__ = [
+    "SCORE_SCALE", "Calibration", "UnitModel", "load_calibration", "penalty_to_score",
+    "unit_features", "variant_for",
+]
+
+SCHEMA = "mtqa.calibration/1"
+#: penalty points at which the score falls to 100/e (about 37)
+SCORE_SCALE = 10.0
+#: structure categories MQM counts as non-translation or garbage
+_BLOCKING = frozenset({"untranslated", "mojibake"})
+_EVIDENCE = frozenset({"reference-mismatch"})
+
+
+def penalty_to_score(penalty: float) -> float:
+    """0-100 from an expected MQM penalty per sentence."""
+    return 100.0 * math.exp(-max(penalty, 0.0) / SCORE_SCALE)
+
+
+def score_to_penalty(score: float) -> float:
+    """The inverse of ``penalty_to_score`` (score in (0, 100])."""
+    return -SCORE_SCALE * math.log(max(score, 1e-9) / 100.0)
+
+
+# --- raw features ------------------------------------------------------------------------------
+
+
+def unit_features(sd: SegmentedDocument, results: Sequence[CheckResult],
+                  sentences: Sequence[int]) -> dict[str, float]:
+    """Raw numbers of the body sentences ``sentences`` of ``sd`` from each checker's result.
+
+    Keys present depend on what ran: ``lm_*`` with the fluency checker, ``ref_*`` with a
+    parallel-mode reference result; the counts of findings are always there.
+    """
+    idx = [i for i in sentences if sd.sentences[i].kind is Kind.BODY]
+    chosen = set(idx)
+    ranges = [(sd.sentences[i].start, sd.sentences[i].end) for i in idx]
+    chars = sum(e - s for s, e in ranges)
+    words = sum(len(sd.doc.mt[s:e].split()) for s, e in ranges)
+    out: dict[str, float] = {"words": float(words), "chars": float(chars)}
+
+    def inside(start: int) -> bool:
+        return any(s <= start < e for s, e in ranges)
+
+    for r in results:
+        if r.checker == "fluency" and r.sentence_features:
+            stats = [r.sentence_features[i] for i in idx if r.sentence_features[i]]
+            if stats:
+                for key in ("words", "tokens", "lm_sum", "excess_sum", "excess_pos_sum",
+                            "cost_sum"):
+                    out[f"lm_{key}"] = float(sum(m[key] for m in stats))
+                out["lm_z0_max"] = float(max(m["z0_max"] for m in stats))
+        for f in r.findings:
+            if not inside(f.start):
+                continue
+            if f.category in _EVIDENCE:
+                key = "ref_diff_chars"
+                out[key] = out.get(key, 0.0) + float(f.end - f.start)
+                continue
+            if f.category == "fact-mismatch":
+                out["ref_facts"] = out.get("ref_facts", 0.0) + 1.0
+                continue
+            group = "blocking" if f.category in _BLOCKING else r.checker
+            sev = "major" if f.severity in (Severity.MAJOR, Severity.CRITICAL) else "minor"
+            key = f"n_{group}_{sev}"
+            out[key] = out.get(key, 0.0) + 1.0
+        ref = r.reference
+        if ref is not None and ref.mode == "parallel":
+            links = [k for k in ref.alignment if k.mt in chosen]
+            ref_rows = sorted({j for k in links for j in k.ref})
+            ref_chars = sum(ref.sentences[j].end - ref.sentences[j].start for j in ref_rows
+                            if j < len(ref.sentences))
+            linked = {k.mt for k in links}
+            out["ref_unaligned"] = float(len(chosen - linked)) / max(len(chosen), 1)
+            out["ref_len_ratio"] = math.log((chars + 1.0) / (ref_chars + 1.0))
+            if links:
+                out["ref_similarity"] = float(np.mean([k.similarity for k in links]))
+                for name in ("chrF", "BLEU"):
+                    vals = [m.score for k in links for m in k.metrics if m.name == name]
+                    if vals:
+                        out[f"ref_{name.lower()}"] = float(np.mean(vals))
+            out.setdefault("ref_facts", 0.0)
+            out.setdefault("ref_diff_chars", 0.0)
+    return out
+
+
+def variant_for(raw: Mapping[str, float]) -> str:
+    """Which model applies to a unit: ``lm`` and/or ``ref`` parts by what the features hold."""
+    lm = "lm_words" in raw
+    ref = "ref_len_ratio" in raw
+    return f"{'lm' if lm else 'nolm'}-{'ref' if ref else 'free'}"
+
+
+#: model inputs: name -> how it is computed from the raw features of a unit
+def _inputs(raw: Mapping[str, float]) -> dict[str, float]:
+    words = raw.get("words", 0.0)
+    x: dict[str, float] = {"log_words": math.log1p(words)}
+    for group in ("structure", "grammar", "fluency", "blocking"):
+        for sev in ("major", "minor"):
+            x[f"{group}_{sev}"] = math.log1p(raw.get(f"n_{group}_{sev}", 0.0))
+    if "lm_words" in raw:
+        n = max(raw["lm_words"], 1.0)
+        x["lm_cost_log"] = math.log1p(raw["lm_cost_sum"])
+        x["lm_cost_rate"] = raw["lm_cost_sum"] / (n + 5.0)
+        x["lm_excess_mean"] = raw["lm_excess_sum"] / n
+        x["lm_excess_pos_rate"] = raw["lm_excess_pos_sum"] / n
+        x["lm_z0_max"] = raw["lm_z0_max"]
+        x["lm_surprisal_mean"] = raw["lm_lm_sum"] / max(raw["lm_tokens"], 1.0)
+    if "ref_len_ratio" in raw:
+        ratio = raw["ref_len_ratio"]
+        x["ref_chrf"] = raw.get("ref_chrf", 0.0) / 100.0
+        x["ref_bleu"] = raw.get("ref_bleu", 0.0) / 100.0
+        x["ref_similarity"] = raw.get("ref_similarity", 0.0)
+        x["ref_shorter"] = max(-ratio, 0.0)
+        x["ref_longer"] = max(ratio, 0.0)
+        x["ref_unaligned"] = raw.get("ref_unaligned", 0.0)
+        x["ref_facts"] = math.log1p(raw.get("ref_facts", 0.0))
+        x["ref_diff_share"] = raw.get("ref_diff_chars", 0.0) / max(raw.get("chars", 0.0), 1.0)
+    return x
+
+
+def model_inputs(raw: Mapping[str, float]) -> dict[str, float]:
+    """The inputs a unit model reads, by name (public for the fitting script)."""
+    return _inputs(raw)
+
+
+# --- the model ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class UnitModel:
+    """``E[penalty] = exp(intercept + sum_k coef_k * (x_k - center_k) / scale_k)``."""
+
+    inputs: tuple[str, ...]
+    center: tuple[float, ...]
+    scale: tuple[float, ...]
+    coef: tuple[float, ...]
+    intercept: float
+    figures: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
+    #: fixed penalty per unit of a raw count, added to the fitted expectation (``PRIOR``)
+    prior: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
+
+    def expected_penalty(self, raw: Mapping[str, float]) -> float:
+        x = _inputs(raw)
+        z = sum(c * (x.get(name, 0.0) - m) / s
+                for name, m, s, c in zip(self.inputs, self.center, self.scale, self.coef))
+        fixed = sum(w * raw.get(key, 0.0) for key, w in self.prior.items())
+        return math.exp(min(self.intercept + z, 10.0)) + fixed
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "intercept": round(self.intercept, 6),
+            "prior": {k: round(v, 6) for k, v in self.prior.items()},
+            "inputs": {name: {"coef": round(c, 6), "center": round(m, 6), "scale": round(s, 6)}
+                       for name, m, s, c in zip(self.inputs, self.center, self.scale, self.coef)},
+            "figures": {k: round(v, 4) for k, v in self.figures.items()},
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> UnitModel:
+        inputs = d["inputs"]
+        if not isinstance(inputs, Mapping):
+            raise ConfigError("calibration: 'inputs' must be a table")
+        names = tuple(str(k) for k in inputs)
+        rows = [inputs[k] for k in names]
+        return cls(
+            inputs=names,
+            center=tuple(float(r["center"]) for r in rows),
+            scale=tuple(float(r["scale"]) for r in rows),
+            coef=tuple(float(r["coef"]) for r in rows),
+            intercept=float(d["intercept"]),
+            figures=MappingProxyType({str(k): float(v) for k, v in d.get("figures", {}).items()}),
+            prior=MappingProxyType({str(k): float(v) for k, v in d.get("prior", {}).items()}),
+        )
+
+
+#: fixed MQM penalty per finding of the rule-based checks, added to the fitted expectation:
+#: broken joins, stray punctuation, mojibake and untranslated text are nearly absent from WMT
+#: output, so the data cannot weigh them; each counts what an MQM rater gives it (major 5,
+#: minor 1, non-translation 25). Fitted on WMT21 without them, the held-out Kendall moves < .005.
+PRIOR: Mapping[str, float] = MappingProxyType({
+    "n_structure_major": 5.0, "n_structure_minor": 1.0,
+    "n_blocking_major": 25.0, "n_blocking_minor": 5.0,
+})
+
+#: inputs that count evidence of errors: their weight is held at >= 0, so that a finding never
+#: raises a score (in the MQM data, rule-based findings are too rare for the sign to be learned)
+MONOTONE_PREFIXES = ("structure_", "grammar_", "fluency_", "blocking_", "ref_facts",
+                     "ref_diff_share", "ref_unaligned")
+
+
+def fit_poisson(rows: Sequence[Mapping[str, float]], target: Sequence[float], *, l2: float = 1.0,
+                inputs: Sequence[str] | None = None,
+                prior: Mapping[str, float] | None = None) -> UnitModel:
+    """Fit a UnitModel by penalised Poisson maximum likelihood (quasi-Poisson: any target >= 0).
+
+    Weights of ``MONOTONE_PREFIXES`` inputs are constrained to be non-negative. With ``prior``
+    (raw count -> fixed penalty each), the fit explains what the prior leaves of each target,
+    and the inputs made from those counts are left out.
+    """
+    from scipy.optimize import minimize
+
+    prior = dict(prior or {})
+    fixed_inputs = {key[2:] for key in prior}  # "n_structure_major" -> "structure_major"
+    xs = [_inputs(r) for r in rows]
+    names = tuple(inputs) if inputs is not None else tuple(sorted({k for x in xs for k in x}))
+    names = tuple(k for k in names if k not in fixed_inputs)
+    mat = np.array([[x.get(k, 0.0) for k in names] for x in xs], dtype=np.float64)
+    fixed = np.array([sum(w * r.get(k, 0.0) for k, w in prior.items()) for r in rows])
+    y = np.maximum(np.asarray(target, dtype=np.float64) - fixed, 0.0)
+    center = mat.mean(axis=0)
+    scale = mat.std(axis=0)
+    scale[scale < 1e-9] = 1.0
+    z = (mat - center) / scale
+    n = float(len(y))
+
+    def loss(w: np.ndarray) -> tuple[float, np.ndarray]:
+        eta = np.clip(w[0] + z @ w[1:], -30.0, 10.0)
+        mu = np.exp(eta)
+        nll = float(np.sum(mu - y * eta)) / n + 0.5 * l2 * float(w[1:] @ w[1:]) / n
+        grad = np.concatenate([[np.sum(mu - y)], z.T @ (mu - y)]) / n
+        grad[1:] += l2 * w[1:] / n
+        return nll, grad
+
+    w0 = np.zeros(len(names) + 1)
+    w0[0] = math.log(max(float(y.mean()), 1e-3))
+    bounds = [(None, None)] + [(0.0, None) if k.startswith(MONOTONE_PREFIXES) else (None, None)
+                               for k in names]
+    res = minimize(loss, w0, jac=True, method="L-BFGS-B", bounds=bounds)
+    w = res.x
+    return UnitModel(names, tuple(map(float, center)), tuple(map(float, scale)),
+                     tuple(map(float, w[1:])), float(w[0]), prior=MappingProxyType(prior))
+
+
+# --- spans -------------------------------------------------------------------------------------
+
+#: checkers whose findings are statistical evidence, re-weighed by the span model; rule-based
+#: structure findings keep their severity (MQM data holds too few of them to calibrate)
+SPAN_CHECKERS = frozenset({"fluency", "grammar", "reference"})
+
+
+def span_inputs(category_key: str, groups: Sequence[str], expected: float, confidence: float,
+                was_major: bool) -> list[float]:
+    """A finding's inputs to the span model: its group (one-hot), its sentence's expected
+    penalty, its checker's confidence, and the checker's own severity."""
+    x = [1.0 if category_key == g else 0.0 for g in groups]
+    return x + [math.log1p(max(expected, 0.0)), confidence, 1.0 if was_major else 0.0]
+
+
+@dataclass(frozen=True, slots=True)
+class SpanModel:
+    """Two logistic models over a finding's inputs (``span_inputs``): the probability that its
+    characters are an error, and that they are a major one. A finding below ``keep`` is dropped;
+    one at or above ``major`` is major, else minor; its confidence becomes the first probability.
+    Both thresholds are tuned on the training documents for the best character F1 among those
+    whose major spans are at least ``MAJOR_PRECISION`` precise."""
+
+    groups: tuple[str, ...]
+    error: tuple[float, ...]  # intercept first
+    major_coef: tuple[float, ...]
+    keep: float
+    major: float
+    figures: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
+
+    MAJOR_PRECISION = 0.35
+
+    def probabilities(self, checker: str, category: str, expected: float, confidence: float,
+                      was_major: bool) -> tuple[float, float]:
+        x = span_inputs(f"{checker}:{category}", self.groups, expected, confidence, was_major)
+
+        def sigmoid(w: Sequence[float]) -> float:
+            t = w[0] + sum(a * b for a, b in zip(w[1:], x))
+            return 1.0 / (1.0 + math.exp(-max(min(t, 30.0), -30.0)))
+
+        return sigmoid(self.error), sigmoid(self.major_coef)
+
+    def to_dict(self) -> dict[str, object]:
+        names = ["intercept", *self.groups, "log1p_expected_penalty", "confidence", "was_major"]
+        return {"keep": round(self.keep, 4), "major": round(self.major, 4),
+                "error": {n: round(w, 6) for n, w in zip(names, self.error)},
+                "major_error": {n: round(w, 6) for n, w in zip(names, self.major_coef)},
+                "figures": {k: round(v, 4) for k, v in self.figures.items()}}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> SpanModel:
+        names = list(d["error"])
+        groups = tuple(n for n in names[1:] if ":" in n)
+        return cls(groups, tuple(float(d["error"][n]) for n in names),
+                   tuple(float(d["major_error"][n]) for n in names), float(d["keep"]),
+                   float(d["major"]),
+                   MappingProxyType({str(k): float(v) for k, v in d.get("figures", {}).items()}))
+
+
+def fit_logistic(x: NDArray[np.float64], y: NDArray[np.float64], weight: NDArray[np.float64], *,
+                 l2: float = 1e-3) -> tuple[float, ...]:
+    """Weighted logistic regression on soft labels ``y`` in [0, 1]; intercept first."""
+    from scipy.optimize import minimize
+
+    w = weight / weight.mean()
+
+    def loss(b: NDArray[np.float64]) -> tuple[float, NDArray[np.float64]]:
+        t = b[0] + x @ b[1:]
+        p = 1.0 / (1.0 + np.exp(-t))
+        value = float(np.mean(w * (np.logaddexp(0.0, t) - y * t))) + l2 * float(b[1:] @ b[1:])
+        grad = np.concatenate([[np.mean(w * (p - y))], x.T @ (w * (p - y)) / len(y)])
+        grad[1:] += 2.0 * l2 * b[1:]
+        return value, grad
+
+    res = minimize(loss, np.zeros(x.shape[1] + 1), jac=True, method="L-BFGS-B")
+    return tuple(float(v) for v in res.x)
+
+
+# --- the calibration file ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Calibration:
+    """Every fitted model, with where it came from."""
+
+    version: str
+    models: Mapping[str, UnitModel]
+    provenance: Mapping[str, object] = field(default_factory=lambda: MappingProxyType({}))
+    #: span models by reference use: "free" and "ref"
+    spans: Mapping[str, SpanModel] = field(default_factory=lambda: MappingProxyType({}))
+    path: str = ""
+
+    def variant(self, raw: Mapping[str, float]) -> str:
+        """The name of the model that applies to a unit's raw features."""
+        return variant_for(raw)
+
+    def model_for(self, raw: Mapping[str, float]) -> UnitModel | None:
+        """The fitted model for what ran on this unit, or None if none was fitted."""
+        return self.models.get(variant_for(raw))
+
+    def fingerprint(self) -> str:
+        """``version:sha256[:12]`` of the fitted parameters: changes whenever a number does."""
+        data = json.dumps(self.to_dict(), sort_keys=True, ensure_ascii=False)
+        return f"{self.version}:{hashlib.sha256(data.encode('utf-8')).hexdigest()[:12]}"
+
+    def to_dict(self) -> dict[str, object]:
+        return {"schema": SCHEMA, "version": self.version, "score_scale": SCORE_SCALE,
+                "provenance": dict(self.provenance),
+                "spans": {k: m.to_dict() for k, m in sorted(self.spans.items())},
+                "models": {k: m.to_dict() for k, m in sorted(self.models.items())}}
+
+
+def load_calibration(path: Path | None = None) -> Calibration:
+    """The calibration at ``path``, or the one shipped with mtqa."""
+    if path is None:
+        text = resources.files("mtqa").joinpath("data/calibration.json").read_text("utf-8")
+        where = "mtqa/data/calibration.json"
+    else:
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"calibration: cannot read {path}: {exc}") from exc
+        where = str(path)
+    try:
+        d = json.loads(text)
+        if d.get("schema") != SCHEMA:
+            raise ConfigError(f"{where}: not a {SCHEMA} file")
+        models = {str(k): UnitModel.from_dict(v) for k, v in d["models"].items()}
+        spans = {str(k): SpanModel.from_dict(v) for k, v in d.get("spans", {}).items()}
+        return Calibration(str(d["version"]), MappingProxyType(models),
+                           MappingProxyType(dict(d.get("provenance", {}))),
+                           MappingProxyType(spans), where)
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        raise ConfigError(f"{where}: malformed calibration ({type(exc).__name__}: {exc})") from exc
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def body_units(sd: SegmentedDocument) -> Iterable[int]:
+    """Indices of the body sentences of a document."""
+    return (i for i, s in enumerate(sd.sentences) if s.kind is Kind.BODY)

@@ -1,0 +1,217 @@
+"""Calibration: the shipped file, its loader, the fitters, and how reports use it."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import ABC, HILL, read
+from mtqa.aggregate import calibrate_findings
+from mtqa.calibrate import (
+    SCORE_SCALE,
+    Calibration,
+    SpanModel,
+    fit_logistic,
+    fit_poisson,
+    load_calibration,
+    penalty_to_score,
+    score_to_penalty,
+    variant_for,
+)
+from mtqa.config import Settings
+from mtqa.errors import ConfigError
+from mtqa.pipeline import Checker
+from mtqa.types import Finding, Severity
+
+ROOT = Path(__file__).resolve().parent.parent
+NO_LM = Settings(checkers=("structure", "grammar"), grammar_backend="harper")
+
+
+@pytest.fixture(scope="module")
+def shipped() -> Calibration:
+    return load_calibration()
+
+
+def test_score_scale_means_expected_penalty() -> None:
+    # the README's reading of 90 / 70 / 50
+    assert score_to_penalty(90.0) == pytest.approx(1.05, abs=0.01)
+    assert score_to_penalty(70.0) == pytest.approx(3.57, abs=0.01)
+    assert score_to_penalty(50.0) == pytest.approx(6.93, abs=0.01)
+    assert penalty_to_score(0.0) == 100.0 and penalty_to_score(-3.0) == 100.0
+    grid = [0.0, 0.5, 1.0, 5.0, 25.0]
+    scores = [penalty_to_score(p) for p in grid]
+    assert scores == sorted(scores, reverse=True)
+    assert all(score_to_penalty(penalty_to_score(p)) == pytest.approx(p) for p in grid)
+    assert penalty_to_score(SCORE_SCALE) == pytest.approx(100.0 / math.e)
+
+
+def test_shipped_calibration_is_complete_and_traceable(shipped: Calibration) -> None:
+    assert set(shipped.models) == {"lm-free", "nolm-free", "lm-ref", "nolm-ref"}
+    assert set(shipped.spans) == {"free", "ref"}
+    prov = shipped.provenance
+    assert len(str(prov["data_sha256"])) == 64 and prov["data"] == "mqm_2021_zhen.jsonl"
+    assert prov["refit"] == "python scripts/calibrate.py" and prov["code"]
+    assert len(prov["held_out_docs"]) == 10  # type: ignore[arg-type]
+    # the models/ copy is the packaged one
+    on_disk = json.loads((ROOT / "models" / "calibration.json").read_text(encoding="utf-8"))
+    assert on_disk == shipped.to_dict()
+    for name, model in shipped.models.items():
+        assert len(model.inputs) == len(model.coef) == len(model.scale), name
+        assert all(s > 0 for s in model.scale), name
+    for side, span in shipped.spans.items():
+        assert 0.0 <= span.keep <= 1.0 and 0.0 <= span.major <= 1.01, side
+        assert span.groups and all(":" in g for g in span.groups), side
+
+
+def test_round_trip_and_fingerprint(shipped: Calibration, tmp_path: Path) -> None:
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps(shipped.to_dict()), encoding="utf-8")
+    again = load_calibration(path)
+    assert again.to_dict() == shipped.to_dict()
+    assert again.fingerprint() == shipped.fingerprint()
+    changed = shipped.to_dict()
+    changed["models"]["nolm-free"]["intercept"] += 0.5  # type: ignore[index]
+    path.write_text(json.dumps(changed), encoding="utf-8")
+    assert load_calibration(path).fingerprint() != shipped.fingerprint()
+
+
+@pytest.mark.parametrize("content, message", [
+    (None, "cannot read"),
+    ("{not json", "malformed calibration"),
+    ('{"schema": "other/1"}', "not a mtqa.calibration/1 file"),
+    ('{"schema": "mtqa.calibration/1", "version": "x", "models": {"a": {"inputs": {}}}}',
+     "malformed calibration"),
+])
+def test_bad_calibration_file_names_the_file(tmp_path: Path, content: str | None,
+                                             message: str) -> None:
+    path = tmp_path / "cal.json"
+    if content is not None:
+        path.write_text(content, encoding="utf-8")
+    with pytest.raises(ConfigError, match=message) as info:
+        load_calibration(path)
+    assert str(path) in str(info.value)
+    with pytest.raises(ConfigError):
+        Checker(Settings(checkers=("structure",), calibration=str(path)))
+
+
+def test_variant_follows_what_ran() -> None:
+    assert variant_for({"words": 3.0}) == "nolm-free"
+    assert variant_for({"words": 3.0, "lm_words": 3.0}) == "lm-free"
+    assert variant_for({"words": 3.0, "ref_len_ratio": 0.0}) == "nolm-ref"
+    assert variant_for({"lm_words": 3.0, "ref_len_ratio": 0.0}) == "lm-ref"
+
+
+def test_fitted_models_punish_findings(shipped: Calibration) -> None:
+    base = {"words": 20.0, "chars": 110.0}
+    for variant in ("nolm-free", "nolm-ref"):
+        raw = dict(base)
+        if variant == "nolm-ref":
+            raw.update(ref_len_ratio=0.0, ref_chrf=60.0, ref_similarity=0.9)
+        model = shipped.models[variant]
+        clean = model.expected_penalty(raw)
+        # rule-based findings count what an MQM rater gives them: major 5, non-translation 25
+        broken = model.expected_penalty({**raw, "n_structure_major": 2.0})
+        assert broken == pytest.approx(clean + 10.0) and clean > 0.0, variant
+        untranslated = model.expected_penalty({**raw, "n_blocking_major": 1.0})
+        assert untranslated == pytest.approx(clean + 25.0), variant
+        more = model.expected_penalty({**raw, "n_grammar_minor": 3.0, "n_grammar_major": 1.0})
+        assert more >= clean, variant
+    ref = shipped.models["nolm-ref"]
+    close = {**base, "ref_len_ratio": 0.0, "ref_chrf": 80.0, "ref_similarity": 0.95}
+    far = {**close, "ref_chrf": 20.0, "ref_similarity": 0.4}
+    assert ref.expected_penalty(far) > ref.expected_penalty(close)
+
+
+def test_fit_poisson_recovers_known_coefficients() -> None:
+    rng = np.random.default_rng(7)
+    n = 4000
+    a = rng.integers(0, 4, n).astype(float)
+    words = rng.integers(5, 40, n).astype(float)
+    mu = np.exp(-1.0 + 0.8 * np.log1p(a) + 0.5 * np.log1p(words))
+    y = rng.poisson(mu)
+    rows = [{"words": w, "n_structure_major": x} for w, x in zip(words, a)]
+    model = fit_poisson(rows, y.tolist(), l2=0.01)
+    coef = dict(zip(model.inputs, model.coef))
+    scale = dict(zip(model.inputs, model.scale))
+    assert coef["structure_major"] / scale["structure_major"] == pytest.approx(0.8, abs=0.1)
+    assert coef["log_words"] / scale["log_words"] == pytest.approx(0.5, abs=0.1)
+    assert abs(coef["grammar_minor"]) < 1e-6  # constant input: no weight
+    pred = np.array([model.expected_penalty(r) for r in rows])
+    assert float(np.corrcoef(pred, mu)[0, 1]) > 0.98
+
+
+def test_fit_logistic_recovers_known_coefficients() -> None:
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(5000, 2))
+    p = 1.0 / (1.0 + np.exp(-(0.5 + 2.0 * x[:, 0] - 1.0 * x[:, 1])))
+    y = (rng.random(5000) < p).astype(float)
+    b = fit_logistic(x, y, np.ones(5000), l2=0.0)
+    assert b == pytest.approx((0.5, 2.0, -1.0), abs=0.15)
+
+
+def _finding(checker: str, category: str, start: int, severity: Severity = Severity.MINOR,
+             confidence: float = 0.5) -> Finding:
+    return Finding(start, start + 4, category, severity, checker, "m", confidence)
+
+
+def test_calibrate_findings_keeps_drops_and_grades() -> None:
+    groups = ("fluency:garbled", "grammar:grammar")
+    # p_err rises with confidence; p_major with the checker's own severity
+    model = SpanModel(groups, (-2.0, 0.0, 0.0, 0.0, 4.0, 0.0), (-3.0, 0.0, 0.0, 0.0, 0.0, 4.0),
+                      keep=0.4, major=0.6)
+    at = [(0, 50, 2.0)]
+    low = _finding("fluency", "garbled", 0, confidence=0.1)
+    high = _finding("fluency", "garbled", 10, Severity.MAJOR, confidence=0.9)
+    mid = _finding("grammar", "grammar", 20, confidence=0.8)
+    rule = _finding("structure", "broken-join", 30, Severity.MAJOR, confidence=0.1)
+    unknown = _finding("fluency", "other", 40, confidence=0.1)
+    outside = _finding("fluency", "garbled", 60, confidence=0.1)
+    out = calibrate_findings([low, high, mid, rule, unknown, outside], model, at)
+    assert low not in out and len(out) == 5
+    by_start = {f.start: f for f in out}
+    assert by_start[10].severity is Severity.MAJOR and by_start[10].confidence > 0.8
+    assert by_start[20].severity is Severity.MINOR
+    assert by_start[20].confidence == pytest.approx(1 / (1 + math.exp(-(-2.0 + 3.2))), abs=1e-4)
+    assert by_start[30] == rule and by_start[40] == unknown and by_start[60] == outside
+
+
+def test_report_scores_come_from_the_calibration(shipped: Calibration) -> None:
+    with Checker(NO_LM) as checker:
+        report = checker.check(read(ABC), id="abc")
+        hill = checker.check(read(HILL), id="hill")
+    assert "calibration:" in report.signature and "nolm-free" in report.signature
+    body = [s for s in report.sentences if s.kind.value == "body"]
+    assert body and all(s.score is not None and s.expected_penalty is not None for s in body)
+    assert all(s.score is None for s in report.sentences if s.kind.value == "boilerplate")
+    mean = sum(s.expected_penalty or 0.0 for s in body) / len(body)
+    assert report.features["calibrated.expected_penalty"] == pytest.approx(mean, abs=0.01)
+    assert report.score == pytest.approx(penalty_to_score(mean), abs=0.05)
+    # the retranslated copy is worse than the clean write-up of the same story
+    assert report.score < hill.score
+
+
+def test_calibration_file_from_settings_changes_scores(shipped: Calibration,
+                                                      tmp_path: Path) -> None:
+    base = shipped.to_dict()
+    for m in base["models"].values():  # type: ignore[union-attr]
+        m["prior"] = {}  # fitted part only: a raised intercept multiplies it by e
+    harsher = json.loads(json.dumps(base))
+    for m in harsher["models"].values():
+        m["intercept"] += 1.0
+    paths = [tmp_path / "base.json", tmp_path / "harsh.json"]
+    for path, data in zip(paths, (base, harsher)):
+        path.write_text(json.dumps(data), encoding="utf-8")
+    text = read(ABC)
+    with Checker(Settings(checkers=NO_LM.checkers, grammar_backend="harper",
+                          calibration=str(paths[0]))) as a, \
+            Checker(Settings(checkers=NO_LM.checkers, grammar_backend="harper",
+                             calibration=str(paths[1]))) as b:
+        ra, rb = a.check(text), b.check(text)
+    assert ra.features["calibrated.expected_penalty"] > 0
+    assert rb.features["calibrated.expected_penalty"] == pytest.approx(
+        math.e * ra.features["calibrated.expected_penalty"], rel=0.01)
+    assert rb.score < ra.score
