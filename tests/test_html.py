@@ -253,8 +253,11 @@ def test_boilerplate_greyed_and_fluency_shading(page: Any, abc: DocumentReport, 
     assert background(body[0]) == "rgba(0, 0, 0, 0)"  # fluent: no shading
     assert len({background(body[1]), background(body[2]), background(body[0])}) == 3
     assert background(body[3]) == "rgba(0, 0, 0, 0)"  # not scored
-    assert page.get_attribute(f"#d0-m{body[1]}", "title") == "fluency 50.0"
-    assert page.get_attribute(f"#d0-m{body[3]}", "title") == "fluency not scored"
+    s1 = abc.sentences[body[1]]
+    assert s1.score is not None and s1.expected_penalty is not None
+    assert page.get_attribute(f"#d0-m{body[1]}", "title") == (
+        f"fluency 50.0; score {s1.score:.1f} (expected MQM penalty {s1.expected_penalty:.1f})")
+    assert page.get_attribute(f"#d0-m{body[3]}", "title").startswith("fluency not scored; score ")
     boiler = [i for i, s in enumerate(abc.sentences) if s.kind is Kind.BOILERPLATE]
     assert boiler
     for i in boiler:

@@ -232,6 +232,9 @@ def _mt_sentences(d: DocumentReport, prefix: str, linked: dict[int, tuple[int, .
         else:
             classes.append(_band(s.fluency))
             title = ("fluency not scored" if s.fluency is None else f"fluency {s.fluency:.1f}")
+            if s.score is not None and s.expected_penalty is not None:
+                title += (f"; score {s.score:.1f} (expected MQM penalty "
+                          f"{s.expected_penalty:.1f})")
         if i in unsupported:
             classes.append("unsupported")
             title += "; no counterpart in the reference"
@@ -273,10 +276,13 @@ def _reason_row(r: Reason, d: DocumentReport, prefix: str) -> str:
 def _header(d: DocumentReport, prefix: str) -> str:
     v = d.verdict
     state = "pass" if v.passed else "fail"
+    penalty = d.features.get("calibrated.expected_penalty")
+    expected = ("" if penalty is None else
+                f' <small>(expected MQM penalty {penalty:.1f} per sentence)</small>')
     parts = [f'<header class="verdict {state}">',
              f'<h1><span class="badge">{state.upper()}</span>{_e(d.id)}</h1>',
              '<p class="figures">'
-             f'<span>score <b class="score">{d.score:.1f}</b>/100</span>'
+             f'<span>score <b class="score">{d.score:.1f}</b>/100{expected}</span>'
              f'<span>fluency <b class="fluency">{_num(d.fluency)}</b></span>'
              f'<span>{len(d.spans)} span(s)</span>'
              f'<span>policy <code>{_e(v.policy or "—")}</code></span></p>']

@@ -93,15 +93,25 @@ def _plain(meta: Mapping[str, JSONValue]) -> dict[str, JSONValue]:
     return dict(meta)
 
 
+def _round(x: float | None, digits: int) -> float | None:
+    return None if x is None else round(x, digits)
+
+
+def _opt_float(x: object) -> float | None:
+    return None if x is None else float(x)  # type: ignore[arg-type]
+
+
 def document_to_dict(d: DocumentReport) -> dict[str, JSONValue]:
     """One document of the report as plain data."""
     return {
         "id": d.id,
         "score": round(d.score, 2),
         "fluency": None if d.fluency is None else round(d.fluency, 2),
+        "expected_penalty": _round(d.features.get("calibrated.expected_penalty"), 3),
         "sentences": [
             {"start": s.start, "end": s.end, "kind": s.kind.value,
-             "fluency": None if s.fluency is None else round(s.fluency, 2), "label": s.why}
+             "fluency": None if s.fluency is None else round(s.fluency, 2), "label": s.why,
+             "score": _round(s.score, 2), "expected_penalty": _round(s.expected_penalty, 3)}
             for s in d.sentences
         ],
         "spans": [_span(s) for s in d.spans],
@@ -201,8 +211,11 @@ def document_from_dict(
         sentences = tuple(
             SentenceReport(int(s["start"]), int(s["end"]), Kind(s["kind"]),
                            None if s.get("fluency") is None else float(s["fluency"]),
-                           s.get("label"))
+                           s.get("label"), score=_opt_float(s.get("score")),
+                           expected_penalty=_opt_float(s.get("expected_penalty")))
             for s in d["sentences"])
+        features = ({} if d.get("expected_penalty") is None
+                    else {"calibrated.expected_penalty": float(d["expected_penalty"])})
         report = DocumentReport(
             id=str(d["id"]) if id is None else id,
             mt=mt or "",
@@ -216,7 +229,7 @@ def document_from_dict(
                           for s in d.get("skipped", [])),
             signature=str(d.get("signature", "")),
             meta=MappingProxyType(dict(d.get("meta") or {}) if meta is None else dict(meta)),
-            ref=ref,
+            ref=ref, features=MappingProxyType(features),
         )
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         err = f"not an {SCHEMA} document: {type(exc).__name__}: {exc}"

@@ -68,7 +68,10 @@ def _reason(console: Console, d: DocumentReport, r: Reason) -> None:
 def _document(console: Console, d: DocumentReport) -> None:
     verdict = "[bold green]PASS[/]" if d.verdict.passed else "[bold red]FAIL[/]"
     fluency = "—" if d.fluency is None else f"{d.fluency:.1f}"
-    console.print(f"[bold]{escape(d.id)}[/]  score [bold]{d.score:.1f}[/]/100  "
+    expected = d.features.get("calibrated.expected_penalty")
+    meaning = ("" if expected is None else
+               f" [dim](expected MQM penalty {expected:.1f} per sentence)[/]")
+    console.print(f"[bold]{escape(d.id)}[/]  score [bold]{d.score:.1f}[/]/100{meaning}  "
                   f"fluency {fluency}  {verdict} [dim](policy {escape(d.verdict.policy)})[/]")
     for reason in d.verdict.reasons:
         console.print(f"  [red]✗[/] {escape(reason.rule)}: {escape(reason.message)}")
