@@ -8,6 +8,7 @@ An input error wins over a gate failure. 130: ``batch`` was interrupted (it resu
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import enum
 import logging
 import sys
@@ -20,7 +21,7 @@ import typer
 from mtqa import __version__
 from mtqa.batch import CHUNK_SIZE
 from mtqa.config import Settings, load_settings
-from mtqa.errors import MtqaError
+from mtqa.errors import ConfigError, InputError, MtqaError
 from mtqa.types import BadRecord, Document, DocumentReport, Report
 
 __all__ = ["app", "main"]
@@ -35,6 +36,14 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+
+class Split(str, enum.Enum):
+    """Which documents ``evaluate`` scores."""
+
+    all = "all"
+    train = "train"
+    held_out = "held-out"
 
 
 class Format(str, enum.Enum):
@@ -78,12 +87,18 @@ PolicyOpt = Annotated[Optional[Path], typer.Option(  # noqa: UP007
     help="Gate policy TOML (default: the shipped policy).", exists=True, dir_okay=False)]
 GateOpt = Annotated[bool, typer.Option(
     "--gate/--no-gate", help="Exit 1 when a document fails the policy.")]
+CalibrationOpt = Annotated[Optional[Path], typer.Option(  # noqa: UP007
+    help="Calibration file (default: the one shipped; env MTQA_CALIBRATION).",
+    exists=True, dir_okay=False)]
 ConfigOpt = Annotated[Optional[Path], typer.Option(  # noqa: UP007
     help="Settings TOML file (\\[mtqa] table).", exists=True, dir_okay=False)]
 
 
 def _settings(config: Path | None, checkers: str | None = None, no_lm: bool = False,
-              policy: Path | None = None, **overrides: object) -> Settings:
+              policy: Path | None = None, calibration: Path | None = None,
+              **overrides: object) -> Settings:
+    if calibration is not None:
+        overrides["calibration"] = str(calibration)
     if checkers is not None:
         overrides["checkers"] = [c.strip() for c in checkers.split(",") if c.strip()]
     settings = load_settings(config_file=config,
@@ -151,11 +166,12 @@ def check(
     languagetool_url: LtUrlOpt = None,
     policy: PolicyOpt = None,
     gate: GateOpt = True,
+    calibration: CalibrationOpt = None,
     config: ConfigOpt = None,
 ) -> None:
     """Check MT (optionally against --ref) and print a report with the bad spans highlighted."""
     try:
-        settings = _settings(config, checkers, no_lm, policy, lm_model=lm_model,
+        settings = _settings(config, checkers, no_lm, policy, calibration, lm_model=lm_model,
                              batch_size=batch_size, threads=threads, device=device,
                              ref_mode=ref_mode, languagetool_url=languagetool_url)
         docs, bad = _load_documents(mt, list(ref or []), settings.max_bytes)
@@ -225,6 +241,7 @@ def batch(
     languagetool_url: LtUrlOpt = None,
     policy: PolicyOpt = None,
     gate: GateOpt = True,
+    calibration: CalibrationOpt = None,
     config: ConfigOpt = None,
 ) -> None:
     """Check many documents, resumably; write JSONL (and CSV, HTML) and print a summary."""
@@ -232,7 +249,7 @@ def batch(
     from mtqa.render.terminal import render_batch_summary
 
     try:
-        settings = _settings(config, checkers, no_lm, policy, lm_model=lm_model,
+        settings = _settings(config, checkers, no_lm, policy, calibration, lm_model=lm_model,
                              batch_size=batch_size, threads=threads, device=device,
                              ref_mode=ref_mode, languagetool_url=languagetool_url)
         with _progress(not quiet and sys.stderr.isatty()) as on_progress:
@@ -289,6 +306,9 @@ def evaluate(
     include_human: Annotated[bool, typer.Option(
         help="Keep the human translations (systems ref-*) as candidates.")] = False,
     samples: Annotated[int, typer.Option(help="Bootstrap resamples for the 95% CIs.")] = 200,
+    split: Annotated[Split, typer.Option(
+        help="Lines of the calibration's training or held-out documents only (WMT21 zh-en "
+             "MQM, whose documents the calibration file names), or all.")] = Split.all,
     fmt: Annotated[Format, typer.Option("--format", "-f", help="text or json.")] = Format.text,
     out: Annotated[Optional[Path], typer.Option("--out", "-o")] = None,  # noqa: UP007
     checkers: ChecksOpt = None,
@@ -296,6 +316,7 @@ def evaluate(
     lm_model: LmModelOpt = None,
     batch_size: BatchSizeOpt = _DEFAULTS.batch_size,
     threads: ThreadsOpt = None,
+    calibration: CalibrationOpt = None,
     config: ConfigOpt = None,
 ) -> None:
     """Correlate mtqa with MQM human judgments, beside sacreBLEU and length baselines."""
@@ -305,12 +326,24 @@ def evaluate(
     from mtqa import evaluate as ev
 
     try:
-        settings = _settings(config, checkers, no_lm, None, lm_model=lm_model,
+        settings = _settings(config, checkers, no_lm, None, calibration, lm_model=lm_model,
                              batch_size=batch_size, threads=threads)
         if not reference:
             settings = settings.without("reference")
         records = [r for r in ev.load_mqm(data, limit=limit)
                    if include_human or not r.system.startswith("ref-")]
+        if split is not Split.all:
+            from mtqa.calibrate import load_calibration
+
+            calib = load_calibration(None if settings.calibration is None
+                                     else Path(settings.calibration))
+            held = calib.provenance.get("held_out_docs")
+            if not isinstance(held, list) or not held:
+                raise ConfigError(f"{calib.path}: names no held-out documents; use --split all")
+            records = ev.split_records(records, [str(d) for d in held], split.value)
+            if not records:
+                raise InputError(f"{data}: no line belongs to the calibration's {split.value} "
+                                 f"documents (it was fitted on {calib.provenance.get('data')})")
         t0 = time.perf_counter()
         with _progress(sys.stderr.isatty()) as on_progress:
             done = [0]
@@ -324,6 +357,7 @@ def evaluate(
                                           progress=tick)
         result = ev.evaluate_reports(records, reports, data=str(data), with_reference=reference,
                                      seconds=time.perf_counter() - t0, samples=samples)
+        result = dataclasses.replace(result, split=split.value)
     except MtqaError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(EXIT_INPUT_ERROR) from exc

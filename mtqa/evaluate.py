@@ -284,6 +284,8 @@ class Evaluation:
     spans: dict[str, SpanFigures]
     seconds: float
     signature: str
+    #: which lines: "all", or the calibration's "train" / "held-out" documents
+    split: str = "all"
 
 
 def baselines(records: Sequence[MqmRecord], *, with_reference: bool) -> dict[str, list[float]]:
@@ -352,6 +354,19 @@ def score_records(
     return reports, signature
 
 
+def split_records(records: Sequence[MqmRecord], held_out_docs: Sequence[str], split: str
+                  ) -> list[MqmRecord]:
+    """The records of one side of a document split: ``all``, ``train`` or ``held-out``."""
+    if split == "all":
+        return list(records)
+    held = set(held_out_docs)
+    if split == "held-out":
+        return [r for r in records if r.doc_id in held]
+    if split == "train":
+        return [r for r in records if r.doc_id not in held]
+    raise ValueError(f"unknown split {split!r}")
+
+
 def evaluate_reports(records: Sequence[MqmRecord], reports: Sequence[DocumentReport], *,
                      data: str, with_reference: bool, seconds: float,
                      samples: int = 200) -> Evaluation:
@@ -378,7 +393,7 @@ def evaluation_to_dict(e: Evaluation) -> dict[str, JSONValue]:
         "schema": "mtqa.evaluation/1",
         "data": e.data, "lines": e.lines, "segments": e.segments,
         "with_reference": e.with_reference, "seconds": round(e.seconds, 1),
-        "signature": e.signature,
+        "signature": e.signature, "split": e.split,
         "metrics": [
             {"name": m.name, "pearson": r(m.pearson), "kendall": r(m.kendall),
              "within_kendall": r(m.within_kendall), "pairwise_accuracy": r(m.pairwise_accuracy),
@@ -401,7 +416,8 @@ def render_evaluation(e: Evaluation) -> str:
         return f"[{lo:+.3f},{hi:+.3f}]"
 
     lines = [
-        f"mtqa evaluate: {e.data}  {e.lines} lines, {e.segments} segments, "
+        f"mtqa evaluate: {e.data}{'' if e.split == 'all' else f' ({e.split} documents)'}  "
+        f"{e.lines} lines, {e.segments} segments, "
         f"{'with' if e.with_reference else 'without'} reference, {e.seconds:.0f} s",
         f"  {e.signature}",
         "",

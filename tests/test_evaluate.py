@@ -91,3 +91,23 @@ def test_evaluate_command_json() -> None:
     assert data["lines"] == 52  # the two human translations of each segment are left out
     floor = data["spans"]["flag everything (severity ignored)"]
     assert floor["recall"] == 1.0 and 0 < floor["precision"] < 1
+
+
+def test_evaluate_split_by_calibration_documents() -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from mtqa.cli import app
+
+    # the sample's one document is among the calibration's training documents
+    args = ["evaluate", str(SAMPLE), "--checkers", "structure", "--samples", "10",
+            "--format", "json"]
+    train = CliRunner().invoke(app, [*args, "--split", "train"])
+    assert train.exit_code == 0, train.stderr
+    data = json.loads(train.stdout)
+    assert data["split"] == "train" and data["lines"] == 52
+    held = CliRunner().invoke(app, [*args, "--split", "held-out"])
+    assert held.exit_code == 2
+    assert "no line belongs to the calibration's held-out documents" in held.stderr
+    assert "mqm_sample.jsonl" in held.stderr
