@@ -26,6 +26,7 @@ from mtqa.types import (
     DocumentReport,
     Finding,
     Kind,
+    ReferenceResult,
     SegmentedDocument,
     SentenceReport,
     Severity,
@@ -36,7 +37,7 @@ from mtqa.types import (
 
 __all__ = [
     "MQM_WEIGHTS", "PENALTY_SCALE", "aggregate", "calibrate_findings", "count_words",
-    "merge_findings", "penalty_score",
+    "merge_findings", "penalty_score", "scoring_units",
 ]
 
 MQM_WEIGHTS = {Severity.MINOR: 1.0, Severity.MAJOR: 5.0, Severity.CRITICAL: 25.0}
@@ -115,6 +116,36 @@ def penalty_score(spans: Sequence[Span], words: int) -> float:
     return 100.0 * math.exp(-per_100 / PENALTY_SCALE)
 
 
+def scoring_units(sd: SegmentedDocument, reference: ReferenceResult | None) -> list[list[int]]:
+    """The body sentences scored together: each alone, except that with a parallel reference
+    the sentences that share a reference sentence (a line translated as two sentences) form one
+    unit, as the calibration's MQM lines do."""
+    body = [i for i, s in enumerate(sd.sentences) if s.kind is Kind.BODY]
+    if reference is None or reference.mode != "parallel":
+        return [[i] for i in body]
+    parent = {i: i for i in body}
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    owner: dict[int, int] = {}
+    for link in reference.alignment:
+        if link.mt not in parent:
+            continue
+        for j in link.ref:
+            if j in owner:
+                parent[root(link.mt)] = root(owner[j])
+            else:
+                owner[j] = link.mt
+    units: dict[int, list[int]] = {}
+    for i in body:
+        units.setdefault(root(i), []).append(i)
+    return sorted(units.values())
+
+
 def calibrate_findings(findings: Sequence[Finding], model: SpanModel,
                        expected_at: Sequence[tuple[int, int, float]]) -> list[Finding]:
     """Re-weigh the statistical findings (LM, grammar, reference) with the span model.
@@ -161,21 +192,27 @@ def aggregate(
     findings = [f for r in results for f in r.findings if in_body(f)]
     reference = next((r.reference for r in results if r.reference is not None), None)
     expected: list[float | None] = [None] * len(sd.sentences)
+    unit_expected: list[float | None] = [None] * len(sd.sentences)
     variants: set[str] = set()
     if calibration is not None:
-        for i, s in enumerate(sd.sentences):
-            if s.kind is Kind.BODY:
-                raw = unit_features(sd, results, [i])
-                model = calibration.model_for(raw)
-                if model is not None:
-                    expected[i] = model.expected_penalty(raw)
-                    variants.add(calibration.variant(raw))
+        for unit in scoring_units(sd, reference):
+            raw = unit_features(sd, results, unit)
+            model = calibration.model_for(raw)
+            if model is None:
+                continue
+            e = model.expected_penalty(raw)
+            variants.add(calibration.variant(raw))
+            # a unit's penalty is shared by its sentences in proportion to their length
+            chars = [max(sd.sentences[i].end - sd.sentences[i].start, 1) for i in unit]
+            for i, c in zip(unit, chars):
+                expected[i] = e * c / sum(chars)
+                unit_expected[i] = e
         side = "ref" if reference is not None and reference.mode == "parallel" else "free"
         span_model = calibration.spans.get(side)
         if span_model is not None and variants:
             findings = calibrate_findings(
                 findings, span_model,
-                [(s.start, s.end, e) for s, e in zip(sd.sentences, expected) if e is not None])
+                [(s.start, s.end, e) for s, e in zip(sd.sentences, unit_expected) if e is not None])
             variants.add(f"spans-{side}")
     # NOTE: a comparable article words the same facts differently; its diff only corroborates
     # a span another checker found (issue 5), while a parallel reference's diff is evidence itself.

@@ -325,6 +325,9 @@ def evaluate(
 
     from mtqa import evaluate as ev
 
+    if fmt is Format.html:
+        typer.echo("error: evaluate writes --format text or json", err=True)
+        raise typer.Exit(EXIT_INPUT_ERROR)
     try:
         settings = _settings(config, checkers, no_lm, None, calibration, lm_model=lm_model,
                              batch_size=batch_size, threads=threads)

@@ -23,6 +23,7 @@ Figures, as WMT computes them:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from collections import defaultdict
@@ -178,23 +179,52 @@ class MetricFigures:
     ci: dict[str, tuple[float, float]]
 
 
+def _segment_stats(a: NDArray[np.float64], b: NDArray[np.float64],
+                   groups: Sequence[NDArray[np.int64]]) -> tuple[NDArray[np.float64], ...]:
+    """Per segment: Kendall tau (nan when undefined), agreeing and total pairs."""
+    taus = np.array([kendall(a[g], b[g]) if len(g) > 1 else math.nan for g in groups])
+    agree = np.zeros(len(groups))
+    total = np.zeros(len(groups))
+    for k, g in enumerate(groups):
+        da = np.sign(a[g][:, None] - a[g][None, :])
+        db = np.sign(b[g][:, None] - b[g][None, :])
+        mask = np.triu(db != 0, k=1)
+        total[k] = mask.sum()
+        agree[k] = ((da == db) & mask).sum() + 0.5 * ((da == 0) & mask).sum()
+    return taus, agree, total
+
+
 def correlations(name: str, metric: Sequence[float], human: Sequence[float],
                  seg_ids: Sequence[str], *, samples: int = 200, seed: int = 0) -> MetricFigures:
-    """All segment-level figures of one metric against human scores (higher = better on both)."""
-    fns: dict[str, Callable[[Floats, Floats, Sequence[str]], float]] = {
-        "pearson": lambda a, b, s: pearson(a, b),
-        "kendall": lambda a, b, s: kendall(a, b),
-        "within_kendall": within_segment_kendall,
-        "pairwise_accuracy": pairwise_accuracy,
-    }
-    a, b = np.asarray(metric, float), np.asarray(human, float)
-    ids = list(seg_ids)
-    point = {k: fn(a, b, ids) for k, fn in fns.items()}
-    def resampled(fn: Callable[[Floats, Floats, Sequence[str]], float]
-                  ) -> Callable[[NDArray[np.int64]], float]:
-        return lambda idx: fn(a[idx], b[idx], [ids[i] for i in idx])
+    """All segment-level figures of one metric against human scores (higher = better on both).
 
-    ci = {k: bootstrap(resampled(fn), ids, samples=samples, seed=seed) for k, fn in fns.items()}
+    The bootstrap resamples whole segments; a resampled segment's within-segment tau and pairs
+    are its own (computed once), so a segment drawn twice counts twice.
+    """
+    a, b = np.asarray(metric, float), np.asarray(human, float)
+    groups = _groups(seg_ids)
+    taus, agree, total = _segment_stats(a, b, groups)
+
+    def figures(pick: NDArray[np.int64] | None) -> dict[str, float]:
+        if pick is None:
+            x, y, t, ag, tot = a, b, taus, agree, total
+        else:
+            idx = np.concatenate([groups[i] for i in pick])
+            x, y, t, ag, tot = a[idx], b[idx], taus[pick], agree[pick], total[pick]
+        t = t[~np.isnan(t)]
+        return {"pearson": pearson(x, y), "kendall": kendall(x, y),
+                "within_kendall": float(t.mean()) if len(t) else math.nan,
+                "pairwise_accuracy": float(ag.sum() / tot.sum()) if tot.sum() else math.nan}
+
+    point = figures(None)
+    rng = np.random.default_rng(seed)
+    draws: dict[str, list[float]] = {k: [] for k in point}
+    for _ in range(samples):
+        for k, v in figures(rng.integers(0, len(groups), len(groups))).items():
+            if v == v:
+                draws[k].append(v)
+    ci = {k: ((float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))) if v
+              else (math.nan, math.nan)) for k, v in draws.items()}
     return MetricFigures(name, point["pearson"], point["kendall"], point["within_kendall"],
                          point["pairwise_accuracy"], ci)
 
@@ -340,6 +370,9 @@ def score_records(
     from mtqa.pipeline import Checker
     from mtqa.types import Document
 
+    if with_reference and settings.ref_mode == "auto":
+        # NOTE: an MQM reference translates the same source line: parallel, never comparable
+        settings = dataclasses.replace(settings, ref_mode="parallel")
     reports: list[DocumentReport] = []
     with Checker(settings) as checker:
         for start in range(0, len(records), chunk):
@@ -372,6 +405,11 @@ def evaluate_reports(records: Sequence[MqmRecord], reports: Sequence[DocumentRep
                      samples: int = 200) -> Evaluation:
     """Figures of mtqa's scores and spans (and the baselines) against the MQM annotation."""
     scores: dict[str, list[float]] = {"mtqa score": [d.score for d in reports]}
+    if any(s.expected_penalty is not None for d in reports for s in d.sentences):
+        # NOTE: an MQM score is per segment, and a segment may hold several sentences: the
+        # segment's expected penalty is the sum over its sentences (the score uses their mean)
+        scores["-mtqa expected penalty"] = [
+            -sum(s.expected_penalty or 0.0 for s in d.sentences) for d in reports]
     if all(d.fluency is not None for d in reports):
         scores["mtqa fluency"] = [float(d.fluency or 0.0) for d in reports]
     spans = {

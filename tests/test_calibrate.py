@@ -215,3 +215,37 @@ def test_calibration_file_from_settings_changes_scores(shipped: Calibration,
     assert rb.features["calibrated.expected_penalty"] == pytest.approx(
         math.e * ra.features["calibrated.expected_penalty"], rel=0.01)
     assert rb.score < ra.score
+
+
+def test_sentences_sharing_a_reference_line_are_scored_together() -> None:
+    from mtqa.aggregate import scoring_units
+    from mtqa.segment import segment
+    from mtqa.types import AlignmentLink, Document, ReferenceResult
+
+    sd = segment(Document(id="d", mt="The cat sat down. It was tired.\nThe dog ran away."))
+    body = [i for i, s in enumerate(sd.sentences) if s.kind.value == "body"]
+    assert len(body) == 3
+    assert scoring_units(sd, None) == [[i] for i in body]
+    # a line translated as two sentences against one reference sentence, then a 1:1 line
+    links = (AlignmentLink(body[0], (0,), 0.9), AlignmentLink(body[1], (0,), 0.8),
+             AlignmentLink(body[2], (1,), 0.9))
+    parallel = ReferenceResult("parallel", (), (), links)
+    assert scoring_units(sd, parallel) == [[body[0], body[1]], [body[2]]]
+    comparable = ReferenceResult("comparable", (), (), links)
+    assert scoring_units(sd, comparable) == [[i] for i in body]
+
+
+def test_a_shared_unit_penalty_is_split_by_length() -> None:
+    from mtqa.pipeline import Checker
+
+    mt = "The cat sat down. It was tired.\nThe dog ran away."
+    ref = "The cat sat down, tired.\nThe dog ran away."
+    with Checker(Settings(checkers=("structure", "reference"), ref_mode="parallel")) as checker:
+        report = checker.check(mt, ref)
+    body = [s for s in report.sentences if s.kind.value == "body"]
+    first, second = body[0], body[1]
+    assert first.expected_penalty is not None and second.expected_penalty is not None
+    ratio = first.expected_penalty / second.expected_penalty
+    length = (first.end - first.start) / (second.end - second.start)
+    assert ratio == pytest.approx(length, rel=0.02)
+    assert "nolm-ref" in report.signature
