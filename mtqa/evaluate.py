@@ -45,7 +45,6 @@ __all__ = [
     "MetricFigures",
     "MqmRecord",
     "SpanFigures",
-    "bootstrap",
     "baselines",
     "correlations",
     "evaluate",
@@ -146,39 +145,6 @@ def _groups(seg_ids: Sequence[str]) -> list[np.ndarray]:
     return [np.asarray(v) for v in index.values()]
 
 
-def within_segment_kendall(x: Floats, y: Floats, seg_ids: Sequence[str]) -> float:
-    """Kendall's tau over the systems of each segment, averaged (segments with ties only skipped)."""
-    a, b = np.asarray(x, float), np.asarray(y, float)
-    taus = [kendall(a[g], b[g]) for g in _groups(seg_ids) if len(g) > 1]
-    taus = [t for t in taus if t == t]
-    return float(np.mean(taus)) if taus else math.nan
-
-
-def pairwise_accuracy(x: Floats, y: Floats, seg_ids: Sequence[str]) -> float:
-    """Share of same-segment system pairs with different MQM that the metric orders alike."""
-    a, b = np.asarray(x, float), np.asarray(y, float)
-    agree = total = 0.0
-    for g in _groups(seg_ids):
-        da = np.sign(a[g][:, None] - a[g][None, :])
-        db = np.sign(b[g][:, None] - b[g][None, :])
-        mask = np.triu(db != 0, k=1)
-        total += mask.sum()
-        agree += ((da == db) & mask).sum() + 0.5 * ((da == 0) & mask).sum()
-    return float(agree / total) if total else math.nan
-
-
-@dataclass(frozen=True, slots=True)
-class MetricFigures:
-    """Segment-level agreement of one metric with ``-mqm``, with 95% bootstrap intervals."""
-
-    name: str
-    pearson: float
-    kendall: float
-    within_kendall: float
-    pairwise_accuracy: float
-    ci: dict[str, tuple[float, float]]
-
-
 def _segment_stats(a: NDArray[np.float64], b: NDArray[np.float64],
                    groups: Sequence[NDArray[np.int64]]) -> tuple[NDArray[np.float64], ...]:
     """Per segment: Kendall tau (nan when undefined), agreeing and total pairs."""
@@ -192,6 +158,31 @@ def _segment_stats(a: NDArray[np.float64], b: NDArray[np.float64],
         total[k] = mask.sum()
         agree[k] = ((da == db) & mask).sum() + 0.5 * ((da == 0) & mask).sum()
     return taus, agree, total
+
+
+def within_segment_kendall(x: Floats, y: Floats, seg_ids: Sequence[str]) -> float:
+    """Kendall's tau over the systems of each segment, averaged (segments with ties only skipped)."""
+    taus = _segment_stats(np.asarray(x, float), np.asarray(y, float), _groups(seg_ids))[0]
+    taus = taus[~np.isnan(taus)]
+    return float(taus.mean()) if len(taus) else math.nan
+
+
+def pairwise_accuracy(x: Floats, y: Floats, seg_ids: Sequence[str]) -> float:
+    """Share of same-segment system pairs with different MQM that the metric orders alike."""
+    _, agree, total = _segment_stats(np.asarray(x, float), np.asarray(y, float), _groups(seg_ids))
+    return float(agree.sum() / total.sum()) if total.sum() else math.nan
+
+
+@dataclass(frozen=True, slots=True)
+class MetricFigures:
+    """Segment-level agreement of one metric with ``-mqm``, with 95% bootstrap intervals."""
+
+    name: str
+    pearson: float
+    kendall: float
+    within_kendall: float
+    pairwise_accuracy: float
+    ci: dict[str, tuple[float, float]]
 
 
 def correlations(name: str, metric: Sequence[float], human: Sequence[float],
@@ -227,24 +218,6 @@ def correlations(name: str, metric: Sequence[float], human: Sequence[float],
               else (math.nan, math.nan)) for k, v in draws.items()}
     return MetricFigures(name, point["pearson"], point["kendall"], point["within_kendall"],
                          point["pairwise_accuracy"], ci)
-
-
-def bootstrap(stat: Callable[[np.ndarray], float], seg_ids: Sequence[str], *, samples: int = 200,
-              seed: int = 0) -> tuple[float, float]:
-    """95% interval of ``stat(indices)`` over resamples of whole segments."""
-    groups = _groups(seg_ids)
-    rng = np.random.default_rng(seed)
-    values = []
-    for _ in range(samples):
-        pick = rng.integers(0, len(groups), len(groups))
-        idx = np.concatenate([groups[i] for i in pick])
-        v = stat(idx)
-        if v == v:
-            values.append(v)
-    if not values:
-        return (math.nan, math.nan)
-    lo, hi = np.percentile(values, [2.5, 97.5])
-    return (float(lo), float(hi))
 
 
 @dataclass(frozen=True, slots=True)
