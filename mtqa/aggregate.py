@@ -20,7 +20,14 @@ from collections.abc import Iterable, Sequence
 from types import MappingProxyType
 
 from mtqa import __version__
-from mtqa.calibrate import SPAN_CHECKERS, Calibration, SpanModel, penalty_to_score, unit_features
+from mtqa.calibrate import (
+    EVIDENCE,
+    SPAN_CHECKERS,
+    Calibration,
+    SpanModel,
+    penalty_to_score,
+    unit_features,
+)
 from mtqa.types import (
     CheckResult,
     DocumentReport,
@@ -45,11 +52,10 @@ MQM_WEIGHTS = {Severity.MINOR: 1.0, Severity.MAJOR: 5.0, Severity.CRITICAL: 25.0
 PENALTY_SCALE = 10.0
 #: weight of LM fluency in the provisional document score
 FLUENCY_WEIGHT = 0.4
-_EVIDENCE = frozenset({"reference-mismatch"})
 
 
 def _rank(f: Finding) -> tuple[int, int, float]:
-    return (0 if f.category in _EVIDENCE else 1, f.severity.rank, f.confidence)
+    return (0 if f.category in EVIDENCE else 1, f.severity.rank, f.confidence)
 
 
 def merge_findings(mt: str, findings: Sequence[Finding], *,
@@ -71,9 +77,9 @@ def merge_findings(mt: str, findings: Sequence[Finding], *,
     valid = [f for f in findings if f.end > f.start]
     # NOTE: evidence never joins two findings into one span: long diff stretches would chain
     # neighbouring garbles together. It attaches to the spans it overlaps, or stands alone.
-    clusters = cluster([f for f in valid if f.category not in _EVIDENCE])
+    clusters = cluster([f for f in valid if f.category not in EVIDENCE])
     loose = []
-    for f in (f for f in valid if f.category in _EVIDENCE):
+    for f in (f for f in valid if f.category in EVIDENCE):
         hits = [c for c in clusters if any(f.start < g.end and g.start < f.end for g in c)]
         for c in hits:
             c.append(f)

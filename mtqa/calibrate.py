@@ -52,7 +52,8 @@ SCHEMA = "mtqa.calibration/1"
 SCORE_SCALE = 10.0
 #: structure categories MQM counts as non-translation or garbage
 _BLOCKING = frozenset({"untranslated", "mojibake"})
-_EVIDENCE = frozenset({"reference-mismatch"})
+#: categories that are evidence, not errors of their own: a diff against the reference
+EVIDENCE = frozenset({"reference-mismatch"})
 
 
 def penalty_to_score(penalty: float) -> float:
@@ -96,7 +97,7 @@ def unit_features(sd: SegmentedDocument, results: Sequence[CheckResult],
         for f in r.findings:
             if not inside(f.start):
                 continue
-            if f.category in _EVIDENCE:
+            if f.category in EVIDENCE:
                 key = "ref_diff_chars"
                 out[key] = out.get(key, 0.0) + float(f.end - f.start)
                 continue

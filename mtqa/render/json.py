@@ -106,11 +106,11 @@ def document_to_dict(d: DocumentReport) -> dict[str, JSONValue]:
     return {
         "id": d.id,
         "score": round(d.score, 2),
-        "fluency": None if d.fluency is None else round(d.fluency, 2),
+        "fluency": _round(d.fluency, 2),
         "expected_penalty": _round(d.features.get("calibrated.expected_penalty"), 3),
         "sentences": [
             {"start": s.start, "end": s.end, "kind": s.kind.value,
-             "fluency": None if s.fluency is None else round(s.fluency, 2), "label": s.why,
+             "fluency": _round(s.fluency, 2), "label": s.why,
              "score": _round(s.score, 2), "expected_penalty": _round(s.expected_penalty, 3)}
             for s in d.sentences
         ],
@@ -210,7 +210,7 @@ def document_from_dict(
             for s in d["spans"])
         sentences = tuple(
             SentenceReport(int(s["start"]), int(s["end"]), Kind(s["kind"]),
-                           None if s.get("fluency") is None else float(s["fluency"]),
+                           _opt_float(s.get("fluency")),
                            s.get("label"), score=_opt_float(s.get("score")),
                            expected_penalty=_opt_float(s.get("expected_penalty")))
             for s in d["sentences"])
@@ -220,7 +220,7 @@ def document_from_dict(
             id=str(d["id"]) if id is None else id,
             mt=mt or "",
             score=float(d["score"]),
-            fluency=None if d.get("fluency") is None else float(d["fluency"]),
+            fluency=_opt_float(d.get("fluency")),
             sentences=sentences,
             spans=spans,
             reference=_reference_from(d.get("reference")),
