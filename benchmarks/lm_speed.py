@@ -1,15 +1,17 @@
-"""Language-model speed of the fluency checker on this machine, per precision, and its cold start.
+"""LM speed of the fluency checker on this machine, per backend and precision, and cold start.
 
-    python benchmarks/lm_speed.py [--threads 2] [--docs 16] [--precisions fp32,bf16,int8]
+    python benchmarks/lm_speed.py [--threads 2] [--docs 16]
+        [--runs native:fp32,transformers:fp32,native:bf16,native:int8]
 
-Printed for each precision: tokens/s of batch scoring (real news text: WMT21 zh-en hypotheses
-joined into ~500-token documents, plus the seed pair), the same run's fp32 GEMM FLOP/s measured
-with ``torch.matmul`` (2048^3) right before and after, efficiency = tokens/s x 2 x parameters /
-GEMM FLOP/s, whether batch size 1 and the default give the same spans, and whether the spans
-change against fp32 (character agreement on the documents and the seed pair). Then the cold
-start: a fresh ``python -c`` that loads the cached model and scores the ABC seed, timed from
-process start to its report, with its peak RSS (``resource.getrusage``, run first). Other processes on the
-machine depress these figures: the load average is printed.
+Printed for each backend (mtqa's own Llama forward, or transformers) and precision: tokens/s
+of batch scoring (real news text: WMT21 zh-en hypotheses joined into ~500-token documents, plus
+the seed pair), the same run's fp32 GEMM FLOP/s measured with ``torch.matmul`` (2048^3) right
+before and after, efficiency = tokens/s x 2 x parameters / GEMM FLOP/s, whether batch size 1
+and the default give the same spans, and whether the spans change against the first run
+(character agreement on the documents and the seed pair). Then the cold start: a fresh
+``python -c`` that loads the cached model (default backend) and scores the ABC seed, timed from
+process start to its report, with its peak RSS (``resource.getrusage``, run first). Other
+processes on the machine depress these figures: the load average is printed.
 """
 
 from __future__ import annotations
@@ -116,7 +118,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--docs", type=int, default=16)
     ap.add_argument("--batch-size", type=int, default=FluencyChecker.BATCH_SIZE)
-    ap.add_argument("--precisions", default="fp32,bf16,int8", help="fp32 first: the reference")
+    ap.add_argument("--runs", default="native:fp32,transformers:fp32,native:bf16,native:int8",
+                    help="backend:precision, comma-separated; the first is the reference")
     ap.add_argument("--cache-dir", type=Path)
     args = ap.parse_args()
     print(f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores; threads {args.threads}")
@@ -143,9 +146,12 @@ def main() -> None:
     docs = news_docs(args.docs)
     results: dict[str, list[CheckResult]] = {}
     params = 0
-    for prec in args.precisions.split(","):
+    first = ""
+    for run in args.runs.split(","):
+        backend, prec = run.split(":")
+        first = first or run
         checker = FluencyChecker(cache_dir=args.cache_dir, threads=args.threads, precision=prec,
-                                 batch_size=args.batch_size)
+                                 batch_size=args.batch_size, backend=backend)
         model, _ = checker._require()
         # NOTE: int8 modules hide their weights from parameters(); count the unquantised model
         params = params or sum(p.numel() for p in model.parameters())
@@ -157,32 +163,32 @@ def main() -> None:
         dt = time.perf_counter() - t
         after = gemm_flops(args.threads)
         flops = (before + after) / 2
-        results[prec] = [checker.analyse(d, w) for d, w in zip(docs, words)]
+        results[run] = [checker.analyse(d, w) for d, w in zip(docs, words)]
         tokens = sum(len(w.token_surprisal) for w in words)
         tps = tokens / dt
         eff = tps * 2 * params / flops
-        line = (f"{prec:5s} {tokens} tokens in {dt:.1f}s: {tps:.0f} tokens/s; fp32 GEMM "
+        line = (f"{run:18s} {tokens} tokens in {dt:.1f}s: {tps:.0f} tokens/s; fp32 GEMM "
                 f"{before / 1e9:.0f}/{after / 1e9:.0f} GFLOP/s before/after; efficiency {eff:.2f}")
-        if prec != "fp32" and "fp32" in results:
-            base = results["fp32"]
-            seeds = [(d, x, y) for d, x, y in zip(docs, base, results[prec]) if d.doc.id in SEEDS]
+        if run != first:
+            base = results[first]
+            seeds = [(d, x, y) for d, x, y in zip(docs, base, results[run]) if d.doc.id in SEEDS]
             same = all([(f.start, f.end, f.severity) for f in x.findings]
                        == [(f.start, f.end, f.severity) for f in y.findings] for _, x, y in seeds)
-            dscore = max(abs((x.doc_score or 0) - (y.doc_score or 0)) for x, y in zip(base, results[prec]))
-            line += (f"; flagged-character Jaccard vs fp32 {agreement(docs, base, results[prec]):.3f}, "
+            dscore = max(abs((x.doc_score or 0) - (y.doc_score or 0)) for x, y in zip(base, results[run]))
+            line += (f"; flagged-character Jaccard vs {first} {agreement(docs, base, results[run]):.3f}, "
                      f"seed spans {'identical' if same else 'DIFFER'}, max |doc score diff| {dscore:.2f}")
         # batching must not change results (STYLE rule 10): the seeds and 4 documents one by one
         sub = [k for k, d in enumerate(docs) if d.doc.id in SEEDS or k < 4]
         model, tokenizer = checker._require()
         single = FluencyChecker(model=model, tokenizer=tokenizer, precision=prec, batch_size=1)
         ones = single.check([docs[k] for k in sub])
-        moved = sum([(f.start, f.end, f.severity) for f in results[prec][k].findings]
+        moved = sum([(f.start, f.end, f.severity) for f in results[run][k].findings]
                     != [(f.start, f.end, f.severity) for f in r.findings] for k, r in zip(sub, ones))
         line += f"; batch 1 vs {args.batch_size}: spans differ in {moved}/{len(sub)} documents"
         print(line, flush=True)
         checker.close()
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"peak RSS of this process (each precision loaded in turn): {rss:.0f} MB")
+    print(f"peak RSS of this process (each run's model loaded in turn): {rss:.0f} MB")
     print(f"load average {os.getloadavg()[0]:.2f}")
 
 

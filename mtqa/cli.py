@@ -77,7 +77,9 @@ ChecksOpt = Annotated[Optional[str], typer.Option(  # noqa: UP007 - typer needs 
 NoLmOpt = Annotated[bool, typer.Option("--no-lm", help="Skip the language-model checker.")]
 LmModelOpt = Annotated[Optional[str], typer.Option(  # noqa: UP007
     help="Causal LM: Hugging Face id or local directory.")]
-BatchSizeOpt = Annotated[int, typer.Option(help="LM batch size.")]
+BatchSizeOpt = Annotated[
+    int, typer.Option(help="LM batch size: windows per forward pass (at most 2,048 tokens).")
+]
 ThreadsOpt = Annotated[Optional[int], typer.Option(help="CPU threads for the LM.")]  # noqa: UP007
 DeviceOpt = Annotated[str, typer.Option(help="cpu or cuda.")]
 RefModeOpt = Annotated[str, typer.Option(help="auto, parallel or comparable.")]

@@ -37,6 +37,7 @@ _ENV = {
     "MTQA_LANGUAGETOOL_URL": "languagetool_url",
     "LTP_JAR_DIR_PATH": "languagetool_jar_dir",
     "MTQA_DEVICE": "device",
+    "MTQA_LM_BACKEND": "lm_backend",
     "MTQA_CALIBRATION": "calibration",
 }
 
@@ -49,9 +50,11 @@ class Settings:
     # fluency (language model)
     lm_model: str | None = None
     cache_dir: str | None = None
-    batch_size: int = 8
+    batch_size: int = 32
     threads: int | None = None
     device: str = "cpu"
+    #: auto | native (mtqa's own Llama forward) | transformers; see mtqa.models.BACKENDS
+    lm_backend: str = "auto"
     # grammar
     grammar_backend: str = "auto"
     language: str = "en-US"
@@ -80,6 +83,9 @@ class Settings:
             raise ConfigError(err)
         if self.device not in ("cpu", "cuda") and not self.device.startswith("cuda:"):
             err = f"device must be 'cpu' or 'cuda[:N]', not {self.device!r}"
+            raise ConfigError(err)
+        if self.lm_backend not in ("auto", "native", "transformers"):
+            err = f"lm_backend must be auto, native or transformers, not {self.lm_backend!r}"
             raise ConfigError(err)
         if self.ref_mode not in ("auto", "parallel", "comparable"):
             err = f"ref_mode must be auto, parallel or comparable, not {self.ref_mode!r}"

@@ -27,9 +27,12 @@ from typing import TYPE_CHECKING, cast
 from mtqa.errors import CheckerUnavailable, ConfigError
 
 if TYPE_CHECKING:
+    import torch
+    from tokenizers import Tokenizer
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 __all__ = [
+    "BACKENDS",
     "DEFAULT_LM",
     "INSTALL_HINT",
     "LMSettings",
@@ -39,6 +42,7 @@ __all__ = [
     "find_bundled_gguf",
     "lm_settings_from_env",
     "load_lm",
+    "prefix_token_id",
 ]
 
 logger = logging.getLogger(__name__)
@@ -54,6 +58,11 @@ _CACHE_FORMAT = 1
 _WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 _WEIGHT_INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
 _SHA_LEN = 12
+#: how a model is run: ``native`` is mtqa's own Llama forward (``mtqa/llama.py``; no transformers
+#: import), ``transformers`` is ``AutoModelForCausalLM``, ``auto`` is native where it applies
+BACKENDS = ("auto", "native", "transformers")
+#: the token put before every text so that its first word is scored, when the vocabulary has it
+PREFIX_TOKEN = "<|endoftext|>"
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,15 +77,20 @@ class LMSettings:
 class LoadedLM:
     """A loaded causal language model with its tokenizer, in eval mode.
 
+    ``model`` has transformers' ``get_decoder()`` and ``get_output_embeddings()``, whichever
+    backend runs it; ``tokenizer`` is the fast tokenizer itself (``tokenizers.Tokenizer``, which
+    gives ids and character offsets). ``prefix_id`` is the token put before every text.
     ``weights_sha`` is the first 12 hex digits of the sha256 of the weights file(s) that
     produced ``model`` (for the bundled model, of the GGUF file), for signatures.
     """
 
-    model: PreTrainedModel
-    tokenizer: PreTrainedTokenizerBase
+    model: torch.nn.Module
+    tokenizer: Tokenizer
+    prefix_id: int
     name: str
     weights_sha: str
     path: Path
+    backend: str
 
 
 def lm_settings_from_env(environ: Mapping[str, str] | None = None) -> LMSettings:
@@ -129,6 +143,7 @@ def load_lm(
     device: str = "cpu",
     offline: bool = True,
     checker: str = "fluency",
+    backend: str = "auto",
 ) -> LoadedLM:
     """Load a causal LM and its fast tokenizer, converting the bundled GGUF once if needed.
 
@@ -138,18 +153,134 @@ def load_lm(
         cache_dir: where converted models live; None means ``default_cache_dir()``.
         offline: never reach a model hub (``local_files_only``).
         checker: the checker name used in ``CheckerUnavailable``.
+        backend: one of ``BACKENDS``. ``auto`` runs Llama-architecture models with safetensors
+            weights (the default model among them) natively and any other through transformers.
 
     Raises:
         CheckerUnavailable: the model (or a package needed to load it) is not available here.
+        ConfigError: ``backend`` is unknown, or ``native`` was asked for a model it cannot run.
     """
+    if backend not in BACKENDS:
+        err = f"{checker}: backend must be one of {', '.join(BACKENDS)}, not {backend!r}"
+        raise ConfigError(err)
     started = time.perf_counter()
     if lm_model is None or lm_model == DEFAULT_LM:
         path, name, sha = _bundled_cache(cache_dir, checker)
     else:
         path, name, sha = _resolve_named(lm_model, offline, checker)
-    model, tokenizer = _from_pretrained(str(path), device, checker)
-    logger.info("loaded %s (%s) in %.1fs", name, sha, time.perf_counter() - started)
-    return LoadedLM(model=model, tokenizer=tokenizer, name=name, weights_sha=sha, path=path)
+    why = _native_unsupported(path)
+    if backend == "native" and why is not None:
+        err = f"{checker}: the native backend cannot run {name}: {why}; use backend 'auto'"
+        raise ConfigError(err)
+    model: torch.nn.Module
+    if backend == "transformers" or why is not None:
+        hf_model, hf_tokenizer = _from_pretrained(str(path), device, checker)
+        model = cast("torch.nn.Module", hf_model)
+        tokenizer = _fast_tokenizer(path, hf_tokenizer, checker)
+        used = "transformers"
+    else:
+        model = _load_native(path, device, checker)
+        tokenizer = _fast_tokenizer(path, None, checker)
+        used = "native"
+    prefix = prefix_token_id(tokenizer, _special_tokens(path))
+    if prefix is None:
+        err = f"the tokenizer of {name} has no {PREFIX_TOKEN}, BOS or EOS token"
+        raise CheckerUnavailable(checker, err)
+    logger.info("loaded %s (%s, %s) in %.1fs", name, sha, used, time.perf_counter() - started)
+    return LoadedLM(model=model, tokenizer=tokenizer, prefix_id=prefix, name=name,
+                    weights_sha=sha, path=path, backend=used)
+
+
+def prefix_token_id(tokenizer: Tokenizer, special: Mapping[str, str] | None = None) -> int | None:
+    """The id put before every text: ``<|endoftext|>``, else the BOS token, else the EOS token.
+
+    ``special`` maps ``bos_token``/``eos_token`` to their text (``tokenizer_config.json``).
+    """
+    found = tokenizer.token_to_id(PREFIX_TOKEN)
+    if found is not None:
+        return int(found)
+    for key in ("bos_token", "eos_token"):
+        text = (special or {}).get(key)
+        tid = tokenizer.token_to_id(text) if text else None
+        if tid is not None:
+            return int(tid)
+    return None
+
+
+# --- the native backend and the tokenizer ------------------------------------------------------
+
+
+def _native_unsupported(path: Path) -> str | None:
+    """Why ``mtqa.llama`` cannot run the model in ``path``, or None."""
+    try:
+        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        return f"no readable config.json ({exc})"
+    from mtqa.llama import unsupported
+
+    why = unsupported(config)
+    if why is not None:
+        return why
+    weights = _weight_files(path)
+    if not weights or any(w.suffix != ".safetensors" for w in weights):
+        return "no safetensors weights"
+    if not (path / "tokenizer.json").is_file():
+        return "no tokenizer.json"
+    return None
+
+
+def _load_native(path: Path, device: str, checker: str) -> torch.nn.Module:
+    try:
+        from mtqa.llama import load_llama
+    except ImportError as exc:
+        err = f"torch is not installed ({exc}); install mtqa's dependencies"
+        raise CheckerUnavailable(checker, err) from exc
+    try:
+        model = load_llama(path, _weight_files(path))
+    except (OSError, ValueError) as exc:
+        err = f"cannot load the language model from {path} ({exc})"
+        raise CheckerUnavailable(checker, err) from exc
+    model.requires_grad_(False)
+    return model.to(device)
+
+
+def _fast_tokenizer(
+    path: Path, hf_tokenizer: PreTrainedTokenizerBase | None, checker: str
+) -> Tokenizer:
+    """The ``tokenizers.Tokenizer`` of a model: from ``tokenizer.json``, else inside ``hf_tokenizer``."""
+    if (path / "tokenizer.json").is_file():
+        from tokenizers import Tokenizer
+
+        try:
+            tokenizer = Tokenizer.from_file(str(path / "tokenizer.json"))
+        except Exception as exc:  # noqa: BLE001 - tokenizers raises plain Exception
+            err = f"cannot read {path / 'tokenizer.json'} ({exc})"
+            raise CheckerUnavailable(checker, err) from exc
+    elif hf_tokenizer is not None and getattr(hf_tokenizer, "is_fast", False):
+        tokenizer = hf_tokenizer.backend_tokenizer
+    else:
+        err = f"the tokenizer of {path} is not a fast tokenizer (offsets are needed)"
+        raise CheckerUnavailable(checker, err)
+    # NOTE: as transformers does before encoding: no truncation, no padding
+    tokenizer.no_truncation()
+    tokenizer.no_padding()
+    return tokenizer
+
+
+def _special_tokens(path: Path) -> dict[str, str]:
+    """``bos_token``/``eos_token`` text from ``tokenizer_config.json`` (missing: empty)."""
+    try:
+        config = json.loads((path / "tokenizer_config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    out: dict[str, str] = {}
+    for key in ("bos_token", "eos_token"):
+        value = config.get(key)
+        if isinstance(value, dict):
+            value = value.get("content")
+        if isinstance(value, str):
+            out[key] = value
+    return out
 
 
 # --- the bundled GGUF and its safetensors cache -------------------------------------------------
@@ -340,9 +471,6 @@ def _from_pretrained(
     except (OSError, ValueError) as exc:
         err = f"cannot load the language model from {path} ({exc})"
         raise CheckerUnavailable(checker, err) from exc
-    if not getattr(tokenizer, "is_fast", False):
-        err = f"the tokenizer of {path} is not a fast tokenizer (offsets are needed)"
-        raise CheckerUnavailable(checker, err)
     module = cast("torch.nn.Module", model)
     module.eval()
     module.requires_grad_(False)

@@ -37,7 +37,8 @@ def _checker_kwargs(name: str, s: Settings) -> dict[str, object]:
     """The settings each checker takes, by keyword."""
     if name == "fluency":
         return {"lm_model": s.lm_model, "cache_dir": Path(s.cache_dir) if s.cache_dir else None,
-                "batch_size": s.batch_size, "threads": s.threads, "device": s.device}
+                "batch_size": s.batch_size, "threads": s.threads, "device": s.device,
+                "backend": s.lm_backend}
     if name == "grammar":
         return {"backend": s.grammar_backend, "language": s.language,
                 "languagetool_url": s.languagetool_url,

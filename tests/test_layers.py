@@ -12,6 +12,8 @@ import mtqa
 
 PKG = Path(mtqa.__file__).resolve().parent
 HEAVY = ("torch", "transformers", "language_tool_python", "sentence_transformers")
+#: modules that are torch code through and through; only imported from inside functions
+TORCH_MODULES = ("mtqa.llama",)
 
 
 def _imports(path: Path) -> set[str]:
@@ -48,7 +50,7 @@ def test_layering(path: Path) -> None:
         assert mtqa_imports <= {"mtqa.types", "mtqa.errors"}
 
 
-@pytest.mark.parametrize("path", MODULES, ids=_name)
+@pytest.mark.parametrize("path", [p for p in MODULES if _name(p) not in TORCH_MODULES], ids=_name)
 def test_heavy_imports_are_lazy(path: Path) -> None:
     """Heavy packages are imported inside functions only, never at module level."""
     tree = ast.parse(path.read_text(encoding="utf-8"))
@@ -59,6 +61,18 @@ def test_heavy_imports_are_lazy(path: Path) -> None:
         elif isinstance(node, ast.ImportFrom) and node.module:
             top.add(node.module.split(".")[0])
     assert not top & set(HEAVY)
+
+
+def test_importing_mtqa_loads_no_heavy_package() -> None:
+    """The CLI, the pipeline and every checker module import without torch or transformers."""
+    import subprocess
+    import sys
+
+    lazy = [m for m in map(_name, MODULES) if m not in TORCH_MODULES]
+    code = (f"import sys\nfor m in {lazy!r}: __import__(m)\n"
+            f"print(sorted(set(sys.modules) & set({HEAVY!r})))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
 
 
 @pytest.mark.parametrize("path", MODULES, ids=_name)

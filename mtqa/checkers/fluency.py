@@ -35,7 +35,8 @@ from mtqa.types import CheckResult, Finding, Kind, SegmentedDocument, Severity
 if TYPE_CHECKING:
     import torch
     from numpy.typing import NDArray
-    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+    from tokenizers import Tokenizer
+    from transformers import PreTrainedTokenizerBase
 
 __all__ = ["FluencyChecker", "WordScores"]
 
@@ -43,7 +44,6 @@ logger = logging.getLogger(__name__)
 
 _WORD = re.compile(r"\S+")
 _LEXICAL = re.compile(r"[^\W_]")
-_PREFIX_TOKEN = "<|endoftext|>"
 _OPENING = frozenset("\"'“‘«‹([{")
 _PRECISIONS = ("fp32", "bf16", "int8")
 _NO_FEATURES: Mapping[str, float] = MappingProxyType({})
@@ -103,7 +103,9 @@ class FluencyChecker(BaseChecker):
     """Scores fluency 0-100 per body sentence and document, and finds garbled spans.
 
     The language model is loaded in the constructor (``mtqa.models.load_lm``) unless ``model``
-    and ``tokenizer`` are injected.
+    and ``tokenizer`` are injected: a module with ``get_decoder()`` and
+    ``get_output_embeddings()`` (a transformers causal LM or ``mtqa.llama.LlamaLM``) and a fast
+    tokenizer (``tokenizers.Tokenizer`` or a transformers fast tokenizer).
 
     Raises:
         CheckerUnavailable: from the constructor, when the model cannot be loaded.
@@ -111,7 +113,11 @@ class FluencyChecker(BaseChecker):
 
     name: ClassVar[str] = "fluency"
 
-    BATCH_SIZE: ClassVar[int] = 8
+    #: at most this many windows, and this many token positions padding included, per forward
+    #: pass (a longer window goes alone): sorted by length, padding stays small, and short
+    #: segments still fill the matrix products
+    BATCH_SIZE: ClassVar[int] = 32
+    BATCH_TOKENS: ClassVar[int] = 2048
     #: tokens per window, and tokens of already-scored text repeated as context in the next one;
     #: 1024 holds most news articles whole (1.5x the tokens/s of 512, which re-reads context)
     WINDOW: ClassVar[int] = 1024
@@ -184,8 +190,9 @@ class FluencyChecker(BaseChecker):
         precision: str = PRECISION,
         window: int = WINDOW,
         context: int = CONTEXT,
-        model: PreTrainedModel | None = None,
-        tokenizer: PreTrainedTokenizerBase | None = None,
+        backend: str = "auto",
+        model: torch.nn.Module | None = None,
+        tokenizer: Tokenizer | PreTrainedTokenizerBase | None = None,
     ) -> None:
         if batch_size < 1:
             raise ConfigError(f"fluency: batch_size must be at least 1, got {batch_size}")
@@ -206,20 +213,33 @@ class FluencyChecker(BaseChecker):
         self.precision = precision
         self.window = window
         self.context = context
-        if model is None or tokenizer is None:
-            from mtqa.models import load_lm
+        from mtqa.models import load_lm, prefix_token_id
 
-            lm = load_lm(lm_model, cache_dir=cache_dir, device=device, checker=self.name)
-            model, tokenizer = lm.model, lm.tokenizer
-            self.model_name, self.weights_sha = lm.name, lm.weights_sha
+        if model is None or tokenizer is None:
+            lm = load_lm(lm_model, cache_dir=cache_dir, device=device, checker=self.name,
+                         backend=backend)
+            model, fast, prefix = lm.model, lm.tokenizer, lm.prefix_id
+            self.model_name, self.weights_sha, self.backend = lm.name, lm.weights_sha, lm.backend
         else:
-            self.model_name = str(getattr(model.config, "name_or_path", "") or "injected")
+            from mtqa.llama import LlamaLM
+
+            self.backend = "native" if isinstance(model, LlamaLM) else "transformers"
+            fast = _backend_tokenizer(tokenizer)
+            config = getattr(model, "config", None)
+            self.model_name = str(getattr(config, "name_or_path", "") or "injected")
             self.weights_sha = "injected"
-        module = _apply_precision(cast("torch.nn.Module", model), precision)
+            special = {k: str(getattr(tokenizer, k)) for k in ("bos_token", "eos_token")
+                       if getattr(tokenizer, k, None)}
+            found = prefix_token_id(fast, special)
+            if found is None:
+                err = "the tokenizer has no <|endoftext|>, BOS or EOS token"
+                raise CheckerUnavailable(self.name, err)
+            prefix = found
+        module = _apply_precision(model, precision)
         module.eval()
         self._model: torch.nn.Module | None = module.to(device)
-        self._tokenizer: PreTrainedTokenizerBase | None = tokenizer
-        self._prefix = _prefix_id(tokenizer)
+        self._tokenizer: Tokenizer | None = fast
+        self._prefix = prefix
 
     # --- public API -------------------------------------------------------------------------
 
@@ -227,7 +247,8 @@ class FluencyChecker(BaseChecker):
     def signature(self) -> str:
         """Every setting that changes the numbers (batch size and threads do not)."""
         return (
-            f"fluency|model:{self.model_name}|rev:{self.weights_sha}|prec:{self.precision}"
+            f"fluency|model:{self.model_name}|rev:{self.weights_sha}|impl:{self.backend}"
+            f"|prec:{self.precision}"
             f"|win:{self.window}|ctx:{self.context}|mtqa:{__version__}"
         )
 
@@ -241,21 +262,19 @@ class FluencyChecker(BaseChecker):
         model, tokenizer = self._require()
         texts = [_body_text(sd) for sd in docs]
         started = time.perf_counter()
-        enc = tokenizer(
-            [t.text for t in texts], add_special_tokens=False, return_offsets_mapping=True
-        )
+        enc = tokenizer.encode_batch([t.text for t in texts], add_special_tokens=False)
         windows: list[_Window] = []
-        for d, ids in enumerate(enc["input_ids"]):
-            windows.extend(_windows(d, ids, self._prefix, self.window, self.context))
-        token_scores = [np.zeros(len(ids), dtype=np.float64) for ids in enc["input_ids"]]
+        for d, e in enumerate(enc):
+            windows.extend(_windows(d, e.ids, self._prefix, self.window, self.context))
+        token_scores = [np.zeros(len(e.ids), dtype=np.float64) for e in enc]
         for w, values in zip(windows, self._score_windows(model, windows)):
             token_scores[w.doc][w.offset : w.offset + len(values)] = values
-        n_tokens = sum(len(ids) for ids in enc["input_ids"])
+        n_tokens = sum(len(e.ids) for e in enc)
         dt = time.perf_counter() - started
         logger.debug("scored %d tokens in %d windows in %.2fs", n_tokens, len(windows), dt)
         return [
-            _word_scores(sd, t, offsets, s, self.UNKNOWN_FREQ)
-            for sd, t, offsets, s in zip(docs, texts, enc["offset_mapping"], token_scores)
+            _word_scores(sd, t, e.offsets, s, self.UNKNOWN_FREQ)
+            for sd, t, e, s in zip(docs, texts, enc, token_scores)
         ]
 
     def analyse(self, sd: SegmentedDocument, ws: WordScores) -> CheckResult:
@@ -311,7 +330,7 @@ class FluencyChecker(BaseChecker):
 
     # --- language model ---------------------------------------------------------------------
 
-    def _require(self) -> tuple[torch.nn.Module, PreTrainedTokenizerBase]:
+    def _require(self) -> tuple[torch.nn.Module, Tokenizer]:
         if self._model is None or self._tokenizer is None:
             err = "the checker was closed; create a new FluencyChecker"
             raise CheckerUnavailable(self.name, err)
@@ -328,8 +347,10 @@ class FluencyChecker(BaseChecker):
         decoder = cast("torch.nn.Module", model.get_decoder())  # type: ignore[operator]
         head = cast("torch.nn.Module", model.get_output_embeddings())  # type: ignore[operator]
         with torch.inference_mode():
-            for b in range(0, len(order), self.batch_size):
-                batch = [windows[i] for i in order[b : b + self.batch_size]]
+            for members in _batches([len(windows[i].ids) for i in order], self.batch_size,
+                                    self.BATCH_TOKENS):
+                picked_order = [order[k] for k in members]
+                batch = [windows[i] for i in picked_order]
                 width = max(len(w.ids) for w in batch)
                 ids = torch.zeros((len(batch), width), dtype=torch.long)
                 mask = torch.zeros((len(batch), width), dtype=torch.long)
@@ -357,7 +378,7 @@ class FluencyChecker(BaseChecker):
                     ]
                 ).tolist()
                 pos = 0
-                for i, w in zip(order[b : b + self.batch_size], batch):
+                for i, w in zip(picked_order, batch):
                     n = len(w.ids) - w.first
                     out[i] = values[pos : pos + n]
                     pos += n
@@ -506,6 +527,21 @@ class FluencyChecker(BaseChecker):
 # --- helpers ----------------------------------------------------------------------------------
 
 
+def _batches(lengths: Sequence[int], max_rows: int, max_tokens: int) -> list[list[int]]:
+    """Consecutive runs of ``lengths`` (sorted longest first) for one forward pass each.
+
+    A run ends before a window that would make it longer than ``max_rows`` windows or its padded
+    size (windows x the first, longest one) larger than ``max_tokens``.
+    """
+    out: list[list[int]] = []
+    for k, n in enumerate(lengths):
+        if out and len(out[-1]) < max_rows and (len(out[-1]) + 1) * lengths[out[-1][0]] <= max_tokens:
+            out[-1].append(k)
+        else:
+            out.append([k])
+    return out
+
+
 def _windows(doc: int, ids: Sequence[int], prefix: int, window: int, context: int) -> list[_Window]:
     """Overlapping windows over ``[prefix] + ids`` that score every token exactly once.
 
@@ -563,15 +599,16 @@ def _apply_precision(model: torch.nn.Module, precision: str) -> torch.nn.Module:
     raise ConfigError(err)
 
 
-def _prefix_id(tokenizer: PreTrainedTokenizerBase) -> int:
-    """The token put before every text so its first word is scored: ``<|endoftext|>`` or BOS."""
-    vocab = tokenizer.get_vocab()
-    if _PREFIX_TOKEN in vocab:
-        return int(vocab[_PREFIX_TOKEN])
-    for tid in (tokenizer.bos_token_id, tokenizer.eos_token_id):
-        if tid is not None:
-            return int(tid)
-    raise CheckerUnavailable("fluency", "the tokenizer has no <|endoftext|>, BOS or EOS token")
+def _backend_tokenizer(tokenizer: Tokenizer | PreTrainedTokenizerBase) -> Tokenizer:
+    """The ``tokenizers.Tokenizer`` that gives ids and offsets."""
+    from tokenizers import Tokenizer
+
+    if isinstance(tokenizer, Tokenizer):
+        return tokenizer
+    inner = getattr(tokenizer, "backend_tokenizer", None)
+    if getattr(tokenizer, "is_fast", False) and isinstance(inner, Tokenizer):
+        return inner
+    raise CheckerUnavailable("fluency", "the tokenizer is not a fast tokenizer (offsets are needed)")
 
 
 def _surprisal(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

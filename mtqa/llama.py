@@ -1,0 +1,272 @@
+"""A plain-torch forward pass for Llama-architecture causal LMs (SmolLM2 and its kin).
+
+mtqa only needs the last hidden states and the output projection of a causal LM, for scoring.
+Going through ``transformers`` for that costs a second or two of imports at every process start
+(its model classes pull in torch's compiler and distributed packages) and runs the attention and
+MLP as seven separate projections per layer. This module reads the same ``config.json`` and
+safetensors weights and computes the same function with fewer, larger matrix products: the
+query, key and value projections are one product, the gate and up projections another.
+
+Only what the default model needs is implemented: RMSNorm, rotary embeddings without scaling,
+grouped-query attention without biases, a SiLU-gated MLP, tied or untied output embeddings.
+``unsupported(config)`` says why any other configuration is left to transformers.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple, cast
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["DecoderOutput", "LlamaLM", "LlamaSpec", "load_llama", "unsupported"]
+
+_ROPE_TYPES = (None, "default")
+
+
+def unsupported(config: Mapping[str, Any]) -> str | None:
+    """Why this module cannot run a model with this ``config.json``, or None when it can."""
+    if config.get("model_type") != "llama":
+        return f"model_type {config.get('model_type')!r} is not 'llama'"
+    if config.get("hidden_act", "silu") != "silu":
+        return f"hidden_act {config.get('hidden_act')!r}"
+    if config.get("attention_bias") or config.get("mlp_bias"):
+        return "projection biases"
+    rope = config.get("rope_parameters") or config.get("rope_scaling") or {}
+    if rope.get("rope_type", rope.get("type")) not in _ROPE_TYPES:
+        return f"rope scaling {rope.get('rope_type', rope.get('type'))!r}"
+    if config.get("pretraining_tp", 1) != 1:
+        return "pretraining_tp > 1"
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class LlamaSpec:
+    """The dimensions of a Llama model, read from its ``config.json``."""
+
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    rms_norm_eps: float
+    rope_theta: float
+    tie_word_embeddings: bool
+    name_or_path: str = ""
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any], name_or_path: str = "") -> LlamaSpec:
+        """Raises ValueError when ``unsupported(config)`` has a reason."""
+        why = unsupported(config)
+        if why is not None:
+            raise ValueError(f"not a plain Llama model: {why}")
+        heads = int(config["num_attention_heads"])
+        hidden = int(config["hidden_size"])
+        rope = config.get("rope_parameters") or {}
+        theta = rope.get("rope_theta", config.get("rope_theta", 10000.0))
+        return cls(
+            vocab_size=int(config["vocab_size"]),
+            hidden_size=hidden,
+            intermediate_size=int(config["intermediate_size"]),
+            num_layers=int(config["num_hidden_layers"]),
+            num_heads=heads,
+            num_kv_heads=int(config.get("num_key_value_heads") or heads),
+            head_dim=int(config.get("head_dim") or hidden // heads),
+            rms_norm_eps=float(config.get("rms_norm_eps", 1e-6)),
+            rope_theta=float(theta),
+            tie_word_embeddings=bool(config.get("tie_word_embeddings", False)),
+            name_or_path=name_or_path,
+        )
+
+
+class DecoderOutput(NamedTuple):
+    """What the decoder returns (named as transformers names it)."""
+
+    last_hidden_state: torch.Tensor
+
+
+class _Layer(nn.Module):
+    def __init__(self, spec: LlamaSpec) -> None:
+        super().__init__()
+        self.spec = spec
+        q, kv = spec.num_heads * spec.head_dim, spec.num_kv_heads * spec.head_dim
+        self.split = (q, kv, kv)
+        meta = torch.device("meta")
+        self.input_norm = nn.Parameter(torch.empty(spec.hidden_size, device=meta))
+        self.qkv = nn.Linear(spec.hidden_size, q + 2 * kv, bias=False, device=meta)
+        self.o = nn.Linear(q, spec.hidden_size, bias=False, device=meta)
+        self.post_norm = nn.Parameter(torch.empty(spec.hidden_size, device=meta))
+        self.gate_up = nn.Linear(
+            spec.hidden_size, 2 * spec.intermediate_size, bias=False, device=meta
+        )
+        self.down = nn.Linear(spec.intermediate_size, spec.hidden_size, bias=False, device=meta)
+
+    def forward(
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor | None
+    ) -> torch.Tensor:
+        s = self.spec
+        b, t, _ = x.shape
+        h = F.rms_norm(x, (s.hidden_size,), self.input_norm, s.rms_norm_eps)
+        q, k, v = self.qkv(h).split(self.split, dim=-1)
+        q = _rotate(q.view(b, t, s.num_heads, s.head_dim).transpose(1, 2), cos, sin)
+        k = _rotate(k.view(b, t, s.num_kv_heads, s.head_dim).transpose(1, 2), cos, sin)
+        v = v.view(b, t, s.num_kv_heads, s.head_dim).transpose(1, 2)
+        rep = s.num_heads // s.num_kv_heads
+        if rep > 1:
+            # query head j reads key/value head j // rep, as transformers' repeat_kv does
+            k = k.repeat_interleave(rep, dim=1)
+            v = v.repeat_interleave(rep, dim=1)
+        a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None)
+        x = x + self.o(a.transpose(1, 2).reshape(b, t, -1))
+        h = F.rms_norm(x, (s.hidden_size,), self.post_norm, s.rms_norm_eps)
+        gate, up = self.gate_up(h).chunk(2, dim=-1)
+        out: torch.Tensor = x + self.down(F.silu(gate) * up)
+        return out
+
+
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotary position embedding, halves convention (transformers' ``rotate_half``)."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return x * cos + torch.cat((-x2, x1), dim=-1) * sin
+
+
+class LlamaDecoder(nn.Module):
+    """Embeddings, decoder layers and the final norm: token ids to last hidden states."""
+
+    def __init__(self, spec: LlamaSpec) -> None:
+        super().__init__()
+        self.spec = spec
+        meta = torch.device("meta")
+        self.embed_tokens = nn.Embedding(spec.vocab_size, spec.hidden_size, device=meta)
+        self.layers = nn.ModuleList(_Layer(spec) for _ in range(spec.num_layers))
+        self.norm = nn.Parameter(torch.empty(spec.hidden_size, device=meta))
+        half = torch.arange(0, spec.head_dim, 2, dtype=torch.int64).float() / spec.head_dim
+        self.register_buffer("inv_freq", 1.0 / (spec.rope_theta**half), persistent=False)
+
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> DecoderOutput:
+        """Hidden states after the final norm, ``(batch, length, hidden)``.
+
+        ``attention_mask`` (1 = token, 0 = padding) may be omitted, or mark padding at the end of
+        rows (how mtqa pads): then plain causal attention is exact for every real position, and
+        positions count from 0 in every row. Any other mask is applied explicitly, with positions
+        counted over the real tokens of each row.
+        """
+        b, t = input_ids.shape
+        x = self.embed_tokens(input_ids)
+        mask: torch.Tensor | None = None
+        if attention_mask is None or _right_padded(attention_mask):
+            pos = torch.arange(t, device=x.device, dtype=torch.float32)[None, :]
+        else:
+            keep = attention_mask.bool()
+            pos = (attention_mask.long().cumsum(-1) - 1).clamp(min=0).float()
+            causal = torch.ones(t, t, dtype=torch.bool, device=x.device).tril()
+            mask = causal[None, None] & keep[:, None, None, :]
+            # a padding position attends to itself, so no row is empty (no NaN to spread)
+            mask = mask | torch.eye(t, dtype=torch.bool, device=x.device)[None, None]
+        inv = cast(torch.Tensor, self.inv_freq).to(x.device)
+        freqs = pos[..., None] * inv
+        emb = torch.cat((freqs, freqs), dim=-1)
+        cos = emb.cos().to(x.dtype)[:, None]
+        sin = emb.sin().to(x.dtype)[:, None]
+        for layer in self.layers:
+            x = layer(x, cos, sin, mask)
+        return DecoderOutput(F.rms_norm(x, (self.spec.hidden_size,), self.norm, self.spec.rms_norm_eps))
+
+
+def _right_padded(mask: torch.Tensor) -> bool:
+    """Every row is ones then zeros (or all ones)."""
+    m = mask.long()
+    return bool((m[:, 1:] <= m[:, :-1]).all()) and bool((m[:, 0] == 1).all())
+
+
+class LlamaLM(nn.Module):
+    """A causal LM with transformers' two accessors: ``get_decoder`` and ``get_output_embeddings``."""
+
+    def __init__(self, spec: LlamaSpec) -> None:
+        super().__init__()
+        self.spec = spec
+        self.config = spec  # ``name_or_path`` for callers that name injected models
+        self.model = LlamaDecoder(spec)
+        self.lm_head = nn.Linear(spec.hidden_size, spec.vocab_size, bias=False, device="meta")
+
+    def get_decoder(self) -> LlamaDecoder:
+        return self.model
+
+    def get_output_embeddings(self) -> nn.Linear:
+        return self.lm_head
+
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Logits ``(batch, length, vocab)``."""
+        hidden = self.model(input_ids, attention_mask).last_hidden_state
+        logits: torch.Tensor = self.lm_head(hidden)
+        return logits
+
+
+def load_llama(directory: Path, weights: Sequence[Path]) -> LlamaLM:
+    """Build a ``LlamaLM`` from ``config.json`` and safetensors ``weights`` in ``directory``.
+
+    Raises:
+        ValueError: the configuration is not a plain Llama model, or a tensor is missing or has
+            the wrong shape.
+    """
+    from safetensors import safe_open
+
+    config = json.loads((directory / "config.json").read_text(encoding="utf-8"))
+    spec = LlamaSpec.from_config(config, name_or_path=str(directory))
+    lm = LlamaLM(spec)
+    where: dict[str, Path] = {}
+    for path in weights:
+        if path.suffix != ".safetensors":
+            raise ValueError(f"{path.name}: only safetensors weights are read natively")
+        with safe_open(str(path), framework="pt") as fh:
+            where.update({key: path for key in fh.keys()})  # noqa: SIM118 - not a dict
+    handles: dict[Path, Any] = {}
+
+    def get(key: str) -> torch.Tensor:
+        if key not in where:
+            raise ValueError(f"tensor {key} is missing from {', '.join(p.name for p in weights)}")
+        path = where[key]
+        if path not in handles:
+            handles[path] = safe_open(str(path), framework="pt")
+        tensor: torch.Tensor = handles[path].get_tensor(key).float()
+        return tensor
+
+    def put(module: nn.Module, name: str, tensor: torch.Tensor) -> None:
+        old = getattr(module, name)
+        if tuple(old.shape) != tuple(tensor.shape):
+            err = f"{name}: expected shape {tuple(old.shape)}, the weights have {tuple(tensor.shape)}"
+            raise ValueError(err)
+        setattr(module, name, nn.Parameter(tensor.contiguous(), requires_grad=False))
+
+    embed_key = "model.embed_tokens.weight" if "model.embed_tokens.weight" in where else ""
+    head_key = "lm_head.weight" if "lm_head.weight" in where else ""
+    embed = get(embed_key or head_key)
+    put(lm.model.embed_tokens, "weight", embed)
+    if spec.tie_word_embeddings or not head_key:
+        lm.lm_head.weight = lm.model.embed_tokens.weight
+    else:
+        put(lm.lm_head, "weight", get(head_key))
+    for i, layer in enumerate(cast(list[_Layer], list(lm.model.layers))):
+        p = f"model.layers.{i}."
+        att, mlp = p + "self_attn.", p + "mlp."
+        put(layer, "input_norm", get(p + "input_layernorm.weight"))
+        put(layer, "post_norm", get(p + "post_attention_layernorm.weight"))
+        qkv = torch.cat([get(att + f"{n}_proj.weight") for n in "qkv"])
+        put(layer.qkv, "weight", qkv)
+        put(layer.o, "weight", get(att + "o_proj.weight"))
+        put(layer.gate_up, "weight", torch.cat([get(mlp + "gate_proj.weight"), get(mlp + "up_proj.weight")]))
+        put(layer.down, "weight", get(mlp + "down_proj.weight"))
+    put(lm.model, "norm", get("model.norm.weight"))
+    lm.eval()
+    return lm

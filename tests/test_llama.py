@@ -1,0 +1,158 @@
+"""mtqa's own Llama forward (mtqa/llama.py) against transformers' LlamaForCausalLM."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from mtqa.checkers.fluency import FluencyChecker, _batches
+from mtqa.errors import ConfigError
+from mtqa.llama import LlamaLM, load_llama, unsupported
+from mtqa.models import load_lm
+
+from conftest import ABC, read
+
+TINY: dict[str, Any] = {
+    "model_type": "llama", "vocab_size": 97, "hidden_size": 48, "intermediate_size": 80,
+    "num_hidden_layers": 2, "num_attention_heads": 6, "num_key_value_heads": 2, "head_dim": 8,
+    "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "max_position_embeddings": 256,
+    "tie_word_embeddings": True,
+}
+
+
+def _tiny_hf(tmp_path: Path, **changes: Any) -> tuple[Any, Path]:
+    """A random transformers Llama saved as safetensors: the reference implementation."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(**{**TINY, **changes})).eval()
+    with torch.no_grad():  # norms start at 1: make them matter
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.uniform_(0.5, 1.5)
+    model.save_pretrained(tmp_path)
+    return model, tmp_path
+
+
+@pytest.mark.parametrize("tied", [True, False], ids=["tied", "untied"])
+def test_logits_match_transformers(tmp_path: Path, tied: bool) -> None:
+    hf, path = _tiny_hf(tmp_path, tie_word_embeddings=tied)
+    native = load_llama(path, [path / "model.safetensors"])
+    ids = torch.randint(0, TINY["vocab_size"], (3, 40))
+    with torch.inference_mode():
+        want = hf(input_ids=ids).logits
+        got = native(ids)
+    assert torch.allclose(got, want, atol=1e-5, rtol=1e-5), (got - want).abs().max()
+    assert (native.lm_head.weight is native.model.embed_tokens.weight) == tied
+
+
+def test_padding_and_masks(tmp_path: Path) -> None:
+    hf, path = _tiny_hf(tmp_path)
+    native = load_llama(path, [path / "model.safetensors"])
+    decoder = native.get_decoder()
+    torch.manual_seed(1)
+    long, short = torch.randint(0, 97, (30,)), torch.randint(0, 97, (18,))
+    with torch.inference_mode():
+        alone = decoder(short[None]).last_hidden_state[0]
+        # right padding, as mtqa pads: causal attention alone, real rows unchanged
+        ids = torch.zeros(2, 30, dtype=torch.long)
+        ids[0], ids[1, :18] = long, short
+        mask = (torch.arange(30)[None] < torch.tensor([[30], [18]])).long()
+        padded = decoder(ids, mask).last_hidden_state[1, :18]
+        assert torch.allclose(padded, alone, atol=1e-5)
+        # any other mask is applied explicitly, positions counted over real tokens
+        left = torch.zeros(1, 25, dtype=torch.long)
+        left[0, 7:] = short
+        lmask = torch.zeros(1, 25, dtype=torch.long)
+        lmask[0, 7:] = 1
+        out = decoder(left, lmask).last_hidden_state[0]
+        assert not out.isnan().any()
+        assert torch.allclose(out[7:], alone, atol=1e-4)
+        want = hf.model(input_ids=left, attention_mask=lmask).last_hidden_state[0, 7:]
+        assert torch.allclose(out[7:], want, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        ({"model_type": "qwen2"}, "model_type"),
+        ({"attention_bias": True}, "biases"),
+        ({"hidden_act": "gelu"}, "hidden_act"),
+        ({"rope_scaling": {"rope_type": "llama3", "factor": 8.0}}, "rope scaling"),
+        ({"pretraining_tp": 2}, "pretraining_tp"),
+    ],
+)
+def test_unsupported_configs_say_why(change: dict[str, Any], reason: str) -> None:
+    assert unsupported(TINY) is None
+    why = unsupported({**TINY, **change})
+    assert why is not None and reason in why
+
+
+def test_broken_weights_are_named(tmp_path: Path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    _, path = _tiny_hf(tmp_path)
+    tensors = load_file(path / "model.safetensors")
+    del tensors["model.layers.1.mlp.up_proj.weight"]
+    save_file(tensors, path / "model.safetensors")
+    with pytest.raises(ValueError, match=r"model\.layers\.1\.mlp\.up_proj\.weight is missing"):
+        load_llama(path, [path / "model.safetensors"])
+    config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    (path / "config.json").write_text(json.dumps({**config, "hidden_size": 64}), encoding="utf-8")
+    with pytest.raises(ValueError, match="shape"):
+        load_llama(path, [path / "model.safetensors"])
+
+
+def test_native_backend_refuses_what_it_cannot_run(tmp_path: Path) -> None:
+    _, path = _tiny_hf(tmp_path)
+    config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    (path / "config.json").write_text(json.dumps({**config, "mlp_bias": True}), encoding="utf-8")
+    with pytest.raises(ConfigError, match="native backend cannot run"):
+        load_lm(str(path), backend="native")
+    with pytest.raises(ConfigError, match="backend must be one of"):
+        load_lm(str(path), backend="onnx")
+
+
+@pytest.mark.parametrize(
+    ("lengths", "rows", "tokens", "want"),
+    [
+        ([1024, 800, 550, 520, 520, 500], 32, 2048, [[0, 1], [2, 3, 4], [5]]),
+        ([1500, 40, 40], 32, 2048, [[0], [1, 2]]),
+        ([40] * 5, 2, 2048, [[0, 1], [2, 3], [4]]),
+        ([3000], 8, 2048, [[0]]),
+        ([], 8, 2048, []),
+    ],
+)
+def test_batches_bound_rows_and_padded_tokens(
+    lengths: list[int], rows: int, tokens: int, want: list[list[int]]
+) -> None:
+    assert _batches(lengths, rows, tokens) == want
+
+
+# --- with the real model ------------------------------------------------------------------------
+
+
+@pytest.mark.model
+def test_default_model_runs_natively_with_transformers_numbers() -> None:
+    """The bundled SmolLM2 runs on mtqa.llama by default and scores as transformers does."""
+    from mtqa.segment import segment
+    from mtqa.types import Document
+
+    native = FluencyChecker()
+    assert isinstance(native._require()[0], LlamaLM)
+    assert "|impl:native|" in native.signature
+    reference = FluencyChecker(backend="transformers")
+    assert not isinstance(reference._require()[0], LlamaLM)
+    assert "|impl:transformers|" in reference.signature
+    doc = segment(Document("abc", read(ABC)[:4000]))
+    a, b = native.score_words([doc])[0], reference.score_words([doc])[0]
+    assert len(a.token_surprisal) > 500
+    assert max(abs(x - y) for x, y in zip(a.token_surprisal, b.token_surprisal)) < 1e-3
+    ra, rb = native.analyse(doc, a), reference.analyse(doc, b)
+    assert [(f.start, f.end, f.severity) for f in ra.findings] == [
+        (f.start, f.end, f.severity) for f in rb.findings
+    ]
