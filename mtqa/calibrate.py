@@ -87,6 +87,11 @@ def unit_features(sd: SegmentedDocument, results: Sequence[CheckResult],
         return any(s <= start < e for s, e in ranges)
 
     for r in results:
+        if r.checker == "reference" and r.sentence_features:
+            stats = [r.sentence_features[i] for i in idx if r.sentence_features[i]]
+            if stats:
+                for key in ("lm_cond_sum", "lm_cond_tokens"):
+                    out[f"ref_{key}"] = float(sum(m[key] for m in stats))
         if r.checker == "fluency" and r.sentence_features:
             stats = [r.sentence_features[i] for i in idx if r.sentence_features[i]]
             if stats:
@@ -160,6 +165,13 @@ def _inputs(raw: Mapping[str, float]) -> dict[str, float]:
         x["ref_unaligned"] = raw.get("ref_unaligned", 0.0)
         x["ref_facts"] = math.log1p(raw.get("ref_facts", 0.0))
         x["ref_diff_share"] = raw.get("ref_diff_chars", 0.0) / max(raw.get("chars", 0.0), 1.0)
+        if raw.get("ref_lm_cond_tokens") and "lm_lm_sum" in raw:
+            # adequacy: how predictable the words are after the reference (mean nats per
+            # token), and the share of their surprisal the reference explains
+            cond, free = raw["ref_lm_cond_sum"], raw["lm_lm_sum"]
+            x["ref_lm_cond_mean"] = cond / raw["ref_lm_cond_tokens"]
+            x["ref_lm_cond_log"] = math.log1p(max(cond, 0.0))
+            x["ref_lm_gain_share"] = (free - cond) / max(free, 1.0)
     return x
 
 
@@ -186,7 +198,8 @@ class UnitModel:
 
     def expected_penalty(self, raw: Mapping[str, float]) -> float:
         x = _inputs(raw)
-        z = sum(c * (x.get(name, 0.0) - m) / s
+        # NOTE: an input this unit lacks (a figure a checker could not give) counts as average
+        z = sum(c * (x.get(name, m) - m) / s
                 for name, m, s, c in zip(self.inputs, self.center, self.scale, self.coef))
         fixed = sum(w * raw.get(key, 0.0) for key, w in self.prior.items())
         return math.exp(min(self.intercept + z, 10.0)) + fixed
@@ -249,10 +262,13 @@ def fit_poisson(rows: Sequence[Mapping[str, float]], target: Sequence[float], *,
     xs = [_inputs(r) for r in rows]
     names = tuple(inputs) if inputs is not None else tuple(sorted({k for x in xs for k in x}))
     names = tuple(k for k in names if k not in fixed_inputs)
-    mat = np.array([[x.get(k, 0.0) for k in names] for x in xs], dtype=np.float64)
+    mat = np.array([[x.get(k, math.nan) for k in names] for x in xs], dtype=np.float64)
     fixed = np.array([sum(w * r.get(k, 0.0) for k, w in prior.items()) for r in rows])
     y = np.maximum(np.asarray(target, dtype=np.float64) - fixed, 0.0)
-    center = mat.mean(axis=0)
+    # a unit without an input counts as average, as in UnitModel.expected_penalty
+    present = ~np.isnan(mat)
+    center = np.where(present, mat, 0.0).sum(axis=0) / np.maximum(present.sum(axis=0), 1)
+    mat = np.where(present, mat, center)
     scale = mat.std(axis=0)
     scale[scale < 1e-9] = 1.0
     z = (mat - center) / scale

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["DecoderOutput", "LlamaLM", "LlamaSpec", "load_llama", "unsupported"]
+__all__ = ["Cache", "DecoderOutput", "LlamaLM", "LlamaSpec", "load_llama", "unsupported"]
 
 _ROPE_TYPES = (None, "default")
 
@@ -86,10 +86,16 @@ class LlamaSpec:
         )
 
 
+#: per layer, the keys (after the rotary embedding) and values of a context, ``(1, kv_heads,
+#: length, head_dim)`` each: what ``LlamaDecoder.forward(..., past=...)`` continues from
+Cache = tuple[tuple[torch.Tensor, torch.Tensor], ...]
+
+
 class DecoderOutput(NamedTuple):
-    """What the decoder returns (named as transformers names it)."""
+    """What the decoder returns (``last_hidden_state`` as transformers names it)."""
 
     last_hidden_state: torch.Tensor
+    cache: Cache | None = None
 
 
 class _Layer(nn.Module):
@@ -109,8 +115,14 @@ class _Layer(nn.Module):
         self.down = nn.Linear(spec.intermediate_size, spec.hidden_size, bias=False, device=meta)
 
     def forward(
-        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor | None
-    ) -> torch.Tensor:
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        mask: torch.Tensor | None,
+        past: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """The layer's output, and the keys and values of ``x`` (to continue from later)."""
         s = self.spec
         b, t, _ = x.shape
         h = F.rms_norm(x, (s.hidden_size,), self.input_norm, s.rms_norm_eps)
@@ -118,6 +130,10 @@ class _Layer(nn.Module):
         q = _rotate(q.view(b, t, s.num_heads, s.head_dim).transpose(1, 2), cos, sin)
         k = _rotate(k.view(b, t, s.num_kv_heads, s.head_dim).transpose(1, 2), cos, sin)
         v = v.view(b, t, s.num_kv_heads, s.head_dim).transpose(1, 2)
+        kv = (k, v)
+        if past is not None:
+            k = torch.cat((past[0].expand(b, -1, -1, -1), k), dim=2)
+            v = torch.cat((past[1].expand(b, -1, -1, -1), v), dim=2)
         rep = s.num_heads // s.num_kv_heads
         if rep > 1:
             # query head j reads key/value head j // rep, as transformers' repeat_kv does
@@ -128,7 +144,7 @@ class _Layer(nn.Module):
         h = F.rms_norm(x, (s.hidden_size,), self.post_norm, s.rms_norm_eps)
         gate, up = self.gate_up(h).chunk(2, dim=-1)
         out: torch.Tensor = x + self.down(F.silu(gate) * up)
-        return out
+        return out, kv
 
 
 def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -151,7 +167,12 @@ class LlamaDecoder(nn.Module):
         self.register_buffer("inv_freq", 1.0 / (spec.rope_theta**half), persistent=False)
 
     def forward(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        *,
+        past: Cache | None = None,
+        return_cache: bool = False,
     ) -> DecoderOutput:
         """Hidden states after the final norm, ``(batch, length, hidden)``.
 
@@ -159,11 +180,22 @@ class LlamaDecoder(nn.Module):
         rows (how mtqa pads): then plain causal attention is exact for every real position, and
         positions count from 0 in every row. Any other mask is applied explicitly, with positions
         counted over the real tokens of each row.
+
+        ``past``: every row continues one context whose cache an earlier call returned (with
+        ``return_cache=True``, on that context alone); rows must then be right-padded.
         """
         b, t = input_ids.shape
         x = self.embed_tokens(input_ids)
         mask: torch.Tensor | None = None
-        if attention_mask is None or _right_padded(attention_mask):
+        if past is not None:
+            if attention_mask is not None and not _right_padded(attention_mask):
+                raise ValueError("rows that continue a context must be padded at the end")
+            n = past[0][0].shape[2]
+            pos = torch.arange(n, n + t, device=x.device, dtype=torch.float32)[None, :]
+            causal = torch.ones(t, t, dtype=torch.bool, device=x.device).tril()
+            seen = torch.ones(t, n, dtype=torch.bool, device=x.device)
+            mask = torch.cat((seen, causal), dim=1)[None, None]
+        elif attention_mask is None or _right_padded(attention_mask):
             pos = torch.arange(t, device=x.device, dtype=torch.float32)[None, :]
         else:
             keep = attention_mask.bool()
@@ -177,9 +209,14 @@ class LlamaDecoder(nn.Module):
         emb = torch.cat((freqs, freqs), dim=-1)
         cos = emb.cos().to(x.dtype)[:, None]
         sin = emb.sin().to(x.dtype)[:, None]
-        for layer in self.layers:
-            x = layer(x, cos, sin, mask)
-        return DecoderOutput(F.rms_norm(x, (self.spec.hidden_size,), self.norm, self.spec.rms_norm_eps))
+        kept: list[tuple[torch.Tensor, torch.Tensor]] = []
+        for k, layer in enumerate(self.layers):
+            x, kv = layer(x, cos, sin, mask, None if past is None else past[k])
+            if return_cache:
+                kept.append(kv if past is None else (torch.cat((past[k][0], kv[0]), dim=2),
+                                                     torch.cat((past[k][1], kv[1]), dim=2)))
+        hidden = F.rms_norm(x, (self.spec.hidden_size,), self.norm, self.spec.rms_norm_eps)
+        return DecoderOutput(hidden, tuple(kept) if return_cache else None)
 
 
 def _right_padded(mask: torch.Tensor) -> bool:

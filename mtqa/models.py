@@ -18,6 +18,7 @@ import logging
 import os
 import shutil
 import tempfile
+import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -43,6 +44,7 @@ __all__ = [
     "lm_settings_from_env",
     "load_lm",
     "prefix_token_id",
+    "shared_lm",
 ]
 
 logger = logging.getLogger(__name__)
@@ -189,6 +191,30 @@ def load_lm(
     logger.info("loaded %s (%s, %s) in %.1fs", name, sha, used, time.perf_counter() - started)
     return LoadedLM(model=model, tokenizer=tokenizer, prefix_id=prefix, name=name,
                     weights_sha=sha, path=path, backend=used)
+
+
+_SHARED: dict[tuple[str, str | None, str, str], LoadedLM] = {}
+_SHARED_LOCK = threading.Lock()
+
+
+def shared_lm(
+    lm_model: str | None = None,
+    *,
+    cache_dir: Path | None = None,
+    device: str = "cpu",
+    backend: str = "auto",
+    checker: str = "fluency",
+) -> LoadedLM:
+    """``load_lm``, once per process for each set of arguments: checkers that read the same
+    model (fluency, reference) share one copy. The model is read-only (inference mode), so
+    sharing it is safe; it stays loaded for the life of the process.
+    """
+    key = (lm_model or DEFAULT_LM, str(cache_dir) if cache_dir else None, device, backend)
+    with _SHARED_LOCK:
+        if key not in _SHARED:
+            _SHARED[key] = load_lm(lm_model, cache_dir=cache_dir, device=device,
+                                   backend=backend, checker=checker)
+        return _SHARED[key]
 
 
 def prefix_token_id(tokenizer: Tokenizer, special: Mapping[str, str] | None = None) -> int | None:

@@ -45,7 +45,10 @@ def _checker_kwargs(name: str, s: Settings) -> dict[str, object]:
                 "languagetool_jar_dir": s.languagetool_jar_dir, "enabled_rules": s.enabled_rules,
                 "disabled_rules": s.disabled_rules}
     if name == "reference":
-        return {"embedder": s.embedder, "mode": s.ref_mode}
+        # NOTE: the reference checker reads pairs with the LM whenever the LM runs at all
+        return {"embedder": s.embedder, "mode": s.ref_mode, "lm": "fluency" in s.checkers,
+                "lm_model": s.lm_model, "cache_dir": Path(s.cache_dir) if s.cache_dir else None,
+                "lm_backend": s.lm_backend, "device": s.device}
     return {}
 
 

@@ -93,7 +93,7 @@ def build_features(path: Path, out: Path, lm_cache: Path | None, limit: int | No
     logger.info("structure, grammar, reference on %d lines", len(keep))
     structure = StructureChecker()
     grammar = GrammarChecker(backend="harper")
-    reference = ReferenceChecker(mode="parallel")
+    reference = ReferenceChecker(mode="parallel", lm=True)
     st_free = structure.check(free_docs)
     st_ref = structure.check(ref_docs)
     gr_free = grammar.check(free_docs)

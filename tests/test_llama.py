@@ -9,10 +9,11 @@ from typing import Any
 import pytest
 import torch
 
-from mtqa.checkers.fluency import FluencyChecker, _batches
+from mtqa.checkers.fluency import FluencyChecker
 from mtqa.errors import ConfigError
 from mtqa.llama import LlamaLM, load_llama, unsupported
 from mtqa.models import load_lm
+from mtqa.surprisal import batches, score_continuations, score_sequences
 
 from conftest import ABC, read
 
@@ -130,7 +131,7 @@ def test_native_backend_refuses_what_it_cannot_run(tmp_path: Path) -> None:
 def test_batches_bound_rows_and_padded_tokens(
     lengths: list[int], rows: int, tokens: int, want: list[list[int]]
 ) -> None:
-    assert _batches(lengths, rows, tokens) == want
+    assert batches(lengths, rows, tokens) == want
 
 
 # --- with the real model ------------------------------------------------------------------------
@@ -156,3 +157,29 @@ def test_default_model_runs_natively_with_transformers_numbers() -> None:
     assert [(f.start, f.end, f.severity) for f in ra.findings] == [
         (f.start, f.end, f.severity) for f in rb.findings
     ]
+
+
+def test_continuations_from_a_cache_equal_whole_sequences(tmp_path: Path) -> None:
+    """Reading a shared context once (cache) scores as reading each pair whole, in any batch."""
+    hf, path = _tiny_hf(tmp_path)
+    native = load_llama(path, [path / "model.safetensors"])
+    torch.manual_seed(2)
+
+    def ids(n: int) -> list[int]:
+        return torch.randint(0, 97, (n,)).tolist()
+
+    ctx_a, ctx_b = ids(12), ids(7)
+    items = [(ctx_a, ids(9)), (ctx_b, ids(15)), (ctx_a, ids(4)), (ctx_a, ids(11)), (ctx_b, [])]
+    whole = score_sequences(native, [((*c, *t), len(c)) for c, t in items], max_rows=8,
+                            max_tokens=512)
+    for rows in (1, 2, 8):
+        cached = score_continuations(native, items, max_rows=rows, max_tokens=512)
+        assert [len(x) for x in cached] == [len(t) for _, t in items]
+        for got, want in zip(cached, whole):
+            assert got == pytest.approx(want, abs=1e-4)
+    alone = score_continuations(native, items[2:3], max_rows=8, max_tokens=512)
+    assert alone[0] == pytest.approx(whole[2], abs=1e-4)
+    # transformers models read each pair whole: the same numbers
+    via_hf = score_continuations(hf, items, max_rows=8, max_tokens=512)
+    for got, want in zip(via_hf, whole):
+        assert got == pytest.approx(want, abs=1e-4)

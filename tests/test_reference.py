@@ -530,3 +530,49 @@ def test_parallel_blank_reference_line_leaves_its_sentences_unsupported() -> Non
     # sacreBLEU still scores the line pair (hypothesis against an empty reference)
     assert ref_result.metrics[1].score == pytest.approx(
         CHRF().corpus_score(mt.split("\n"), [ref.split("\n")]).score)
+
+
+# --- reading pairs with the language model ------------------------------------------------------
+
+
+@pytest.mark.model
+def test_lm_reads_each_candidate_after_its_reference() -> None:
+    """A faithful candidate is more predictable after its reference than a wrong one."""
+    from mtqa.calibrate import model_inputs, unit_features
+    from mtqa.models import shared_lm
+
+    ref = ("The company said on Monday that profits rose by a fifth.\n"
+           "Its shares fell two per cent in early trading.")
+    good = ("The company said Monday that its profit rose by one fifth.\n"
+            "Its shares dropped 2 percent in early trading.")
+    bad = ("The firm announced on Monday that losses grew by a fifth.\n"
+           "Its stock climbed sharply after the market closed.")
+    checker = ReferenceChecker(encoder=HashEncoder(), mode="parallel", lm=True)
+    assert "|lm:SmolLM2-135M-Instruct@" in checker.signature
+    docs = [segment(Document(id=n, mt=t, ref=(ref,))) for n, t in (("good", good), ("bad", bad))]
+    res = checker.check(docs)
+    means = []
+    for d, r in zip(docs, res):
+        assert len(r.sentence_features) == len(d.sentences)
+        lines = [m for m in r.sentence_features if m]
+        assert len(lines) == 2  # one figure per line pair, on its first sentence
+        assert all(m["lm_cond_tokens"] >= 8 and m["lm_cond_sum"] > 0 for m in lines)
+        means.append(r.features["lm_cond_sum"] / r.features["lm_cond_tokens"])
+    assert means[0] < means[1] - 0.3
+    # the same numbers whatever else is checked alongside (contexts read alone)
+    alone = ReferenceChecker(encoder=HashEncoder(), mode="parallel",
+                             language_model=shared_lm()).check(docs[1:])[0]
+    assert alone.features["lm_cond_sum"] == pytest.approx(res[1].features["lm_cond_sum"], abs=1e-3)
+    # the calibration reads them as adequacy inputs of the unit
+    raw = unit_features(docs[0], [res[0]], [0])
+    assert raw["ref_lm_cond_tokens"] == res[0].sentence_features[0]["lm_cond_tokens"]
+    raw["lm_lm_sum"] = raw["ref_lm_cond_sum"] * 2
+    assert model_inputs(raw)["ref_lm_gain_share"] == pytest.approx(0.5, abs=0.01)
+
+
+def test_without_the_lm_the_signature_says_so() -> None:
+    checker = ReferenceChecker(encoder=HashEncoder(), mode="parallel")
+    assert "|lm:none|" in checker.signature
+    doc = segment(Document(id="t", mt="A cat sat on the mat.", ref=("The cat sat on the mat.",)))
+    result = checker.check([doc])[0]
+    assert result.sentence_features == () and "lm_cond_sum" not in result.features

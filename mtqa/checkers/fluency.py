@@ -123,8 +123,6 @@ class FluencyChecker(BaseChecker):
     WINDOW: ClassVar[int] = 1024
     CONTEXT: ClassVar[int] = 256
     PRECISION: ClassVar[str] = "fp32"
-    #: tokens of hidden states turned into vocabulary logits at once (bounds peak memory)
-    HEAD_CHUNK: ClassVar[int] = 256
     #: unigram frequency given to words wordfreq does not know (its English list stops at 1e-8)
     UNKNOWN_FREQ: ClassVar[float] = 1e-8
     #: fluency: each word costs max(0, z0 - PENALTY_FROM), z0 its standardised excess (below);
@@ -213,11 +211,14 @@ class FluencyChecker(BaseChecker):
         self.precision = precision
         self.window = window
         self.context = context
-        from mtqa.models import load_lm, prefix_token_id
+        from mtqa.models import load_lm, prefix_token_id, shared_lm
 
         if model is None or tokenizer is None:
-            lm = load_lm(lm_model, cache_dir=cache_dir, device=device, checker=self.name,
-                         backend=backend)
+            # NOTE: fp32 leaves the model as loaded, so the copy other checkers read is shared;
+            # bf16 and int8 convert it, so they get their own
+            load = shared_lm if precision == "fp32" else load_lm
+            lm = load(lm_model, cache_dir=cache_dir, device=device, checker=self.name,
+                      backend=backend)
             model, fast, prefix = lm.model, lm.tokenizer, lm.prefix_id
             self.model_name, self.weights_sha, self.backend = lm.name, lm.weights_sha, lm.backend
         else:
@@ -338,51 +339,11 @@ class FluencyChecker(BaseChecker):
 
     def _score_windows(self, model: torch.nn.Module, windows: list[_Window]) -> list[list[float]]:
         """Surprisal (nats) of the targets of each window, batched by length, in input order."""
-        import torch
+        from mtqa.surprisal import score_sequences
 
-        order = sorted(range(len(windows)), key=lambda i: -len(windows[i].ids))
-        out: list[list[float]] = [[] for _ in windows]
-        # NOTE: the decoder and the output projection are called apart so that only scored
-        # positions are projected onto the vocabulary (see below).
-        decoder = cast("torch.nn.Module", model.get_decoder())  # type: ignore[operator]
-        head = cast("torch.nn.Module", model.get_output_embeddings())  # type: ignore[operator]
-        with torch.inference_mode():
-            for members in _batches([len(windows[i].ids) for i in order], self.batch_size,
-                                    self.BATCH_TOKENS):
-                picked_order = [order[k] for k in members]
-                batch = [windows[i] for i in picked_order]
-                width = max(len(w.ids) for w in batch)
-                ids = torch.zeros((len(batch), width), dtype=torch.long)
-                mask = torch.zeros((len(batch), width), dtype=torch.long)
-                rows: list[int] = []
-                cols: list[int] = []
-                targets: list[int] = []
-                for r, w in enumerate(batch):
-                    ids[r, : len(w.ids)] = torch.tensor(w.ids)
-                    mask[r, : len(w.ids)] = 1
-                    rows.extend([r] * (len(w.ids) - w.first))
-                    cols.extend(range(w.first - 1, len(w.ids) - 1))
-                    targets.extend(w.ids[w.first :])
-                hidden = decoder(
-                    input_ids=ids.to(self.device), attention_mask=mask.to(self.device)
-                ).last_hidden_state
-                # NOTE: only real positions reach the vocabulary projection, so padding never
-                # enters a score and the (tokens x 49k) logits stay small.
-                picked = hidden[torch.tensor(rows), torch.tensor(cols)]
-                tgt = torch.tensor(targets, device=picked.device)
-                step = self.HEAD_CHUNK
-                values = torch.cat(
-                    [
-                        _surprisal(head, picked[c : c + step], tgt[c : c + step])
-                        for c in range(0, len(targets), step)
-                    ]
-                ).tolist()
-                pos = 0
-                for i, w in zip(picked_order, batch):
-                    n = len(w.ids) - w.first
-                    out[i] = values[pos : pos + n]
-                    pos += n
-        return out
+        return score_sequences(model, [(w.ids, w.first) for w in windows],
+                               max_rows=self.batch_size, max_tokens=self.BATCH_TOKENS,
+                               device=self.device)
 
     # --- analysis ---------------------------------------------------------------------------
 
@@ -527,21 +488,6 @@ class FluencyChecker(BaseChecker):
 # --- helpers ----------------------------------------------------------------------------------
 
 
-def _batches(lengths: Sequence[int], max_rows: int, max_tokens: int) -> list[list[int]]:
-    """Consecutive runs of ``lengths`` (sorted longest first) for one forward pass each.
-
-    A run ends before a window that would make it longer than ``max_rows`` windows or its padded
-    size (windows x the first, longest one) larger than ``max_tokens``.
-    """
-    out: list[list[int]] = []
-    for k, n in enumerate(lengths):
-        if out and len(out[-1]) < max_rows and (len(out[-1]) + 1) * lengths[out[-1][0]] <= max_tokens:
-            out[-1].append(k)
-        else:
-            out.append([k])
-    return out
-
-
 def _windows(doc: int, ids: Sequence[int], prefix: int, window: int, context: int) -> list[_Window]:
     """Overlapping windows over ``[prefix] + ids`` that score every token exactly once.
 
@@ -609,15 +555,6 @@ def _backend_tokenizer(tokenizer: Tokenizer | PreTrainedTokenizerBase) -> Tokeni
     if getattr(tokenizer, "is_fast", False) and isinstance(inner, Tokenizer):
         return inner
     raise CheckerUnavailable("fluency", "the tokenizer is not a fast tokenizer (offsets are needed)")
-
-
-def _surprisal(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    import torch
-
-    logits = head(hidden).float()
-    picked = logits.gather(1, targets[:, None])[:, 0]
-    out: torch.Tensor = (torch.logsumexp(logits, dim=1) - picked).double()
-    return out
 
 
 def _body_text(sd: SegmentedDocument) -> _Text:

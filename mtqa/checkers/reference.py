@@ -17,6 +17,12 @@ divergent stretches become low-confidence ``reference-mismatch`` findings, and f
 (numbers, dates, weekdays, names; quotations in comparable mode) whose mismatches become major
 ``fact-mismatch`` findings naming the reference's value.
 
+With a language model (``lm=True``; the pipeline turns it on whenever the fluency checker runs),
+parallel pairs are also read by the LM after their reference: the surprisal of the candidate
+given the reference (``lm_cond_sum``/``lm_cond_tokens`` per sentence) is an adequacy signal. A
+candidate that says what the reference says is predictable from it; the calibration compares
+it with the fluency checker's surprisal of the same words without the reference.
+
 Cost: a batch embeds each distinct sentence once, segments each distinct reference once,
 extracts each distinct segment's sacreBLEU statistics once and compares two names once. TER
 gives sacreBLEU's statistics, with its shift search scoring each step's candidate shifts
@@ -63,6 +69,8 @@ from mtqa.types import (
 
 if TYPE_CHECKING:
     from numpy.typing import NDArray
+
+    from mtqa.models import LoadedLM
 
 __all__ = [
     "BUNDLED_PACKAGE",
@@ -220,6 +228,11 @@ class ReferenceChecker(BaseChecker):
         # names are the noisiest: a reference may render a name another valid way
         {"number": 0.6, "year": 0.6, "date": 0.6, "weekday": 0.6, "quote": 0.5, "name": 0.4})
     BATCH_SIZE: ClassVar[int] = 16  # measured: 8-16 beat 64 by ~25% on CPU (less padding)
+    #: LM reading of parallel pairs: rows and padded tokens per forward pass, and the longest
+    #: reference + candidate read (longer pairs get no LM figure rather than a truncated one)
+    LM_ROWS: ClassVar[int] = 32
+    LM_TOKENS: ClassVar[int] = 2048
+    LM_MAX_PAIR: ClassVar[int] = 1024
 
     def __init__(
         self,
@@ -232,6 +245,11 @@ class ReferenceChecker(BaseChecker):
         batch_size: int = BATCH_SIZE,
         device: str | None = None,
         comparable_ter: bool = False,
+        lm: bool = False,
+        lm_model: str | None = None,
+        cache_dir: Path | None = None,
+        lm_backend: str = "auto",
+        language_model: LoadedLM | None = None,
     ) -> None:
         """Build the checker; the embedding model is loaded here, once.
 
@@ -245,6 +263,12 @@ class ReferenceChecker(BaseChecker):
             comparable_ter: also score TER in comparable mode. Off by default: TER against
                 another article's sentence measures nothing (and its shift search, though
                 batched, is the longest on such reordered pairs).
+            lm: read parallel pairs with the language model (``mtqa.models.shared_lm``: the
+                fluency checker's copy when both run in one process). When it cannot be
+                loaded the checker runs without it, says so in its signature (``lm:none``)
+                and logs a warning.
+            lm_model, cache_dir, lm_backend: which language model (as the fluency checker's).
+            language_model: a loaded model to use instead (tests, services).
 
         Raises:
             ConfigError: an unknown mode.
@@ -264,6 +288,18 @@ class ReferenceChecker(BaseChecker):
         else:
             self._encoder = encoder
             self.embedder_name = embedder or type(encoder).__name__
+        self._lm: LoadedLM | None = language_model
+        self.lm_skipped: str | None = None
+        if lm and language_model is None:
+            from mtqa.models import shared_lm
+
+            try:
+                self._lm = shared_lm(lm_model, cache_dir=cache_dir, device=device or "cpu",
+                                     backend=lm_backend, checker=self.name)
+            except CheckerUnavailable as exc:
+                self.lm_skipped = exc.reason
+                logger.warning("reference: reading pairs without the language model: %s",
+                               exc.reason)
         self._bleu = BLEU()
         self._sent_bleu = BLEU(effective_order=True)
         self._chrf = CHRF()
@@ -273,13 +309,15 @@ class ReferenceChecker(BaseChecker):
     @property
     def signature(self) -> str:
         """Settings that change the numbers; sacreBLEU's own signatures come with each result."""
+        lm = f"{self._lm.name}@{self._lm.weights_sha}" if self._lm is not None else "none"
         return (f"reference|mode:{self.mode}|emb:{self.embedder_name}|thr:{self.threshold:g}"
                 f"|floor:{self.floor:g}|cter:{'yes' if self.comparable_ter else 'no'}"
-                f"|mtqa:{__version__}")
+                f"|lm:{lm}|mtqa:{__version__}")
 
     def close(self) -> None:
-        """Drop the embedding model."""
+        """Drop the embedding model (and this checker's hold on the language model)."""
         self._encoder = None
+        self._lm = None
 
     # -- batch ----------------------------------------------------------------------------
 
@@ -316,17 +354,24 @@ class ReferenceChecker(BaseChecker):
                         texts.setdefault(seg.text(s), len(texts))
         emb = self._embed(list(texts))
         t1 = time.perf_counter()
+        plans = [None if job is None else
+                 self._plan(job, _rows(emb, texts, d), _rows(emb, texts, job.refs[0].seg))
+                 for d, job in zip(docs, jobs)]
+        t2 = time.perf_counter()
+        cond = self._read_pairs([p for p in plans if p is not None])
+        t3 = time.perf_counter()
         out = []
         memo = _BatchMemo()
-        for d, job in zip(docs, jobs):
-            if job is None:
+        for d, job, plan in zip(docs, jobs, plans):
+            if job is None or plan is None:
                 out.append(CheckResult(checker=self.name, doc_id=d.doc.id, signature=self.signature,
                                        sentence_scores=(None,) * len(d.sentences)))
             else:
-                out.append(self._check_one(job, _rows(emb, texts, d), _rows(emb, texts, job.refs[0].seg),
-                                           memo))
-        logger.debug("reference: %d docs, %d sentences embedded in %.2fs, scored in %.2fs",
-                     len(docs), len(texts), t1 - t0, time.perf_counter() - t1)
+                mode, pairs, line_pairs = plan
+                out.append(self._score(mode, job.mt, job.refs, pairs, line_pairs, memo, cond))
+        logger.debug("reference: %d docs, %d sentences embedded in %.2fs, aligned in %.2fs, "
+                     "LM %.2fs, scored in %.2fs", len(docs), len(texts), t1 - t0, t2 - t1,
+                     t3 - t2, time.perf_counter() - t3)
         return out
 
     def _embed(self, texts: list[str]) -> NDArray[np.float32]:
@@ -340,8 +385,9 @@ class ReferenceChecker(BaseChecker):
 
     # -- one document ---------------------------------------------------------------------
 
-    def _check_one(self, job: _Job, mt_emb: NDArray[np.float32], ref_emb: NDArray[np.float32],
-                   memo: _BatchMemo) -> CheckResult:
+    def _plan(self, job: _Job, mt_emb: NDArray[np.float32], ref_emb: NDArray[np.float32]
+              ) -> tuple[str, list[_Pair], list[_LinePair] | None]:
+        """The mode and the pairs to compare (and the line pairs, in parallel mode)."""
         mt, refs, pairing = job.mt, job.refs, job.pairing
         mode = self.mode
         if mode == "auto":
@@ -351,12 +397,45 @@ class ReferenceChecker(BaseChecker):
         if mode == "parallel":
             pairs, line_pairs = self._parallel_pairs(mt, refs, [p or [] for p in pairing],
                                                      mt_emb, ref_emb)
-            return self._score(mode, mt, refs, pairs, line_pairs, memo)
+            return mode, pairs, line_pairs
         if len(refs) > 1:
             logger.info("%s: comparable mode aligns with the first of %d references",
                         mt.seg.doc.id, len(refs))
-        return self._score(mode, mt, refs, self._comparable_pairs(mt, refs[0], mt_emb, ref_emb), None,
-                           memo)
+        return mode, self._comparable_pairs(mt, refs[0], mt_emb, ref_emb), None
+
+    def _read_pairs(self, plans: Sequence[tuple[str, list[_Pair], list[_LinePair] | None]]
+                    ) -> dict[tuple[str, str], tuple[float, int]]:
+        """LM surprisal of each parallel pair's candidate after its (first) reference.
+
+        Keyed by (reference text, candidate text): ``(sum in nats, tokens)``. Pairs longer than
+        ``LM_MAX_PAIR`` tokens together are left out.
+        """
+        if self._lm is None:
+            return {}
+        from mtqa.surprisal import score_continuations
+
+        lm = self._lm
+        wanted = list(dict.fromkeys((p.refs[0], p.hyp) for mode, pairs, _ in plans
+                                    if mode == "parallel" for p in pairs
+                                    if p.hyp.strip() and p.refs and p.refs[0].strip()))
+        if not wanted:
+            return {}
+        texts = list(dict.fromkeys(t for pair in wanted for t in pair))
+        # NOTE: the reference is followed by a newline, as a line of the same text would be
+        encoded = lm.tokenizer.encode_batch([t.strip() for t in texts] +
+                                            [t.strip() + "\n" for t in texts],
+                                            add_special_tokens=False)
+        plain = {t: e.ids for t, e in zip(texts, encoded)}
+        ended = {t: e.ids for t, e in zip(texts, encoded[len(texts):])}
+        items, keys = [], []
+        for ref, hyp in wanted:
+            ctx, cont = [lm.prefix_id, *ended[ref]], plain[hyp]
+            if cont and len(ctx) + len(cont) <= self.LM_MAX_PAIR:
+                items.append((ctx, cont))
+                keys.append((ref, hyp))
+        values = score_continuations(lm.model, items, max_rows=self.LM_ROWS,
+                                     max_tokens=self.LM_TOKENS, device=str(_model_device(lm)))
+        return {k: (float(sum(v)), len(v)) for k, v in zip(keys, values)}
 
     def _looks_parallel(self, mt: _Side, ref: _Side, pairing: list[tuple[int, int]],
                         mt_emb: NDArray[np.float32], ref_emb: NDArray[np.float32]) -> bool:
@@ -432,7 +511,8 @@ class ReferenceChecker(BaseChecker):
     # -- scores, coverage, findings -------------------------------------------------------
 
     def _score(self, mode: str, mt: _Side, refs: tuple[_Side, ...], pairs: list[_Pair],
-               line_pairs: list[_LinePair] | None, memo: _BatchMemo) -> CheckResult:
+               line_pairs: list[_LinePair] | None, memo: _BatchMemo,
+               cond: Mapping[tuple[str, str], tuple[float, int]]) -> CheckResult:
         d = mt.seg
         ref0 = refs[0].seg
         use_ter = mode == "parallel" or self.comparable_ter
@@ -450,6 +530,7 @@ class ReferenceChecker(BaseChecker):
 
         links: list[AlignmentLink] = []
         pair_scores: dict[int, float] = {}
+        per_sentence: dict[int, Mapping[str, float]] = {}
         findings: list[Finding] = []
         names = _NameIndex(d, refs, memo.names)
         for k, p in enumerate(pairs):
@@ -460,6 +541,11 @@ class ReferenceChecker(BaseChecker):
                 metrics.append(Metric("TER", self._ter._aggregate_and_compute([ter_s[k]]).score,
                                       ter_sig))
             combined = _combine(metrics[0].score, p.similarity)
+            read = cond.get((p.refs[0], p.hyp)) if mode == "parallel" and p.refs else None
+            if read is not None and p.mt_sents:
+                # the pair's figure goes to its first sentence: a scoring unit holds them all
+                per_sentence[p.mt_sents[0]] = MappingProxyType(
+                    {"lm_cond_sum": read[0], "lm_cond_tokens": float(read[1])})
             for i in p.mt_sents:
                 links.append(AlignmentLink(mt=i, ref=p.ref_sents, similarity=p.similarity,
                                            metrics=tuple(metrics)))
@@ -530,9 +616,16 @@ class ReferenceChecker(BaseChecker):
         scores = tuple(pair_scores.get(i) if s.kind is Kind.BODY else None
                        for i, s in enumerate(d.sentences))
         findings.sort(key=lambda f: (f.start, f.end, f.category))
+        sentence_features: tuple[Mapping[str, float], ...] = ()
+        if per_sentence:
+            empty: Mapping[str, float] = MappingProxyType({})
+            sentence_features = tuple(per_sentence.get(i, empty) for i in range(len(d.sentences)))
+            features["lm_cond_sum"] = sum(m["lm_cond_sum"] for m in per_sentence.values())
+            features["lm_cond_tokens"] = sum(m["lm_cond_tokens"] for m in per_sentence.values())
         return CheckResult(checker=self.name, doc_id=d.doc.id, signature=signature,
                            findings=tuple(findings), sentence_scores=scores, doc_score=doc_score,
-                           features=MappingProxyType(features), reference=result)
+                           features=MappingProxyType(features), reference=result,
+                           sentence_features=sentence_features)
 
     def _diff_findings(self, mode: str, d: SegmentedDocument, p: _Pair,
                        body: list[Sentence]) -> list[Finding]:
@@ -598,6 +691,11 @@ class ReferenceChecker(BaseChecker):
 
 
 # --- helpers: lines, embeddings, sacreBLEU --------------------------------------------------
+
+
+def _model_device(lm: LoadedLM) -> Any:
+    """The device the language model's weights are on."""
+    return next(lm.model.parameters()).device
 
 
 def _ref_side(text: str, doc_id: str, done: dict[str, _Side]) -> _Side:

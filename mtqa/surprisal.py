@@ -1,0 +1,155 @@
+"""Token surprisal with a causal language model, batched (shared by the LM-reading checkers).
+
+``score_sequences`` reads token sequences and returns the surprisal (nats) of each token from a
+given position on, each predicted from every token before it. Sequences are sorted by length
+and cut into batches of at most ``max_rows`` rows and ``max_tokens`` padded positions, padded at
+the end (so causal attention alone keeps padding out of every real position), and the results
+come back in input order. ``score_continuations`` scores texts given a context (the reference
+checker reads a translation after its reference): a context that several items share is read
+once when the model can continue from a cache (``mtqa.llama``), and every context is read that
+way, alone, so that an item's numbers never depend on what else is in the call.
+
+torch is imported inside the functions: importing this module costs nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, cast
+
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["HEAD_CHUNK", "batches", "score_continuations", "score_sequences"]
+
+#: hidden states turned into vocabulary logits at once (bounds peak memory)
+HEAD_CHUNK = 256
+
+
+def batches(lengths: Sequence[int], max_rows: int, max_tokens: int) -> list[list[int]]:
+    """Consecutive runs of ``lengths`` (sorted longest first) for one forward pass each.
+
+    A run ends before a sequence that would make it longer than ``max_rows`` rows or its padded
+    size (rows x the first, longest one) larger than ``max_tokens``.
+    """
+    out: list[list[int]] = []
+    for k, n in enumerate(lengths):
+        if out and len(out[-1]) < max_rows and (len(out[-1]) + 1) * lengths[out[-1][0]] <= max_tokens:
+            out[-1].append(k)
+        else:
+            out.append([k])
+    return out
+
+
+def surprisal(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """``-log p(target)`` for each row of ``hidden`` (float64), in chunks of ``HEAD_CHUNK``."""
+    import torch
+
+    parts = []
+    for c in range(0, len(targets), HEAD_CHUNK):
+        logits = head(hidden[c : c + HEAD_CHUNK]).float()
+        picked = logits.gather(1, targets[c : c + HEAD_CHUNK, None])[:, 0]
+        parts.append((torch.logsumexp(logits, dim=1) - picked).double())
+    return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.float64)
+
+
+def score_sequences(
+    model: torch.nn.Module,
+    seqs: Sequence[tuple[Sequence[int], int]],
+    *,
+    max_rows: int,
+    max_tokens: int,
+    device: str = "cpu",
+) -> list[list[float]]:
+    """Surprisal of tokens ``ids[first:]`` of each ``(ids, first)``, ``first >= 1``, in order.
+
+    ``model`` has ``get_decoder()`` (called with ``input_ids`` and ``attention_mask``, returning
+    ``last_hidden_state``) and ``get_output_embeddings()``, as transformers' causal LMs and
+    ``mtqa.llama.LlamaLM`` do. Only scored positions reach the vocabulary projection, so padding
+    never enters a score and the (tokens x vocabulary) logits stay small.
+    """
+    import torch
+
+    decoder = cast("torch.nn.Module", model.get_decoder())  # type: ignore[operator]
+    head = cast("torch.nn.Module", model.get_output_embeddings())  # type: ignore[operator]
+    order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i][0]))
+    out: list[list[float]] = [[] for _ in seqs]
+    with torch.inference_mode():
+        for members in batches([len(seqs[i][0]) for i in order], max_rows, max_tokens):
+            picked_order = [order[k] for k in members]
+            width = max(len(seqs[i][0]) for i in picked_order)
+            ids = torch.zeros((len(picked_order), width), dtype=torch.long)
+            mask = torch.zeros((len(picked_order), width), dtype=torch.long)
+            rows: list[int] = []
+            cols: list[int] = []
+            targets: list[int] = []
+            for r, i in enumerate(picked_order):
+                seq, first = seqs[i]
+                ids[r, : len(seq)] = torch.tensor(list(seq))
+                mask[r, : len(seq)] = 1
+                rows.extend([r] * (len(seq) - first))
+                cols.extend(range(first - 1, len(seq) - 1))
+                targets.extend(seq[first:])
+            hidden = decoder(
+                input_ids=ids.to(device), attention_mask=mask.to(device)
+            ).last_hidden_state
+            chosen = hidden[torch.tensor(rows), torch.tensor(cols)]
+            values = surprisal(head, chosen, torch.tensor(targets, device=chosen.device)).tolist()
+            pos = 0
+            for i in picked_order:
+                n = len(seqs[i][0]) - seqs[i][1]
+                out[i] = values[pos : pos + n]
+                pos += n
+    return out
+
+
+def score_continuations(
+    model: torch.nn.Module,
+    items: Sequence[tuple[Sequence[int], Sequence[int]]],
+    *,
+    max_rows: int,
+    max_tokens: int,
+    device: str = "cpu",
+) -> list[list[float]]:
+    """Surprisal of every token of ``continuation`` after ``context``, for each pair, in order.
+
+    ``context`` must hold at least one token (the model's text prefix, at least). With a
+    ``mtqa.llama.LlamaLM`` each distinct context is read once, alone, and the continuations
+    that follow it are read in batches from its cache; any other model reads each pair whole.
+    """
+    import torch
+
+    from mtqa.llama import LlamaLM
+
+    if not isinstance(model, LlamaLM):
+        joined = [((*ctx, *cont), len(ctx)) for ctx, cont in items]
+        return score_sequences(model, joined, max_rows=max_rows, max_tokens=max_tokens,
+                               device=device)
+    decoder, head = model.get_decoder(), model.get_output_embeddings()
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, (ctx, _cont) in enumerate(items):
+        groups.setdefault(tuple(ctx), []).append(i)
+    out: list[list[float]] = [[] for _ in items]
+    with torch.inference_mode():
+        for ctx, members in groups.items():
+            first = decoder(torch.tensor([ctx], device=device), return_cache=True)
+            last = first.last_hidden_state[0, -1:]
+            members = [i for i in members if items[i][1]]
+            order = sorted(members, key=lambda i: -len(items[i][1]))
+            for run in batches([len(items[i][1]) for i in order], max_rows, max_tokens):
+                picked = [order[k] for k in run]
+                width = max(len(items[i][1]) for i in picked)
+                ids = torch.zeros((len(picked), width), dtype=torch.long)
+                mask = torch.zeros((len(picked), width), dtype=torch.long)
+                for r, i in enumerate(picked):
+                    cont = items[i][1]
+                    ids[r, : len(cont)] = torch.tensor(list(cont))
+                    mask[r, : len(cont)] = 1
+                hidden = decoder(ids.to(device), mask.to(device), past=first.cache).last_hidden_state
+                for r, i in enumerate(picked):
+                    cont = items[i][1]
+                    # the first token is predicted by the context's last position
+                    states = torch.cat((last, hidden[r, : len(cont) - 1]))
+                    tgt = torch.tensor(list(cont), device=states.device)
+                    out[i] = surprisal(head, states, tgt).tolist()
+    return out
