@@ -248,12 +248,20 @@ MONOTONE_PREFIXES = ("structure_", "grammar_", "fluency_", "blocking_", "ref_fac
 
 def fit_poisson(rows: Sequence[Mapping[str, float]], target: Sequence[float], *, l2: float = 1.0,
                 inputs: Sequence[str] | None = None,
-                prior: Mapping[str, float] | None = None) -> UnitModel:
+                prior: Mapping[str, float] | None = None,
+                groups: Sequence[str] | None = None, rank_weight: float = 0.0) -> UnitModel:
     """Fit a UnitModel by penalised Poisson maximum likelihood (quasi-Poisson: any target >= 0).
 
     Weights of ``MONOTONE_PREFIXES`` inputs are constrained to be non-negative. With ``prior``
     (raw count -> fixed penalty each), the fit explains what the prior leaves of each target,
     and the inputs made from those counts are left out.
+
+    With ``groups`` (rows that translate the same source segment share a group) and
+    ``rank_weight`` > 0, the loss adds ``rank_weight`` times the mean pairwise logistic loss over
+    the pairs of a group whose targets differ: the better translation should get the lower
+    expected penalty. The likelihood alone is dominated by how segments differ (length,
+    difficulty); this term makes the fit rank the translations of one segment too, which is
+    what comparing systems needs.
     """
     from scipy.optimize import minimize
 
@@ -273,6 +281,8 @@ def fit_poisson(rows: Sequence[Mapping[str, float]], target: Sequence[float], *,
     scale[scale < 1e-9] = 1.0
     z = (mat - center) / scale
     n = float(len(y))
+    better, worse = _ranked_pairs(groups, target) if groups is not None and rank_weight > 0 \
+        else (np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64))
 
     def loss(w: np.ndarray) -> tuple[float, np.ndarray]:
         eta = np.clip(w[0] + z @ w[1:], -30.0, 10.0)
@@ -280,6 +290,14 @@ def fit_poisson(rows: Sequence[Mapping[str, float]], target: Sequence[float], *,
         nll = float(np.sum(mu - y * eta)) / n + 0.5 * l2 * float(w[1:] @ w[1:]) / n
         grad = np.concatenate([[np.sum(mu - y)], z.T @ (mu - y)]) / n
         grad[1:] += l2 * w[1:] / n
+        if len(better):
+            d = eta[better] - eta[worse]  # want < 0
+            nll += rank_weight * float(np.mean(np.logaddexp(0.0, d)))
+            push = rank_weight / len(better) / (1.0 + np.exp(-d))
+            per_row = np.zeros(len(y))
+            np.add.at(per_row, better, push)
+            np.add.at(per_row, worse, -push)
+            grad[1:] += z.T @ per_row
         return nll, grad
 
     w0 = np.zeros(len(names) + 1)
@@ -290,6 +308,23 @@ def fit_poisson(rows: Sequence[Mapping[str, float]], target: Sequence[float], *,
     w = res.x
     return UnitModel(names, tuple(map(float, center)), tuple(map(float, scale)),
                      tuple(map(float, w[1:])), float(w[0]), prior=MappingProxyType(prior))
+
+
+def _ranked_pairs(groups: Sequence[str], target: Sequence[float]
+                  ) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+    """Row indices ``(better, worse)`` of every pair in one group with a lower and a higher target."""
+    by: dict[str, list[int]] = {}
+    for i, g in enumerate(groups):
+        by.setdefault(g, []).append(i)
+    better: list[int] = []
+    worse: list[int] = []
+    for members in by.values():
+        for a in members:
+            for b in members:
+                if target[a] < target[b]:
+                    better.append(a)
+                    worse.append(b)
+    return np.asarray(better, dtype=np.int64), np.asarray(worse, dtype=np.int64)
 
 
 # --- spans -------------------------------------------------------------------------------------

@@ -6,8 +6,7 @@ and cut into batches of at most ``max_rows`` rows and ``max_tokens`` padded posi
 the end (so causal attention alone keeps padding out of every real position), and the results
 come back in input order. ``score_continuations`` scores texts given a context (the reference
 checker reads a translation after its reference): a context that several items share is read
-once when the model can continue from a cache (``mtqa.llama``), and every context is read that
-way, alone, so that an item's numbers never depend on what else is in the call.
+once when the model can continue from a cache (``mtqa.llama``).
 
 torch is imported inside the functions: importing this module costs nothing.
 """
@@ -19,6 +18,8 @@ from typing import TYPE_CHECKING, cast
 
 if TYPE_CHECKING:
     import torch
+
+    from mtqa.llama import Cache
 
 __all__ = ["HEAD_CHUNK", "batches", "score_continuations", "score_sequences"]
 
@@ -103,6 +104,34 @@ def score_sequences(
     return out
 
 
+def _continue(decoder: torch.nn.Module, head: torch.nn.Module, cache: Cache, last: torch.Tensor,
+              items: Sequence[tuple[Sequence[int], Sequence[int]]], members: list[int],
+              out: list[list[float]], max_rows: int, max_tokens: int, device: str) -> None:
+    """Score the continuations ``members`` of one context from its cache, into ``out``."""
+    import torch
+
+    order = sorted(members, key=lambda i: -len(items[i][1]))
+    for run in batches([len(items[i][1]) for i in order], max_rows, max_tokens):
+        picked = [order[k] for k in run]
+        width = max(len(items[i][1]) for i in picked)
+        ids = torch.zeros((len(picked), width), dtype=torch.long)
+        mask = torch.zeros((len(picked), width), dtype=torch.long)
+        for r, i in enumerate(picked):
+            cont = items[i][1]
+            ids[r, : len(cont)] = torch.tensor(list(cont))
+            mask[r, : len(cont)] = 1
+        hidden = decoder(ids.to(device), mask.to(device), past=cache).last_hidden_state
+        # the first token of each is predicted by the context's last position
+        states = torch.cat([torch.cat((last, hidden[r, : len(items[i][1]) - 1]))
+                            for r, i in enumerate(picked)])
+        targets = torch.tensor([t for i in picked for t in items[i][1]], device=states.device)
+        values = surprisal(head, states, targets).tolist()
+        pos = 0
+        for i in picked:
+            out[i] = values[pos : pos + len(items[i][1])]
+            pos += len(items[i][1])
+
+
 def score_continuations(
     model: torch.nn.Module,
     items: Sequence[tuple[Sequence[int], Sequence[int]]],
@@ -114,8 +143,10 @@ def score_continuations(
     """Surprisal of every token of ``continuation`` after ``context``, for each pair, in order.
 
     ``context`` must hold at least one token (the model's text prefix, at least). With a
-    ``mtqa.llama.LlamaLM`` each distinct context is read once, alone, and the continuations
-    that follow it are read in batches from its cache; any other model reads each pair whole.
+    ``mtqa.llama.LlamaLM`` each distinct context is read once (contexts in batches) and the
+    continuations that follow it are read in batches from its cache; any other model reads each
+    pair whole. Either way an item's numbers do not depend on the rest of the call beyond float
+    rounding.
     """
     import torch
 
@@ -127,29 +158,29 @@ def score_continuations(
                                device=device)
     decoder, head = model.get_decoder(), model.get_output_embeddings()
     groups: dict[tuple[int, ...], list[int]] = {}
-    for i, (ctx, _cont) in enumerate(items):
-        groups.setdefault(tuple(ctx), []).append(i)
+    for i, (ctx, cont) in enumerate(items):
+        if cont:
+            groups.setdefault(tuple(ctx), []).append(i)
+    contexts = list(groups)
+    by_length = sorted(range(len(contexts)), key=lambda g: -len(contexts[g]))
     out: list[list[float]] = [[] for _ in items]
     with torch.inference_mode():
-        for ctx, members in groups.items():
-            first = decoder(torch.tensor([ctx], device=device), return_cache=True)
-            last = first.last_hidden_state[0, -1:]
-            members = [i for i in members if items[i][1]]
-            order = sorted(members, key=lambda i: -len(items[i][1]))
-            for run in batches([len(items[i][1]) for i in order], max_rows, max_tokens):
-                picked = [order[k] for k in run]
-                width = max(len(items[i][1]) for i in picked)
-                ids = torch.zeros((len(picked), width), dtype=torch.long)
-                mask = torch.zeros((len(picked), width), dtype=torch.long)
-                for r, i in enumerate(picked):
-                    cont = items[i][1]
-                    ids[r, : len(cont)] = torch.tensor(list(cont))
-                    mask[r, : len(cont)] = 1
-                hidden = decoder(ids.to(device), mask.to(device), past=first.cache).last_hidden_state
-                for r, i in enumerate(picked):
-                    cont = items[i][1]
-                    # the first token is predicted by the context's last position
-                    states = torch.cat((last, hidden[r, : len(cont) - 1]))
-                    tgt = torch.tensor(list(cont), device=states.device)
-                    out[i] = surprisal(head, states, tgt).tolist()
+        # contexts are read in batches, padded at the end: each row's cache, cut to its own
+        # length, is what reading it alone gives (up to float rounding)
+        for run in batches([len(contexts[g]) for g in by_length], max_rows, max_tokens):
+            picked = [by_length[k] for k in run]
+            width = max(len(contexts[g]) for g in picked)
+            ids = torch.zeros((len(picked), width), dtype=torch.long)
+            mask = torch.zeros((len(picked), width), dtype=torch.long)
+            for r, g in enumerate(picked):
+                ids[r, : len(contexts[g])] = torch.tensor(contexts[g])
+                mask[r, : len(contexts[g])] = 1
+            read = decoder(ids.to(device), mask.to(device), return_cache=True)
+            assert read.cache is not None  # noqa: S101 - asked for
+            for r, g in enumerate(picked):
+                n = len(contexts[g])
+                cache = tuple((k[r : r + 1, :, :n], v[r : r + 1, :, :n]) for k, v in read.cache)
+                last = read.last_hidden_state[r, n - 1 : n]
+                _continue(decoder, head, cache, last, items, groups[contexts[g]], out,
+                          max_rows, max_tokens, device)
     return out
