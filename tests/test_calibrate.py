@@ -144,6 +144,30 @@ def test_fit_poisson_recovers_known_coefficients() -> None:
     assert float(np.corrcoef(pred, mu)[0, 1]) > 0.98
 
 
+def test_ranking_term_learns_what_orders_translations_of_one_segment() -> None:
+    """Between segments chrF rises with the penalty (harder, longer segments), within one it
+    falls: the likelihood alone learns the first, the pairwise term the second."""
+    from mtqa.evaluate import within_segment_kendall
+
+    rng = np.random.default_rng(11)
+    rows, target, groups = [], [], []
+    for g in range(300):
+        m = rng.uniform(20, 80)
+        for _ in range(6):
+            chrf = m + rng.uniform(-10, 10)
+            rows.append({"words": 20.0, "ref_len_ratio": 0.0, "ref_chrf": chrf})
+            target.append(float(rng.poisson(np.exp(np.log(0.1 * m) - 0.15 * (chrf - m)))))
+            groups.append(str(g))
+    within = {}
+    for weight in (0.0, 100.0):
+        model = fit_poisson(rows, target, l2=0.01, groups=groups, rank_weight=weight)
+        coef = dict(zip(model.inputs, model.coef))["ref_chrf"]
+        assert (coef > 0) == (weight == 0.0)
+        pred = [-model.expected_penalty(r) for r in rows]
+        within[weight] = within_segment_kendall(pred, [-t for t in target], groups)
+    assert within[0.0] < 0 < within[100.0]
+
+
 def test_fit_logistic_recovers_known_coefficients() -> None:
     rng = np.random.default_rng(3)
     x = rng.normal(size=(5000, 2))
