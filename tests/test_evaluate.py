@@ -64,6 +64,12 @@ def test_load_sample_and_baselines() -> None:
     assert all(len(v) == len(records) for v in base.values())
     assert all(0.0 <= v <= 100.0 for v in base["chrF"]) and max(base["chrF"]) > 30.0
     assert base["-length"][0] == -len(records[0].hypothesis)
+    # the baselines are sacreBLEU's own sentence scores (TER from the batched shift search)
+    import sacrebleu
+
+    for k, r in enumerate(records):
+        assert base["-TER"][k] == -sacrebleu.sentence_ter(r.hypothesis, [r.reference]).score
+        assert base["chrF"][k] == sacrebleu.sentence_chrf(r.hypothesis, [r.reference]).score
 
 
 def test_malformed_line_names_file_and_line(tmp_path: Path) -> None:
