@@ -10,7 +10,11 @@ the last 10 are held out of every fit and threshold and only reported.
     python scripts/calibrate.py --features /tmp/mqm_features.jsonl --lm-cache /tmp/lm.pkl
 
 The LM pass (~380k tokens) takes 12-15 min on 2 cores; ``--lm-cache`` keeps it (a pickle of
-``(signature, line indices) -> WordScores`` as ``benchmarks/fluency_mqm.py`` writes it).
+``(signature, line indices) -> WordScores`` as ``benchmarks/fluency_mqm.py`` writes it). The
+reference checker's LM reading of every line after its reference takes about as long again.
+Each unit model's within-segment ranking weight is chosen by cross-validation over the training
+documents (``choose_rank_weight``); major spans must reach ``SpanModel.MAJOR_PRECISION +
+MAJOR_MARGIN`` training precision.
 """
 
 from __future__ import annotations
