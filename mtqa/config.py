@@ -26,10 +26,14 @@ from pathlib import Path
 from mtqa.errors import ConfigError
 from mtqa.types import JSONValue
 
-__all__ = ["CHECKERS", "Settings", "load_settings"]
+__all__ = ["CHECKERS", "LM_BACKENDS", "Settings", "load_settings"]
 
 #: every checker mtqa knows, in the order they run
 CHECKERS: tuple[str, ...] = ("structure", "fluency", "grammar", "reference")
+#: how the language model is run: ``native`` is mtqa's own Llama forward (``mtqa/llama.py``; no
+#: transformers import), ``transformers`` is ``AutoModelForCausalLM``, ``auto`` native where it
+#: applies (``mtqa.models.load_lm``)
+LM_BACKENDS: tuple[str, ...] = ("auto", "native", "transformers")
 
 _ENV = {
     "MTQA_LM_MODEL": "lm_model",
@@ -53,7 +57,7 @@ class Settings:
     batch_size: int = 32
     threads: int | None = None
     device: str = "cpu"
-    #: auto | native (mtqa's own Llama forward) | transformers; see mtqa.models.BACKENDS
+    #: one of LM_BACKENDS
     lm_backend: str = "auto"
     # grammar
     grammar_backend: str = "auto"
@@ -84,8 +88,8 @@ class Settings:
         if self.device not in ("cpu", "cuda") and not self.device.startswith("cuda:"):
             err = f"device must be 'cpu' or 'cuda[:N]', not {self.device!r}"
             raise ConfigError(err)
-        if self.lm_backend not in ("auto", "native", "transformers"):
-            err = f"lm_backend must be auto, native or transformers, not {self.lm_backend!r}"
+        if self.lm_backend not in LM_BACKENDS:
+            err = f"lm_backend must be one of {', '.join(LM_BACKENDS)}, not {self.lm_backend!r}"
             raise ConfigError(err)
         if self.ref_mode not in ("auto", "parallel", "comparable"):
             err = f"ref_mode must be auto, parallel or comparable, not {self.ref_mode!r}"

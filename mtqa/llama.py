@@ -183,7 +183,10 @@ class LlamaDecoder(nn.Module):
 
         ``past``: every row continues one context whose cache an earlier call returned (with
         ``return_cache=True``, on that context alone); rows must then be right-padded.
+        ``return_cache`` returns the keys and values of this call's tokens (not with ``past``).
         """
+        if past is not None and return_cache:
+            raise ValueError("return_cache reads a context; it does not extend a cache")
         b, t = input_ids.shape
         x = self.embed_tokens(input_ids)
         mask: torch.Tensor | None = None
@@ -213,8 +216,7 @@ class LlamaDecoder(nn.Module):
         for k, layer in enumerate(self.layers):
             x, kv = layer(x, cos, sin, mask, None if past is None else past[k])
             if return_cache:
-                kept.append(kv if past is None else (torch.cat((past[k][0], kv[0]), dim=2),
-                                                     torch.cat((past[k][1], kv[1]), dim=2)))
+                kept.append(kv)
         hidden = F.rms_norm(x, (self.spec.hidden_size,), self.norm, self.spec.rms_norm_eps)
         return DecoderOutput(hidden, tuple(kept) if return_cache else None)
 

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
+from mtqa.config import LM_BACKENDS
 from mtqa.errors import CheckerUnavailable, ConfigError
 
 if TYPE_CHECKING:
@@ -42,6 +43,7 @@ __all__ = [
     "file_sha256",
     "find_bundled_gguf",
     "lm_settings_from_env",
+    "backend_tokenizer",
     "load_lm",
     "prefix_token_id",
     "shared_lm",
@@ -60,9 +62,8 @@ _CACHE_FORMAT = 1
 _WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 _WEIGHT_INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
 _SHA_LEN = 12
-#: how a model is run: ``native`` is mtqa's own Llama forward (``mtqa/llama.py``; no transformers
-#: import), ``transformers`` is ``AutoModelForCausalLM``, ``auto`` is native where it applies
-BACKENDS = ("auto", "native", "transformers")
+#: how a model is run (``mtqa.config.LM_BACKENDS``)
+BACKENDS = LM_BACKENDS
 #: the token put before every text so that its first word is scored, when the vocabulary has it
 PREFIX_TOKEN = "<|endoftext|>"
 
@@ -270,11 +271,32 @@ def _load_native(path: Path, device: str, checker: str) -> torch.nn.Module:
     return model.to(device)
 
 
+def backend_tokenizer(tokenizer: Tokenizer | PreTrainedTokenizerBase, checker: str = "fluency"
+                      ) -> Tokenizer:
+    """The ``tokenizers.Tokenizer`` that gives ids and offsets: ``tokenizer`` itself, or the one
+    inside a transformers fast tokenizer.
+
+    Raises:
+        CheckerUnavailable: a slow (Python) tokenizer, which gives no offsets.
+    """
+    from tokenizers import Tokenizer
+
+    if isinstance(tokenizer, Tokenizer):
+        return tokenizer
+    inner = getattr(tokenizer, "backend_tokenizer", None)
+    if getattr(tokenizer, "is_fast", False) and isinstance(inner, Tokenizer):
+        return inner
+    raise CheckerUnavailable(checker, "the tokenizer is not a fast tokenizer (offsets are needed)")
+
+
 def _fast_tokenizer(
     path: Path, hf_tokenizer: PreTrainedTokenizerBase | None, checker: str
 ) -> Tokenizer:
-    """The ``tokenizers.Tokenizer`` of a model: from ``tokenizer.json``, else inside ``hf_tokenizer``."""
-    if (path / "tokenizer.json").is_file():
+    """The ``tokenizers.Tokenizer`` of a model: inside ``hf_tokenizer`` when transformers loaded
+    one, else read from ``tokenizer.json``."""
+    if hf_tokenizer is not None:
+        tokenizer = backend_tokenizer(hf_tokenizer, checker)
+    else:
         from tokenizers import Tokenizer
 
         try:
@@ -282,11 +304,6 @@ def _fast_tokenizer(
         except Exception as exc:  # noqa: BLE001 - tokenizers raises plain Exception
             err = f"cannot read {path / 'tokenizer.json'} ({exc})"
             raise CheckerUnavailable(checker, err) from exc
-    elif hf_tokenizer is not None and getattr(hf_tokenizer, "is_fast", False):
-        tokenizer = hf_tokenizer.backend_tokenizer
-    else:
-        err = f"the tokenizer of {path} is not a fast tokenizer (offsets are needed)"
-        raise CheckerUnavailable(checker, err)
     # NOTE: as transformers does before encoding: no truncation, no padding
     tokenizer.no_truncation()
     tokenizer.no_padding()

@@ -35,8 +35,9 @@ logger = logging.getLogger(__name__)
 
 def _checker_kwargs(name: str, s: Settings) -> dict[str, object]:
     """The settings each checker takes, by keyword."""
+    cache_dir = Path(s.cache_dir) if s.cache_dir else None
     if name == "fluency":
-        return {"lm_model": s.lm_model, "cache_dir": Path(s.cache_dir) if s.cache_dir else None,
+        return {"lm_model": s.lm_model, "cache_dir": cache_dir,
                 "batch_size": s.batch_size, "threads": s.threads, "device": s.device,
                 "backend": s.lm_backend}
     if name == "grammar":
@@ -47,8 +48,7 @@ def _checker_kwargs(name: str, s: Settings) -> dict[str, object]:
     if name == "reference":
         # NOTE: the reference checker reads pairs with the LM whenever the LM runs at all
         return {"embedder": s.embedder, "mode": s.ref_mode, "lm": "fluency" in s.checkers,
-                "lm_model": s.lm_model, "cache_dir": Path(s.cache_dir) if s.cache_dir else None,
-                "lm_backend": s.lm_backend, "device": s.device}
+                "lm_model": s.lm_model, "cache_dir": cache_dir, "lm_backend": s.lm_backend, "device": s.device}
     return {}
 
 

@@ -42,6 +42,18 @@ def batches(lengths: Sequence[int], max_rows: int, max_tokens: int) -> list[list
     return out
 
 
+def _padded(seqs: Sequence[Sequence[int]], device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids and attention mask of ``seqs``, padded at the end to the longest."""
+    import torch
+
+    ids = torch.zeros((len(seqs), max(len(s) for s in seqs)), dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for r, seq in enumerate(seqs):
+        ids[r, : len(seq)] = torch.tensor(list(seq))
+        mask[r, : len(seq)] = 1
+    return ids.to(device), mask.to(device)
+
+
 def surprisal(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """``-log p(target)`` for each row of ``hidden`` (float64), in chunks of ``HEAD_CHUNK``."""
     import torch
@@ -78,22 +90,16 @@ def score_sequences(
     with torch.inference_mode():
         for members in batches([len(seqs[i][0]) for i in order], max_rows, max_tokens):
             picked_order = [order[k] for k in members]
-            width = max(len(seqs[i][0]) for i in picked_order)
-            ids = torch.zeros((len(picked_order), width), dtype=torch.long)
-            mask = torch.zeros((len(picked_order), width), dtype=torch.long)
+            ids, mask = _padded([seqs[i][0] for i in picked_order], device)
             rows: list[int] = []
             cols: list[int] = []
             targets: list[int] = []
             for r, i in enumerate(picked_order):
                 seq, first = seqs[i]
-                ids[r, : len(seq)] = torch.tensor(list(seq))
-                mask[r, : len(seq)] = 1
                 rows.extend([r] * (len(seq) - first))
                 cols.extend(range(first - 1, len(seq) - 1))
                 targets.extend(seq[first:])
-            hidden = decoder(
-                input_ids=ids.to(device), attention_mask=mask.to(device)
-            ).last_hidden_state
+            hidden = decoder(input_ids=ids, attention_mask=mask).last_hidden_state
             chosen = hidden[torch.tensor(rows), torch.tensor(cols)]
             values = surprisal(head, chosen, torch.tensor(targets, device=chosen.device)).tolist()
             pos = 0
@@ -113,14 +119,8 @@ def _continue(decoder: torch.nn.Module, head: torch.nn.Module, cache: Cache, las
     order = sorted(members, key=lambda i: -len(items[i][1]))
     for run in batches([len(items[i][1]) for i in order], max_rows, max_tokens):
         picked = [order[k] for k in run]
-        width = max(len(items[i][1]) for i in picked)
-        ids = torch.zeros((len(picked), width), dtype=torch.long)
-        mask = torch.zeros((len(picked), width), dtype=torch.long)
-        for r, i in enumerate(picked):
-            cont = items[i][1]
-            ids[r, : len(cont)] = torch.tensor(list(cont))
-            mask[r, : len(cont)] = 1
-        hidden = decoder(ids.to(device), mask.to(device), past=cache).last_hidden_state
+        ids, mask = _padded([items[i][1] for i in picked], device)
+        hidden = decoder(ids, mask, past=cache).last_hidden_state
         # the first token of each is predicted by the context's last position
         states = torch.cat([torch.cat((last, hidden[r, : len(items[i][1]) - 1]))
                             for r, i in enumerate(picked)])
@@ -169,13 +169,8 @@ def score_continuations(
         # length, is what reading it alone gives (up to float rounding)
         for run in batches([len(contexts[g]) for g in by_length], max_rows, max_tokens):
             picked = [by_length[k] for k in run]
-            width = max(len(contexts[g]) for g in picked)
-            ids = torch.zeros((len(picked), width), dtype=torch.long)
-            mask = torch.zeros((len(picked), width), dtype=torch.long)
-            for r, g in enumerate(picked):
-                ids[r, : len(contexts[g])] = torch.tensor(contexts[g])
-                mask[r, : len(contexts[g])] = 1
-            read = decoder(ids.to(device), mask.to(device), return_cache=True)
+            ids, mask = _padded([contexts[g] for g in picked], device)
+            read = decoder(ids, mask, return_cache=True)
             assert read.cache is not None  # noqa: S101 - asked for
             for r, g in enumerate(picked):
                 n = len(contexts[g])

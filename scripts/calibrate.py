@@ -145,8 +145,8 @@ def split(rows: Sequence[Mapping[str, Any]]) -> tuple[list[int], list[int], list
     return train, test, docs[-HELD_OUT_DOCS:]
 
 
-def figures(rows: Sequence[Mapping[str, Any]], idx: Sequence[int], score: Sequence[float]
-            ) -> dict[str, float]:
+def figures(rows: Sequence[Mapping[str, Any]], idx: Sequence[int],
+            score: Sequence[float] | Mapping[int, float]) -> dict[str, float]:
     s = [score[k] for k in idx]
     h = [-float(rows[k]["mqm"]) for k in idx]
     g = [str(rows[k]["seg_id"]) for k in idx]
@@ -204,7 +204,7 @@ def choose_rank_weight(rows: Sequence[Mapping[str, Any]], raws: Sequence[Mapping
                                     prior=cal.PRIOR, groups=[str(rows[k]["seg_id"]) for k in tr],
                                     rank_weight=lam)
             score = {k: -model.expected_penalty(raws[k]) for k in te}
-            figs = figures(rows, te, score)  # type: ignore[arg-type]
+            figs = figures(rows, te, score)
             pooled.append(figs["kendall"])
             within.append(figs["within_kendall"])
         table[lam] = (float(np.mean(pooled)), float(np.mean(within)))

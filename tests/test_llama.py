@@ -177,6 +177,10 @@ def test_continuations_from_a_cache_equal_whole_sequences(tmp_path: Path) -> Non
         assert [len(x) for x in cached] == [len(t) for _, t in items]
         for got, want in zip(cached, whole):
             assert got == pytest.approx(want, abs=1e-4)
+    with pytest.raises(ValueError, match="does not extend a cache"):
+        decoder = native.get_decoder()
+        read = decoder(torch.tensor([ctx_a]), return_cache=True)
+        decoder(torch.tensor([ids(3)]), past=read.cache, return_cache=True)
     alone = score_continuations(native, items[2:3], max_rows=8, max_tokens=512)
     assert alone[0] == pytest.approx(whole[2], abs=1e-4)
     # transformers models read each pair whole: the same numbers

@@ -211,7 +211,7 @@ class FluencyChecker(BaseChecker):
         self.precision = precision
         self.window = window
         self.context = context
-        from mtqa.models import load_lm, prefix_token_id, shared_lm
+        from mtqa.models import backend_tokenizer, load_lm, prefix_token_id, shared_lm
 
         if model is None or tokenizer is None:
             # NOTE: fp32 leaves the model as loaded, so the copy other checkers read is shared;
@@ -225,7 +225,7 @@ class FluencyChecker(BaseChecker):
             from mtqa.llama import LlamaLM
 
             self.backend = "native" if isinstance(model, LlamaLM) else "transformers"
-            fast = _backend_tokenizer(tokenizer)
+            fast = backend_tokenizer(tokenizer, self.name)
             config = getattr(model, "config", None)
             self.model_name = str(getattr(config, "name_or_path", "") or "injected")
             self.weights_sha = "injected"
@@ -543,18 +543,6 @@ def _apply_precision(model: torch.nn.Module, precision: str) -> torch.nn.Module:
         return quantized
     err = f"fluency: unknown precision {precision!r}"
     raise ConfigError(err)
-
-
-def _backend_tokenizer(tokenizer: Tokenizer | PreTrainedTokenizerBase) -> Tokenizer:
-    """The ``tokenizers.Tokenizer`` that gives ids and offsets."""
-    from tokenizers import Tokenizer
-
-    if isinstance(tokenizer, Tokenizer):
-        return tokenizer
-    inner = getattr(tokenizer, "backend_tokenizer", None)
-    if getattr(tokenizer, "is_fast", False) and isinstance(inner, Tokenizer):
-        return inner
-    raise CheckerUnavailable("fluency", "the tokenizer is not a fast tokenizer (offsets are needed)")
 
 
 def _body_text(sd: SegmentedDocument) -> _Text:

@@ -290,7 +290,6 @@ class ReferenceChecker(BaseChecker):
             self._encoder = encoder
             self.embedder_name = embedder or type(encoder).__name__
         self._lm: LoadedLM | None = language_model
-        self.lm_skipped: str | None = None
         if lm and language_model is None:
             from mtqa.models import shared_lm
 
@@ -298,7 +297,6 @@ class ReferenceChecker(BaseChecker):
                 self._lm = shared_lm(lm_model, cache_dir=cache_dir, device=device or "cpu",
                                      backend=lm_backend, checker=self.name)
             except CheckerUnavailable as exc:
-                self.lm_skipped = exc.reason
                 logger.warning("reference: reading pairs without the language model: %s",
                                exc.reason)
         self._bleu = BLEU()
@@ -421,13 +419,13 @@ class ReferenceChecker(BaseChecker):
                                     if p.hyp.strip() and p.refs and p.refs[0].strip()))
         if not wanted:
             return {}
-        texts = list(dict.fromkeys(t for pair in wanted for t in pair))
+        refs = list(dict.fromkeys(ref for ref, _ in wanted))
+        hyps = list(dict.fromkeys(hyp for _, hyp in wanted))
         # NOTE: the reference is followed by a newline, as a line of the same text would be
-        encoded = lm.tokenizer.encode_batch([t.strip() for t in texts] +
-                                            [t.strip() + "\n" for t in texts],
-                                            add_special_tokens=False)
-        plain = {t: e.ids for t, e in zip(texts, encoded)}
-        ended = {t: e.ids for t, e in zip(texts, encoded[len(texts):])}
+        encoded = lm.tokenizer.encode_batch([t.strip() + "\n" for t in refs] +
+                                            [t.strip() for t in hyps], add_special_tokens=False)
+        ended = {t: e.ids for t, e in zip(refs, encoded)}
+        plain = {t: e.ids for t, e in zip(hyps, encoded[len(refs):])}
         items, keys = [], []
         for ref, hyp in wanted:
             ctx, cont = [lm.prefix_id, *ended[ref]], plain[hyp]
