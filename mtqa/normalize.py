@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-__all__ = ["normalize"]
+import re
+
+__all__ = ["WORD", "normalize"]
+
+#: the words the calibrated word model reads (``mtqa.calibrate.WordModel``), on normalised text
+WORD = re.compile(r"\w+(?:'\w+)*")
 
 # NOTE: every replacement is one code point for one code point, so index i of the normalised
 # text is index i of the original and spans found on it need no mapping back.

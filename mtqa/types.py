@@ -35,6 +35,7 @@ __all__ = [
     "Skipped",
     "Span",
     "Verdict",
+    "WordEvidence",
 ]
 
 SCHEMA = "mtqa.report/1"
@@ -175,12 +176,24 @@ class ReferenceResult:
 
 
 @dataclass(frozen=True, slots=True)
+class WordEvidence:
+    """Raw numbers a checker measured for each word it read, for the calibrated word model
+    (``mtqa.calibrate.WordModel``): word ``k`` is ``Document.mt[start[k]:end[k]]`` and has
+    ``values[name][k]`` for each named number (NaN where the checker has none)."""
+
+    start: tuple[int, ...]
+    end: tuple[int, ...]
+    values: Mapping[str, tuple[float, ...]] = field(default_factory=lambda: MappingProxyType({}))
+
+
+@dataclass(frozen=True, slots=True)
 class CheckResult:
     """What one checker found in one document.
 
     ``sentence_scores`` has one entry per sentence of the segmented document (``None`` where the
     checker gives no score, e.g. boilerplate); ``features`` are raw numbers for calibration, and
-    ``sentence_features`` the same per sentence (empty, or one mapping per sentence).
+    ``sentence_features`` the same per sentence (empty, or one mapping per sentence), ``words``
+    the same per word where the checker reads words.
     """
 
     checker: str
@@ -192,6 +205,7 @@ class CheckResult:
     features: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
     reference: ReferenceResult | None = None
     sentence_features: tuple[Mapping[str, float], ...] = ()
+    words: WordEvidence | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -568,6 +568,21 @@ def test_lm_reads_each_candidate_after_its_reference() -> None:
     assert raw["ref_lm_cond_tokens"] == res[0].sentence_features[0]["lm_cond_tokens"]
     raw["lm_lm_sum"] = raw["ref_lm_cond_sum"] * 2
     assert model_inputs(raw)["ref_lm_gain_share"] == pytest.approx(0.5, abs=0.01)
+    # per word, for the calibrated word model: every word of the candidate, with its reading
+    for d, r in zip(docs, res):
+        assert r.words is not None
+        assert [d.doc.mt[s:e] for s, e in zip(r.words.start, r.words.end)] == \
+            re.findall(r"\w+", d.doc.mt)
+        cond = r.words.values["lm_cond"]
+        assert all(c == c and c >= 0 for c in cond)
+        # the words' shares add up to the pair's figure, less what falls on punctuation
+        total = sum(m["lm_cond_sum"] for m in r.sentence_features if m)
+        assert 0.7 * total < sum(cond) <= total + 1e-3
+    bad_words = dict(zip((docs[1].doc.mt[s:e] for s, e in zip(res[1].words.start,
+                                                               res[1].words.end)),
+                         zip(res[1].words.values["absent"], res[1].words.values["lm_cond"])))
+    assert bad_words["losses"][0] == 1.0 and bad_words["Monday"][0] == 0.0
+    assert bad_words["losses"][1] > bad_words["Monday"][1]
 
 
 def test_without_the_lm_the_signature_says_so() -> None:
@@ -576,3 +591,10 @@ def test_without_the_lm_the_signature_says_so() -> None:
     doc = segment(Document(id="t", mt="A cat sat on the mat.", ref=("The cat sat on the mat.",)))
     result = checker.check([doc])[0]
     assert result.sentence_features == () and "lm_cond_sum" not in result.features
+    # the diff is given per word all the same; the LM reading is NaN
+    assert result.words is not None
+    words = [doc.doc.mt[s:e] for s, e in zip(result.words.start, result.words.end)]
+    assert words == ["A", "cat", "sat", "on", "the", "mat"]
+    assert result.words.values["unmatched"] == (1.0, 0.0, 0.0, 0.0, 0.0, 0.0)
+    assert result.words.values["absent"] == (1.0, 0.0, 0.0, 0.0, 0.0, 0.0)
+    assert all(c != c for c in result.words.values["lm_cond"])

@@ -30,7 +30,7 @@ import numpy as np
 from mtqa import __version__
 from mtqa.checkers.base import BaseChecker
 from mtqa.errors import CheckerUnavailable, ConfigError
-from mtqa.types import CheckResult, Finding, Kind, SegmentedDocument, Severity
+from mtqa.types import CheckResult, Finding, Kind, SegmentedDocument, Severity, WordEvidence
 
 if TYPE_CHECKING:
     import torch
@@ -322,6 +322,7 @@ class FluencyChecker(BaseChecker):
             doc_score=self._fluency(cost),
             features=MappingProxyType(self._features(ws, excess, z, findings, cost)),
             sentence_features=tuple(per_sentence),
+            words=WordEvidence(ws.start, ws.end, MappingProxyType({"lm": ws.lm})),
         )
 
     def close(self) -> None:

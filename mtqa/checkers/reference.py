@@ -52,7 +52,7 @@ from mtqa import __version__
 from mtqa.align import FLOOR, STOPWORDS, THRESHOLD, align, lexical_similarity
 from mtqa.checkers.base import BaseChecker
 from mtqa.errors import CheckerUnavailable, ConfigError, InputError
-from mtqa.normalize import normalize
+from mtqa.normalize import WORD, normalize
 from mtqa.segment import segment
 from mtqa.types import (
     AlignmentLink,
@@ -65,6 +65,7 @@ from mtqa.types import (
     SegmentedDocument,
     Sentence,
     Severity,
+    WordEvidence,
 )
 
 if TYPE_CHECKING:
@@ -197,6 +198,16 @@ class _Pair:
 
 
 _LinePair = tuple[str, tuple[str, ...]]  # a candidate line and the references' lines
+
+
+@dataclass(frozen=True, slots=True)
+class _Reading:
+    """The LM's surprisal (nats) of each token of a candidate read after its reference, with
+    the tokens' offsets into the stripped candidate and the whitespace stripped before it."""
+
+    surprisal: tuple[float, ...]
+    offsets: tuple[tuple[int, int], ...]
+    shift: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -403,11 +414,11 @@ class ReferenceChecker(BaseChecker):
         return mode, self._comparable_pairs(mt, refs[0], mt_emb, ref_emb), None
 
     def _read_pairs(self, plans: Sequence[tuple[str, list[_Pair], list[_LinePair] | None]]
-                    ) -> dict[tuple[str, str], tuple[float, int]]:
+                    ) -> dict[tuple[str, str], _Reading]:
         """LM surprisal of each parallel pair's candidate after its (first) reference.
 
-        Keyed by (reference text, candidate text): ``(sum in nats, tokens)``. Pairs longer than
-        ``LM_MAX_PAIR`` tokens together are left out.
+        Keyed by (reference text, candidate text). Pairs longer than ``LM_MAX_PAIR`` tokens
+        together are left out.
         """
         if self._lm is None:
             return {}
@@ -425,16 +436,18 @@ class ReferenceChecker(BaseChecker):
         encoded = lm.tokenizer.encode_batch([t.strip() + "\n" for t in refs] +
                                             [t.strip() for t in hyps], add_special_tokens=False)
         ended = {t: e.ids for t, e in zip(refs, encoded)}
-        plain = {t: e.ids for t, e in zip(hyps, encoded[len(refs):])}
+        plain = {t: e for t, e in zip(hyps, encoded[len(refs):])}
         items, keys = [], []
         for ref, hyp in wanted:
-            ctx, cont = [lm.prefix_id, *ended[ref]], plain[hyp]
+            ctx, cont = [lm.prefix_id, *ended[ref]], plain[hyp].ids
             if cont and len(ctx) + len(cont) <= self.LM_MAX_PAIR:
                 items.append((ctx, cont))
                 keys.append((ref, hyp))
         values = score_continuations(lm.model, items, max_rows=self.LM_ROWS,
                                      max_tokens=self.LM_TOKENS, device=str(_model_device(lm)))
-        return {k: (float(sum(v)), len(v)) for k, v in zip(keys, values)}
+        return {(ref, hyp): _Reading(tuple(v), tuple(plain[hyp].offsets[: len(v)]),
+                                     len(hyp) - len(hyp.lstrip()))
+                for (ref, hyp), v in zip(keys, values)}
 
     def _looks_parallel(self, mt: _Side, ref: _Side, pairing: list[tuple[int, int]],
                         mt_emb: NDArray[np.float32], ref_emb: NDArray[np.float32]) -> bool:
@@ -511,7 +524,7 @@ class ReferenceChecker(BaseChecker):
 
     def _score(self, mode: str, mt: _Side, refs: tuple[_Side, ...], pairs: list[_Pair],
                line_pairs: list[_LinePair] | None, memo: _BatchMemo,
-               cond: Mapping[tuple[str, str], tuple[float, int]]) -> CheckResult:
+               cond: Mapping[tuple[str, str], _Reading]) -> CheckResult:
         d = mt.seg
         ref0 = refs[0].seg
         use_ter = mode == "parallel" or self.comparable_ter
@@ -531,6 +544,7 @@ class ReferenceChecker(BaseChecker):
         pair_scores: dict[int, float] = {}
         per_sentence: dict[int, Mapping[str, float]] = {}
         findings: list[Finding] = []
+        words: list[WordEvidence] = []
         names = _NameIndex(d, refs, memo.names)
         for k, p in enumerate(pairs):
             sbleu = self._sent_bleu._aggregate_and_compute([bleu_s[k]]).score
@@ -544,13 +558,16 @@ class ReferenceChecker(BaseChecker):
             if read is not None and p.mt_sents:
                 # the pair's figure goes to its first sentence: a scoring unit holds them all
                 per_sentence[p.mt_sents[0]] = MappingProxyType(
-                    {"lm_cond_sum": read[0], "lm_cond_tokens": float(read[1])})
+                    {"lm_cond_sum": float(sum(read.surprisal)),
+                     "lm_cond_tokens": float(len(read.surprisal))})
             for i in p.mt_sents:
                 links.append(AlignmentLink(mt=i, ref=p.ref_sents, similarity=p.similarity,
                                            metrics=tuple(metrics)))
                 pair_scores[i] = combined
             body = [d.sentences[i] for i in p.mt_sents if d.sentences[i].kind is Kind.BODY]
             if body:
+                if mode == "parallel":
+                    words.append(_word_evidence(d, p, metrics[0].score / 100.0, read))
                 findings.extend(self._diff_findings(mode, d, p, body))
                 findings.extend(self._fact_findings(mode, d, p, body, names))
 
@@ -624,7 +641,8 @@ class ReferenceChecker(BaseChecker):
         return CheckResult(checker=self.name, doc_id=d.doc.id, signature=signature,
                            findings=tuple(findings), sentence_scores=scores, doc_score=doc_score,
                            features=MappingProxyType(features), reference=result,
-                           sentence_features=sentence_features)
+                           sentence_features=sentence_features,
+                           words=_join_words(words) if words else None)
 
     def _diff_findings(self, mode: str, d: SegmentedDocument, p: _Pair,
                        body: list[Sentence]) -> list[Finding]:
@@ -690,6 +708,57 @@ class ReferenceChecker(BaseChecker):
 
 
 # --- helpers: lines, embeddings, sacreBLEU --------------------------------------------------
+
+
+def _stem(word: str) -> str:
+    """A crude English stem, enough to match "reported" with "reports"."""
+    for suffix in ("ing", "ed", "es", "s"):
+        if word.endswith(suffix) and len(word) - len(suffix) >= 3:
+            return word[: -len(suffix)]
+    return word
+
+
+def _word_evidence(d: SegmentedDocument, p: _Pair, chrf: float, read: _Reading | None
+                   ) -> WordEvidence:
+    """What the reference says of each word of a parallel pair's candidate.
+
+    ``unmatched``: outside the longest matching word sequences with every reference (difflib);
+    ``absent``: its stem is in no reference; ``chrf``: the pair's sentence chrF (0-1);
+    ``lm_cond``: the LM surprisal of its tokens read after the reference (a token's surprisal
+    shared over its characters; NaN without a reading).
+    """
+    ms, me = p.mt_span
+    found = list(WORD.finditer(d.norm[ms:me]))
+    toks = [m.group().lower() for m in found]
+    matched = np.zeros(len(toks), dtype=bool)
+    stems: set[str] = set()
+    for ref in p.refs:
+        rt = [w.lower() for w in WORD.findall(normalize(ref))]
+        stems.update(_stem(w) for w in rt)
+        sm = difflib.SequenceMatcher(None, toks, rt, autojunk=False)
+        for tag, i1, i2, _j1, _j2 in sm.get_opcodes():
+            if tag == "equal":
+                matched[i1:i2] = True
+    per_char = np.full(me - ms, np.nan)
+    if read is not None:
+        for (a, b), v in zip(read.offsets, read.surprisal):
+            a, b = a + read.shift, b + read.shift
+            if b > a:
+                per_char[a:b] = v / (b - a)
+    cond = [float(np.nansum(per_char[m.start():m.end()])) if read is not None else math.nan
+            for m in found]
+    return WordEvidence(
+        tuple(ms + m.start() for m in found), tuple(ms + m.end() for m in found),
+        MappingProxyType({"unmatched": tuple(float(not x) for x in matched),
+                          "absent": tuple(float(_stem(t) not in stems) for t in toks),
+                          "chrf": (chrf,) * len(found), "lm_cond": tuple(cond)}))
+
+
+def _join_words(parts: Sequence[WordEvidence]) -> WordEvidence:
+    names = list(parts[0].values)
+    return WordEvidence(tuple(s for w in parts for s in w.start), tuple(e for w in parts for e in w.end),
+                        MappingProxyType({n: tuple(v for w in parts for v in w.values[n])
+                                          for n in names}))
 
 
 def _model_device(lm: LoadedLM) -> Any:
