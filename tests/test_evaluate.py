@@ -117,3 +117,25 @@ def test_evaluate_split_by_calibration_documents() -> None:
     assert held.exit_code == 2
     assert "no line belongs to the calibration's held-out documents" in held.stderr
     assert "mqm_sample.jsonl" in held.stderr
+
+
+def test_identical_hypotheses_are_checked_once_and_reported_under_each_id() -> None:
+    import dataclasses
+
+    from mtqa.config import Settings
+    from mtqa.evaluate import score_records
+
+    sample = load_mqm(SAMPLE)
+    records = sample[:4]
+    elsewhere = next(r.reference for r in sample if r.reference != records[0].reference)
+    # a fifth system that wrote what the first wrote, and one that only shares its words
+    twin = dataclasses.replace(records[0], system="twin")
+    other_ref = dataclasses.replace(records[0], system="other", reference=elsewhere)
+    rows = [*records, twin, other_ref]
+    ticks: list[int] = []
+    settings = Settings(checkers=("structure", "grammar", "reference"), grammar_backend="harper")
+    reports, _ = score_records(rows, settings, with_reference=True, chunk=2, progress=ticks.append)
+    assert sum(ticks) == len(rows)  # progress counts records, copies included
+    assert [r.id for r in reports] == [f"{r.seg_id}:{r.system}" for r in rows]
+    assert dataclasses.replace(reports[4], id=reports[0].id) == reports[0]
+    assert reports[5].ref == (elsewhere,) and reports[5].reference != reports[0].reference
