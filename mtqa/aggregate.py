@@ -5,6 +5,13 @@ offsets, category and severity; the others add their messages, and their agreeme
 confidence (noisy-or over distinct checkers). A ``reference-mismatch`` finding is evidence: it
 never decides a merged span's severity while another finding covers the same text.
 
+With a calibration that holds a word model (``mtqa.calibrate.WordModel``) and the word evidence
+it reads (the fluency checker's surprisals; with a parallel reference, the reference checker's
+diff and LM reading), the word model's spans replace the fluency checker's own, and the diff
+only corroborates spans: each word gets a probability of being part of an MQM error, and runs
+of flagged words become ``mistranslation`` (with a reference) or ``unnatural-phrasing`` /
+``garbled`` spans.
+
 Scores come from the calibration (``mtqa.calibrate``): each body sentence's raw numbers give
 the MQM penalty a professional rater is expected to assign it; the sentence score and the
 document score (from the mean over body sentences) map that penalty to 0-100. Without a
@@ -25,8 +32,10 @@ from mtqa.calibrate import (
     SPAN_CHECKERS,
     Calibration,
     SpanModel,
+    WordModel,
     penalty_to_score,
     unit_features,
+    word_inputs,
 )
 from mtqa.types import (
     CheckResult,
@@ -44,7 +53,7 @@ from mtqa.types import (
 
 __all__ = [
     "MQM_WEIGHTS", "PENALTY_SCALE", "aggregate", "calibrate_findings", "count_words",
-    "merge_findings", "penalty_score", "scoring_units",
+    "merge_findings", "penalty_score", "scoring_units", "word_findings",
 ]
 
 MQM_WEIGHTS = {Severity.MINOR: 1.0, Severity.MAJOR: 5.0, Severity.CRITICAL: 25.0}
@@ -182,6 +191,45 @@ def calibrate_findings(findings: Sequence[Finding], model: SpanModel,
     return out
 
 
+def word_findings(mt: str, results: Sequence[CheckResult], model: WordModel,
+                  units: Sequence[tuple[int, int, float]]) -> list[Finding] | None:
+    """The word model's spans as findings, or None when the evidence it reads is missing (the
+    fluency checker's word surprisals; with ``side == "ref"``, the reference's LM reading).
+
+    ``units`` holds ``(start, end, expected penalty)`` of each calibrated scoring unit. Without
+    a reference the spans are the fluency checker's (``garbled`` major, ``unnatural-phrasing``
+    minor); with one they are the reference checker's ``mistranslation``.
+    """
+    fluency = next((r.words for r in results if r.checker == "fluency"), None)
+    reference = next((r.words for r in results if r.checker == "reference"), None)
+    if fluency is None:
+        return None
+    if model.side == "ref" and (reference is None or not any(
+            c == c for c in reference.values.get("lm_cond", ()))):
+        return None
+    words, x = word_inputs(mt, units, fluency, reference, model.side)
+    absent: dict[tuple[int, int], float] = {}
+    if reference is not None and "absent" in reference.values:
+        absent = dict(zip(zip(reference.start, reference.end), reference.values["absent"]))
+    out = []
+    for s, e, major, p in model.spans(mt, words, model.probabilities(x)):
+        severity = Severity.MAJOR if major else Severity.MINOR
+        if model.side == "ref":
+            missing = sum(1 for (a, b), v in absent.items() if s <= a and b <= e and v > 0)
+            why = ("not in the reference" if missing else "worded unlike the reference")
+            out.append(Finding(start=s, end=e, category="mistranslation", severity=severity,
+                               checker="reference", confidence=round(p, 4), rule="word-model",
+                               message=f"likely mistranslation: {why}, and unlikely after it "
+                                       f"(error probability {p:.2f})"))
+        else:
+            out.append(Finding(start=s, end=e,
+                               category="garbled" if major else "unnatural-phrasing",
+                               severity=severity, checker="fluency", confidence=round(p, 4),
+                               rule="word-model",
+                               message=f"unlikely wording (error probability {p:.2f})"))
+    return out
+
+
 def aggregate(
     sd: SegmentedDocument,
     results: Sequence[CheckResult],
@@ -199,6 +247,8 @@ def aggregate(
     reference = next((r.reference for r in results if r.reference is not None), None)
     expected: list[float | None] = [None] * len(sd.sentences)
     unit_expected: list[float | None] = [None] * len(sd.sentences)
+    unit_ranges: list[tuple[int, int, float]] = []
+    word_spans = False
     variants: set[str] = set()
     if calibration is not None:
         for unit in scoring_units(sd, reference):
@@ -213,6 +263,8 @@ def aggregate(
             for i, c in zip(unit, chars):
                 expected[i] = e * c / sum(chars)
                 unit_expected[i] = e
+            unit_ranges.append((min(sd.sentences[i].start for i in unit),
+                                max(sd.sentences[i].end for i in unit), e))
         side = "ref" if reference is not None and reference.mode == "parallel" else "free"
         span_model = calibration.spans.get(side)
         if span_model is not None and variants:
@@ -220,10 +272,20 @@ def aggregate(
                 findings, span_model,
                 [(s.start, s.end, e) for s, e in zip(sd.sentences, unit_expected) if e is not None])
             variants.add(f"spans-{side}")
+        word_model = calibration.words.get(side)
+        if word_model is not None and unit_ranges:
+            found = word_findings(mt, results, word_model, unit_ranges)
+            if found is not None:
+                # NOTE: the word model reads the LM surprisals the fluency checker's own spans
+                # come from (and, with a reference, the diff): its spans replace those
+                findings = [f for f in findings if f.checker != "fluency"] + found
+                word_spans = True
+                variants.add(f"words-{side}")
     # NOTE: a comparable article words the same facts differently; its diff only corroborates
     # a span another checker found (issue 5), while a parallel reference's diff is evidence itself.
     spans = merge_findings(mt, findings,
-                           standalone_evidence=reference is None or reference.mode == "parallel")
+                           standalone_evidence=not word_spans and (
+                               reference is None or reference.mode == "parallel"))
     words = count_words(mt, body)
     fluency_result = next((r for r in results if r.checker == "fluency"), None)
     fluency = fluency_result.doc_score if fluency_result is not None else None

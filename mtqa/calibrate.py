@@ -37,14 +37,15 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from mtqa.errors import ConfigError
-from mtqa.types import CheckResult, Kind, SegmentedDocument, Severity
+from mtqa.normalize import WORD, normalize
+from mtqa.types import CheckResult, Kind, SegmentedDocument, Severity, WordEvidence
 
 if TYPE_CHECKING:
     from numpy.typing import NDArray
 
 __all__ = [
-    "SCORE_SCALE", "Calibration", "UnitModel", "load_calibration", "penalty_to_score",
-    "unit_features", "variant_for",
+    "SCORE_SCALE", "WORD_INPUTS", "Calibration", "UnitModel", "WordModel", "load_calibration",
+    "penalty_to_score", "unit_features", "variant_for", "word_inputs",
 ]
 
 SCHEMA = "mtqa.calibration/1"
@@ -405,6 +406,157 @@ def fit_logistic(x: NDArray[np.float64], y: NDArray[np.float64], weight: NDArray
     return tuple(float(v) for v in res.x)
 
 
+# --- the word model ----------------------------------------------------------------------------
+
+#: what the word model reads of each word, by side ("free": no reference, "ref": a parallel
+#: reference read by the LM). Per word: ``zipf`` (wordfreq), ``capitalised``, ``digits``,
+#: ``chars``/10, ``lm`` (the fluency checker's surprisal, nats/10, capped at 4), ``lm_rel`` (minus
+#: its unit's mean), ``position`` (0 first word of the unit .. 1) and its square; per unit:
+#: ``log_words``, ``log_expected`` (log1p of the unit model's expected penalty) and its square.
+#: With the reference: ``unmatched`` (outside the difflib matches), ``absent`` (stem in no
+#: reference), the pair's ``chrf``, ``lm_cond`` (surprisal after the reference, nats/10, capped
+#: at 4), the larger of its neighbours', its unit mean and the word's excess over it, unmatched
+#: neighbours, and two products with ``log_expected``.
+WORD_INPUTS: Mapping[str, tuple[str, ...]] = MappingProxyType({
+    "free": ("zipf", "capitalised", "digits", "chars", "lm", "lm_rel", "position",
+             "position_sq", "log_words", "log_expected", "log_expected_sq"),
+    "ref": ("unmatched", "absent", "zipf", "capitalised", "digits", "chars", "chrf",
+            "log_expected", "log_expected_sq", "lm", "lm_cond", "lm_cond_neighbour",
+            "unmatched_expected", "position", "position_sq", "unmatched_neighbours",
+            "lm_cond_rel", "lm_rel", "log_words", "lm_cond_mean", "lm_cond_expected"),
+})
+_CAP = 40.0  # nats: a word's surprisal is capped here before scaling
+
+
+def _per_char(length: int, ev: WordEvidence, name: str) -> NDArray[np.float64]:
+    """``ev.values[name]`` of each word shared evenly over its characters (0 elsewhere)."""
+    out = np.zeros(length, dtype=np.float64)
+    for s, e, v in zip(ev.start, ev.end, ev.values[name]):
+        if e > s and v == v:
+            out[s:e] = v / (e - s)
+    return out
+
+
+def word_inputs(mt: str, units: Sequence[tuple[int, int, float]], fluency: WordEvidence,
+                reference: WordEvidence | None, side: str
+                ) -> tuple[list[tuple[int, int]], NDArray[np.float64]]:
+    """The words of ``units`` (``(start, end, expected penalty)``) and their inputs
+    (``WORD_INPUTS[side]`` order): with ``side == "ref"``, the words the reference checker read,
+    else every word of the units."""
+    from wordfreq import zipf_frequency
+
+    names = WORD_INPUTS[side]
+    lm_char = _per_char(len(mt), fluency, "lm")
+    if side == "ref":
+        if reference is None:
+            raise ValueError("the reference-side word model needs the reference's word evidence")
+        grid = list(zip(reference.start, reference.end, range(len(reference.start))))
+    else:
+        norm = normalize(mt)
+        grid = [(m.start(), m.end(), -1) for m in WORD.finditer(norm)]
+    words: list[tuple[int, int]] = []
+    rows: list[list[float]] = []
+    for us, ue, expected in units:
+        inside = [(s, e, k) for s, e, k in grid if us <= s < ue]
+        if not inside:
+            continue
+        n = len(inside)
+        le = math.log1p(max(expected, 0.0))
+        lm = [min(float(lm_char[s:e].sum()), _CAP) / 10.0 for s, e, _k in inside]
+        lm_mean = sum(lm) / n
+        unit: dict[str, list[float]] = {}
+        if side == "ref":
+            assert reference is not None  # noqa: S101 - checked above
+            vals = reference.values
+            unit["unmatched"] = [vals["unmatched"][k] for *_se, k in inside]
+            unit["absent"] = [vals["absent"][k] for *_se, k in inside]
+            unit["chrf"] = [vals["chrf"][k] for *_se, k in inside]
+            cond = [vals["lm_cond"][k] for *_se, k in inside]
+            unit["lm_cond"] = [0.0 if c != c else min(c, _CAP) / 10.0 for c in cond]
+        for j, (s, e, _k) in enumerate(inside):
+            w = mt[s:e]
+            x = {"zipf": zipf_frequency(w.lower(), "en"), "capitalised": float(w[:1].isupper()),
+                 "digits": float(w.isdigit()), "chars": (e - s) / 10.0, "lm": lm[j],
+                 "lm_rel": lm[j] - lm_mean, "position": j / n, "position_sq": (j / n) ** 2,
+                 "log_words": math.log(n), "log_expected": le, "log_expected_sq": le * le}
+            if side == "ref":
+                near = [k for k in (j - 1, j + 1) if 0 <= k < n]
+                c = unit["lm_cond"]
+                c_mean = sum(c) / n
+                x.update({
+                    "unmatched": unit["unmatched"][j], "absent": unit["absent"][j],
+                    "chrf": unit["chrf"][j], "lm_cond": c[j],
+                    "lm_cond_neighbour": max((c[k] for k in near), default=0.0),
+                    "unmatched_expected": unit["unmatched"][j] * le,
+                    "unmatched_neighbours": sum(unit["unmatched"][k] for k in near),
+                    "lm_cond_rel": c[j] - c_mean, "lm_cond_mean": c_mean,
+                    "lm_cond_expected": c[j] * le})
+            words.append((s, e))
+            rows.append([x[name] for name in names])
+    return words, np.asarray(rows, dtype=np.float64).reshape(len(rows), len(names))
+
+
+@dataclass(frozen=True, slots=True)
+class WordModel:
+    """A logistic model of the probability that a word is (part of) an MQM error, from
+    ``WORD_INPUTS[side]`` standardised by ``center``/``scale``. A word at or above ``keep`` is
+    flagged, major at or above ``major``; neighbouring flagged words of one severity make one
+    span. Thresholds are tuned on the training documents for the best character F1 among those
+    whose major spans are at least ``SpanModel.MAJOR_PRECISION`` (plus a margin) precise."""
+
+    side: str
+    inputs: tuple[str, ...]
+    center: tuple[float, ...]
+    scale: tuple[float, ...]
+    coef: tuple[float, ...]
+    intercept: float
+    keep: float
+    major: float
+    figures: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
+
+    def probabilities(self, x: NDArray[np.float64]) -> NDArray[np.float64]:
+        if x.shape[0] == 0:
+            return np.zeros(0, dtype=np.float64)
+        z = (x - np.asarray(self.center)) / np.asarray(self.scale)
+        t = self.intercept + z @ np.asarray(self.coef)
+        out: NDArray[np.float64] = 1.0 / (1.0 + np.exp(-np.clip(t, -30.0, 30.0)))
+        return out
+
+    def spans(self, mt: str, words: Sequence[tuple[int, int]], p: Iterable[float]
+              ) -> list[tuple[int, int, bool, float]]:
+        """``(start, end, major, probability)`` of each run of flagged words (the run's highest
+        probability), in text order."""
+        out: list[tuple[int, int, bool, float]] = []
+        for (s, e), q in sorted(zip(words, p)):
+            if q < self.keep:
+                continue
+            major = q >= self.major
+            if out and out[-1][2] == major and not mt[out[-1][1]:s].strip():
+                out[-1] = (out[-1][0], e, major, max(out[-1][3], float(q)))
+            else:
+                out.append((s, e, major, float(q)))
+        return out
+
+    def to_dict(self) -> dict[str, object]:
+        return {"side": self.side, "keep": round(self.keep, 4), "major": round(self.major, 4),
+                "intercept": round(self.intercept, 6),
+                "inputs": {n: {"coef": round(c, 6), "center": round(m, 6), "scale": round(s, 6)}
+                           for n, m, s, c in zip(self.inputs, self.center, self.scale, self.coef)},
+                "figures": {k: round(v, 4) for k, v in self.figures.items()}}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> WordModel:
+        side = str(d["side"])
+        names = tuple(str(k) for k in d["inputs"])
+        if side not in WORD_INPUTS or names != WORD_INPUTS[side]:
+            raise ConfigError(f"calibration: word model inputs {names} are not mtqa's for {side!r}")
+        rows = [d["inputs"][k] for k in names]
+        return cls(side, names, tuple(float(r["center"]) for r in rows),
+                   tuple(float(r["scale"]) for r in rows), tuple(float(r["coef"]) for r in rows),
+                   float(d["intercept"]), float(d["keep"]), float(d["major"]),
+                   MappingProxyType({str(k): float(v) for k, v in d.get("figures", {}).items()}))
+
+
 # --- the calibration file ----------------------------------------------------------------------
 
 
@@ -418,6 +570,8 @@ class Calibration:
     #: span models by reference use: "free" and "ref"
     spans: Mapping[str, SpanModel] = field(default_factory=lambda: MappingProxyType({}))
     path: str = ""
+    #: word models by reference use: "free" and "ref"
+    words: Mapping[str, WordModel] = field(default_factory=lambda: MappingProxyType({}))
 
     def variant(self, raw: Mapping[str, float]) -> str:
         """The name of the model that applies to a unit's raw features."""
@@ -436,6 +590,7 @@ class Calibration:
         return {"schema": SCHEMA, "version": self.version, "score_scale": SCORE_SCALE,
                 "provenance": dict(self.provenance),
                 "spans": {k: m.to_dict() for k, m in sorted(self.spans.items())},
+                "words": {k: m.to_dict() for k, m in sorted(self.words.items())},
                 "models": {k: m.to_dict() for k, m in sorted(self.models.items())}}
 
 
@@ -456,9 +611,10 @@ def load_calibration(path: Path | None = None) -> Calibration:
             raise ConfigError(f"{where}: not a {SCHEMA} file")
         models = {str(k): UnitModel.from_dict(v) for k, v in d["models"].items()}
         spans = {str(k): SpanModel.from_dict(v) for k, v in d.get("spans", {}).items()}
+        words = {str(k): WordModel.from_dict(v) for k, v in d.get("words", {}).items()}
         return Calibration(str(d["version"]), MappingProxyType(models),
                            MappingProxyType(dict(d.get("provenance", {}))),
-                           MappingProxyType(spans), where)
+                           MappingProxyType(spans), where, MappingProxyType(words))
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
         raise ConfigError(f"{where}: malformed calibration ({type(exc).__name__}: {exc})") from exc
 

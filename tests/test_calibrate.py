@@ -13,14 +13,17 @@ from conftest import ABC, HILL, read
 from mtqa.aggregate import calibrate_findings
 from mtqa.calibrate import (
     SCORE_SCALE,
+    WORD_INPUTS,
     Calibration,
     SpanModel,
+    WordModel,
     fit_logistic,
     fit_poisson,
     load_calibration,
     penalty_to_score,
     score_to_penalty,
     variant_for,
+    word_inputs,
 )
 from mtqa.config import Settings
 from mtqa.errors import ConfigError
@@ -51,7 +54,7 @@ def test_score_scale_means_expected_penalty() -> None:
 
 def test_shipped_calibration_is_complete_and_traceable(shipped: Calibration) -> None:
     assert set(shipped.models) == {"lm-free", "nolm-free", "lm-ref", "nolm-ref"}
-    assert set(shipped.spans) == {"free", "ref"}
+    assert set(shipped.spans) == {"free", "ref"} and set(shipped.words) == {"free", "ref"}
     prov = shipped.provenance
     assert len(str(prov["data_sha256"])) == 64 and prov["data"] == "mqm_2021_zhen.jsonl"
     assert prov["refit"] == "python scripts/calibrate.py" and prov["code"]
@@ -65,6 +68,10 @@ def test_shipped_calibration_is_complete_and_traceable(shipped: Calibration) -> 
     for side, span in shipped.spans.items():
         assert 0.0 <= span.keep <= 1.0 and 0.0 <= span.major <= 1.01, side
         assert span.groups and all(":" in g for g in span.groups), side
+    for side, words in shipped.words.items():
+        assert words.side == side and words.inputs == WORD_INPUTS[side]
+        assert 0.0 < words.keep <= words.major <= 1.01 and all(s > 0 for s in words.scale)
+        assert words.figures["held_out_f1"] > 0
 
 
 def test_round_trip_and_fingerprint(shipped: Calibration, tmp_path: Path) -> None:
@@ -273,3 +280,99 @@ def test_a_shared_unit_penalty_is_split_by_length() -> None:
     length = (first.end - first.start) / (second.end - second.start)
     assert ratio == pytest.approx(length, rel=0.02)
     assert "nolm-ref" in report.signature
+
+
+# --- the word model ------------------------------------------------------------------------------
+
+
+def _word_model(side: str, coef: dict[str, float], keep: float, major: float) -> WordModel:
+    names = WORD_INPUTS[side]
+    return WordModel(side, names, (0.0,) * len(names), (1.0,) * len(names),
+                     tuple(coef.get(n, 0.0) for n in names), 0.0, keep, major)
+
+
+def test_word_model_flags_words_and_joins_neighbours_of_one_severity() -> None:
+    mt = "aa bb, cc dd ee"
+    words = [(0, 2), (3, 5), (7, 9), (10, 12), (13, 15)]
+    model = _word_model("free", {}, keep=0.3, major=0.6)
+    spans = model.spans(mt, words, [0.35, 0.5, 0.7, 0.65, 0.1])
+    # "aa bb" join (blank gap, both minor); the comma keeps "bb" and "cc" apart; "ee" is kept out
+    assert spans == [(0, 5, False, 0.5), (7, 12, True, 0.7)]
+    assert model.spans(mt, words, [0.0] * 5) == []
+
+
+def test_word_model_round_trip_and_foreign_inputs_refused(tmp_path: Path) -> None:
+    model = _word_model("ref", {"lm_cond": 0.8, "absent": 0.5}, keep=0.2, major=0.3)
+    again = WordModel.from_dict(json.loads(json.dumps(model.to_dict())))
+    assert again == model
+    d = model.to_dict()
+    d["inputs"] = {"lm": {"coef": 1.0, "center": 0.0, "scale": 1.0}}  # type: ignore[index]
+    with pytest.raises(ConfigError, match="word model inputs"):
+        WordModel.from_dict(d)
+
+
+def test_word_inputs_read_both_checkers_evidence() -> None:
+    from mtqa.types import WordEvidence
+
+    mt = "The minister spoke from the rostrum 12 times."
+    # the fluency checker's words are whitespace tokens (punctuation attached)
+    toks = [(m.start(), m.end()) for m in __import__("re").finditer(r"\S+", mt)]
+    lm = [3.0, 9.0, 6.0, 2.0, 1.0, 30.0, 4.0, 5.0]
+    fluency = WordEvidence(tuple(s for s, _ in toks), tuple(e for _, e in toks), {"lm": tuple(lm)})
+    words, x = word_inputs(mt, [(0, len(mt), 4.0)], fluency, None, "free")
+    names = WORD_INPUTS["free"]
+    col = {n: x[:, k] for k, n in enumerate(names)}
+    assert [mt[s:e] for s, e in words] == ["The", "minister", "spoke", "from", "the", "rostrum",
+                                           "12", "times"]
+    assert col["capitalised"].tolist() == [1, 0, 0, 0, 0, 0, 0, 0]
+    assert col["digits"].tolist() == [0, 0, 0, 0, 0, 0, 1, 0]
+    assert col["zipf"][4] > 6 > col["zipf"][5]  # "the" is common, "rostrum" rare
+    # "times." carries its full stop's share of the surprisal: 5 * 5/6
+    assert col["lm"][7] == pytest.approx(5.0 * 5 / 6 / 10)
+    assert col["lm"][5] == pytest.approx(3.0)  # 30 nats / 10
+    assert col["lm_rel"].sum() == pytest.approx(0.0)
+    assert col["position"][0] == 0 and col["log_expected"][0] == pytest.approx(math.log(5.0))
+    # with the reference: the reference checker's words, and its per-word numbers
+    ref_words = words[:6]
+    reference = WordEvidence(tuple(s for s, _ in ref_words), tuple(e for _, e in ref_words),
+                             {"unmatched": (0, 0, 1, 1, 0, 1), "absent": (0, 0, 1, 0, 0, 1),
+                              "chrf": (0.5,) * 6,
+                              "lm_cond": (1.0, 2.0, 8.0, math.nan, 1.0, 50.0)})
+    words, x = word_inputs(mt, [(0, len(mt), 4.0)], fluency, reference, "ref")
+    col = {n: x[:, k] for k, n in enumerate(WORD_INPUTS["ref"])}
+    assert len(words) == 6
+    assert col["lm_cond"].tolist() == pytest.approx([0.1, 0.2, 0.8, 0.0, 0.1, 4.0])
+    assert col["lm_cond_neighbour"][3] == pytest.approx(0.8)
+    assert col["unmatched_neighbours"][4] == 2
+    assert col["unmatched_expected"][2] == pytest.approx(math.log(5.0))
+    with pytest.raises(ValueError, match="reference"):
+        word_inputs(mt, [(0, len(mt), 4.0)], fluency, None, "ref")
+
+
+def test_word_model_replaces_the_fluency_spans_in_a_report(shipped: Calibration) -> None:
+    from mtqa.aggregate import aggregate
+    from mtqa.segment import segment
+    from mtqa.types import CheckResult, Document, WordEvidence
+
+    sd = segment(Document(id="d", mt="The cat sat on the mat. Frobnicated the mat qux zebra."))
+    toks = [(m.start(), m.end()) for m in __import__("re").finditer(r"\S+", sd.doc.mt)]
+    lm = tuple(40.0 if sd.doc.mt[s:e].startswith(("Frob", "qux")) else 2.0 for s, e in toks)
+    old = Finding(30, 40, "garbled", Severity.MAJOR, "fluency", "old span", 0.9)
+    fluency = CheckResult("fluency", "d", "fluency|x", findings=(old,),
+                          sentence_scores=(50.0, 50.0),
+                          words=WordEvidence(tuple(s for s, _ in toks),
+                                             tuple(e for _, e in toks), {"lm": lm}))
+    # force flags: a model that reads only the LM surprisal
+    model = _word_model("free", {"lm": 4.0}, keep=0.5, major=1.01)
+    model = WordModel("free", model.inputs, model.center, model.scale, model.coef, -4.0,
+                      0.5, 1.01)
+    calib = Calibration(shipped.version, shipped.models, shipped.provenance, shipped.spans,
+                        words={"free": model})
+    report = aggregate(sd, [fluency], calibration=calib)
+    assert "words-free" in report.signature
+    assert [s.text for s in report.spans] == ["Frobnicated", "qux"]
+    assert all(s.rule == "word-model" and s.category == "unnatural-phrasing" for s in report.spans)
+    # without the fluency checker's words the old spans stay
+    bare = CheckResult("fluency", "d", "fluency|x", findings=(old,), sentence_scores=(50.0, 50.0))
+    report = aggregate(sd, [bare], calibration=calib)
+    assert "words-free" not in report.signature
