@@ -376,3 +376,44 @@ def test_word_model_replaces_the_fluency_spans_in_a_report(shipped: Calibration)
     bare = CheckResult("fluency", "d", "fluency|x", findings=(old,), sentence_scores=(50.0, 50.0))
     report = aggregate(sd, [bare], calibration=calib)
     assert "words-free" not in report.signature
+
+
+def test_fitting_script_learns_a_word_model_from_labelled_lines() -> None:
+    """``scripts/calibrate.py``'s word fit on synthetic lines where the erroneous word is the
+    one the LM finds surprising: it learns that, and tunes thresholds under the major floor."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("calibrate_script",
+                                                  ROOT / "scripts" / "calibrate.py")
+    assert spec is not None and spec.loader is not None
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    rng = np.random.default_rng(0)
+    vocab = ["the", "minister", "said", "on", "monday", "that", "prices", "rose", "sharply"]
+    rows, texts = [], []
+    for doc in range(30):
+        for line in range(6):
+            words = list(rng.choice(vocab, size=8))
+            text = " ".join(words)
+            starts = [sum(len(w) + 1 for w in words[:k]) for k in range(8)]
+            ends = [s + len(w) for s, w in zip(starts, words)]
+            bad = int(rng.integers(8))
+            lm = [float(rng.uniform(2, 8)) for _ in words]
+            lm[bad] = float(rng.uniform(20, 35))
+            sev = "major" if rng.random() < 0.8 else "minor"
+            rows.append({"doc_id": f"d{doc}", "seg_id": f"{doc}-{line}", "length": len(text),
+                         "gold": [[starts[bad], ends[bad], sev]], "body_free": [0, len(text)],
+                         "words_fluency": {"start": starts, "end": ends, "values": {"lm": lm}}})
+            texts.append(text)
+    model, active, figs = script.fit_words(rows, texts, "free", [1.0] * len(rows))
+    assert all(active)
+    coef = dict(zip(model.inputs, model.coef))
+    # the surprisal (and its excess over the line's mean) carry it; nothing else does
+    assert coef["lm"] > 1.0 and coef["lm_rel"] > 1.0
+    assert all(abs(v) < 0.2 for k, v in coef.items() if k not in ("lm", "lm_rel"))
+    assert figs["train_f1_words_alone"] > 0.8
+    assert figs["train_major_precision_words_alone"] >= SpanModel.MAJOR_PRECISION + 0.05
+    spans = script.word_spans(rows, texts, "free", [1.0] * len(rows), model, active)
+    train, test, _ = script.split(rows)
+    held = script.span_figures(rows, test, spans)
+    assert held["f1"] > 0.8 and held["major_precision"] > 0.9
