@@ -208,26 +208,56 @@ def word_findings(mt: str, results: Sequence[CheckResult], model: WordModel,
             c == c for c in reference.values.get("lm_cond", ()))):
         return None
     words, x = word_inputs(mt, units, fluency, reference, model.side)
-    absent: dict[tuple[int, int], float] = {}
-    if reference is not None and "absent" in reference.values:
-        absent = dict(zip(zip(reference.start, reference.end), reference.values["absent"]))
+    prob = model.probabilities(x)
+    share = model.contributions(x)
     out = []
-    for s, e, major, p in model.spans(mt, words, model.probabilities(x)):
+    for s, e, major, p in model.spans(mt, words, prob):
+        inside = [j for j, (a, b) in enumerate(words) if s <= a and b <= e]
+        best = max(inside, key=lambda j: prob[j])
+        why = _word_reasons(model, x[best], share[best], mt[words[best][0]:words[best][1]])
         severity = Severity.MAJOR if major else Severity.MINOR
         if model.side == "ref":
-            missing = sum(1 for (a, b), v in absent.items() if s <= a and b <= e and v > 0)
-            why = ("not in the reference" if missing else "worded unlike the reference")
             out.append(Finding(start=s, end=e, category="mistranslation", severity=severity,
                                checker="reference", confidence=round(p, 4), rule="word-model",
-                               message=f"likely mistranslation: {why}, and unlikely after it "
-                                       f"(error probability {p:.2f})"))
+                               message=f"likely mistranslation: {why} (error probability {p:.2f})"))
         else:
             out.append(Finding(start=s, end=e,
                                category="garbled" if major else "unnatural-phrasing",
                                severity=severity, checker="fluency", confidence=round(p, 4),
                                rule="word-model",
-                               message=f"unlikely wording (error probability {p:.2f})"))
+                               message=f"unlikely wording: {why} (error probability {p:.2f})"))
     return out
+
+
+#: what a word model input says when it raises a word's error probability most
+_REASONS = {
+    "lm": "the language model finds '{w}' surprising ({lm:.0f} nats)",
+    "lm_rel": "'{w}' is more surprising than the rest of its sentence ({lm:.0f} nats)",
+    "log_expected": "its sentence is likely to hold errors (expected MQM penalty {e:.1f})",
+    "log_expected_sq": "its sentence is likely to hold errors (expected MQM penalty {e:.1f})",
+    "lm_cond": "'{w}' is unlikely after the reference ({cond:.0f} nats)",
+    "lm_cond_rel": "'{w}' is less predictable after the reference than its sentence",
+    "lm_cond_expected": "'{w}' is unlikely after the reference ({cond:.0f} nats)",
+    "lm_cond_neighbour": "the words around it are unlikely after the reference",
+    "unmatched": "it is outside the wording shared with the reference",
+    "unmatched_expected": "it is outside the wording shared with the reference",
+    "unmatched_neighbours": "the words around it differ from the reference",
+    "absent": "'{w}' is not in the reference",
+    "zipf": "'{w}' is a rare word",
+    "chrf": "its sentence is far from the reference (chrF {chrf:.0f})",
+}
+
+
+def _word_reasons(model: WordModel, x: Sequence[float], share: Sequence[float], word: str) -> str:
+    """The two inputs that raise a word's error probability most, in words."""
+    value = dict(zip(model.inputs, x))
+    values = {"w": word, "lm": 10.0 * value.get("lm", 0.0),
+              "cond": 10.0 * value.get("lm_cond", 0.0),
+              "e": math.expm1(value.get("log_expected", 0.0)),
+              "chrf": 100.0 * value.get("chrf", 0.0)}
+    ranked = sorted((c, n) for n, c in zip(model.inputs, share) if n in _REASONS and c > 0)
+    said = list(dict.fromkeys(_REASONS[n].format(**values) for _c, n in reversed(ranked)))
+    return "; ".join(said[:2]) if said else "the word model's inputs taken together"
 
 
 def aggregate(

@@ -522,6 +522,12 @@ class WordModel:
         out: NDArray[np.float64] = 1.0 / (1.0 + np.exp(-np.clip(t, -30.0, 30.0)))
         return out
 
+    def contributions(self, x: NDArray[np.float64]) -> NDArray[np.float64]:
+        """Each input's share of each word's log-odds (``coef * standardised input``)."""
+        out: NDArray[np.float64] = (x - np.asarray(self.center)) / np.asarray(self.scale) \
+            * np.asarray(self.coef)
+        return out
+
     def spans(self, mt: str, words: Sequence[tuple[int, int]], p: Iterable[float]
               ) -> list[tuple[int, int, bool, float]]:
         """``(start, end, major, probability)`` of each run of flagged words (the run's highest

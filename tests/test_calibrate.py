@@ -372,6 +372,9 @@ def test_word_model_replaces_the_fluency_spans_in_a_report(shipped: Calibration)
     assert "words-free" in report.signature
     assert [s.text for s in report.spans] == ["Frobnicated", "qux"]
     assert all(s.rule == "word-model" and s.category == "unnatural-phrasing" for s in report.spans)
+    # the reason names what raised the probability: here the surprisal, all the model reads
+    assert report.spans[0].message.startswith(
+        "unlikely wording: the language model finds 'Frobnicated' surprising (40 nats)")
     # without the fluency checker's words the old spans stay
     bare = CheckResult("fluency", "d", "fluency|x", findings=(old,), sentence_scores=(50.0, 50.0))
     report = aggregate(sd, [bare], calibration=calib)
