@@ -420,3 +420,26 @@ def test_fitting_script_learns_a_word_model_from_labelled_lines() -> None:
     train, test, _ = script.split(rows)
     held = script.span_figures(rows, test, spans)
     assert held["f1"] > 0.8 and held["major_precision"] > 0.9
+
+
+@pytest.mark.model
+def test_a_parallel_reference_gives_mistranslation_spans_from_the_word_model() -> None:
+    """End to end with the real LM: the words that contradict the reference are flagged."""
+    ref = ("The company said on Monday that profits rose by a fifth.\n"
+           "Its shares fell two per cent in early trading.")
+    bad = ("The company said on Monday that losses of the cabbage grew by a fifth.\n"
+           "Its shares fell two per cent in early trading.")
+    with Checker(Settings(checkers=("structure", "fluency", "reference"),
+                          ref_mode="parallel")) as checker:
+        report = checker.check(bad, ref, id="bad")
+        good = checker.check(ref, ref, id="good")
+    assert "words-ref" in report.signature
+    flagged = [s for s in report.spans if s.rule == "word-model"]
+    assert flagged and all(s.category == "mistranslation" for s in flagged)
+    assert any("cabbage" in s.text or "losses" in s.text for s in flagged)
+    assert "the reference" in flagged[0].message
+    # nothing in the second line, which is the reference's own wording
+    second = bad.index("\n")
+    assert all(s.start < second for s in flagged)
+    # the reference itself, read against itself, gets no word-model span
+    assert not [s for s in good.spans if s.rule == "word-model"]
