@@ -306,7 +306,7 @@ def test_word_model_round_trip_and_foreign_inputs_refused(tmp_path: Path) -> Non
     again = WordModel.from_dict(json.loads(json.dumps(model.to_dict())))
     assert again == model
     d = model.to_dict()
-    d["inputs"] = {"lm": {"coef": 1.0, "center": 0.0, "scale": 1.0}}  # type: ignore[index]
+    d["inputs"] = {"lm": {"coef": 1.0, "center": 0.0, "scale": 1.0}}
     with pytest.raises(ConfigError, match="word model inputs"):
         WordModel.from_dict(d)
 
