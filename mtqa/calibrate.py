@@ -473,6 +473,8 @@ def word_inputs(mt: str, units: Sequence[tuple[int, int, float]], fluency: WordE
             unit["chrf"] = [vals["chrf"][k] for *_se, k in inside]
             cond = [vals["lm_cond"][k] for *_se, k in inside]
             unit["lm_cond"] = [0.0 if c != c else min(c, _CAP) / 10.0 for c in cond]
+        c = unit.get("lm_cond", [])
+        c_mean = sum(c) / n if c else 0.0
         for j, (s, e, _k) in enumerate(inside):
             w = mt[s:e]
             x = {"zipf": zipf_frequency(w.lower(), "en"), "capitalised": float(w[:1].isupper()),
@@ -481,8 +483,6 @@ def word_inputs(mt: str, units: Sequence[tuple[int, int, float]], fluency: WordE
                  "log_words": math.log(n), "log_expected": le, "log_expected_sq": le * le}
             if side == "ref":
                 near = [k for k in (j - 1, j + 1) if 0 <= k < n]
-                c = unit["lm_cond"]
-                c_mean = sum(c) / n
                 x.update({
                     "unmatched": unit["unmatched"][j], "absent": unit["absent"][j],
                     "chrf": unit["chrf"][j], "lm_cond": c[j],
@@ -515,10 +515,8 @@ class WordModel:
     figures: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
 
     def probabilities(self, x: NDArray[np.float64]) -> NDArray[np.float64]:
-        if x.shape[0] == 0:
-            return np.zeros(0, dtype=np.float64)
-        z = (x - np.asarray(self.center)) / np.asarray(self.scale)
-        t = self.intercept + z @ np.asarray(self.coef)
+        """Each word's probability of being (part of) an error, from its inputs ``x``."""
+        t = self.intercept + self.contributions(x).sum(axis=1)
         out: NDArray[np.float64] = 1.0 / (1.0 + np.exp(-np.clip(t, -30.0, 30.0)))
         return out
 

@@ -365,20 +365,15 @@ def _word_evidence_of(row: Mapping[str, Any], side: str
     return fluency, reference
 
 
-def fit_words(rows: Sequence[Mapping[str, Any]], texts: Sequence[str], side: str,
-              expected: Sequence[float]) -> tuple[cal.WordModel, list[bool], dict[str, Any]]:
-    """Fit the word model of one side on the training documents and tune its thresholds.
+#: a side's word-model inputs of each line it applies to: row -> (words, inputs)
+WordTable = dict[int, tuple[list[tuple[int, int]], np.ndarray]]
 
-    Every word of a line is labelled with the share of its characters inside gold error
-    spans; the logistic model is weighted by characters. The thresholds maximise training
-    character F1 of the word spans alone among the pairs whose major spans are at least
-    ``SpanModel.MAJOR_PRECISION + MAJOR_MARGIN`` precise. Returns the model and which lines it
-    applies to (the evidence it reads is there).
-    """
-    train, test, _ = split(rows)
-    names = cal.WORD_INPUTS[side]
-    per_row: dict[int, tuple[list[tuple[int, int]], np.ndarray]] = {}
-    active = [False] * len(rows)
+
+def word_table(rows: Sequence[Mapping[str, Any]], texts: Sequence[str], side: str,
+               expected: Sequence[float]) -> WordTable:
+    """The word model's inputs for every line whose evidence it reads (once per refit: the fit
+    and the lines' spans both read them)."""
+    table: WordTable = {}
     for k, row in enumerate(rows):
         fluency, reference = _word_evidence_of(row, side)
         if fluency is None:
@@ -386,8 +381,21 @@ def fit_words(rows: Sequence[Mapping[str, Any]], texts: Sequence[str], side: str
         bs, be = row[f"body_{side}"]
         words, x = cal.word_inputs(texts[k], [(bs, be, expected[k])], fluency, reference, side)
         if words:
-            per_row[k] = (words, x)
-            active[k] = True
+            table[k] = (words, x)
+    return table
+
+
+def fit_words(rows: Sequence[Mapping[str, Any]], texts: Sequence[str], side: str,
+              per_row: WordTable) -> tuple[cal.WordModel, dict[str, Any]]:
+    """Fit the word model of one side on the training documents and tune its thresholds.
+
+    Every word of a line is labelled with the share of its characters inside gold error
+    spans; the logistic model is weighted by characters. The thresholds maximise training
+    character F1 of the word spans alone among the pairs whose major spans are at least
+    ``SpanModel.MAJOR_PRECISION + MAJOR_MARGIN`` precise.
+    """
+    train, test, _ = split(rows)
+    names = cal.WORD_INPUTS[side]
     fit_rows = [k for k in train if k in per_row]
     x_tr = np.concatenate([per_row[k][1] for k in fit_rows])
     y_tr = np.concatenate([[float((_gold(rows[k])[s:e] > 0).mean()) for s, e in per_row[k][0]]
@@ -437,24 +445,17 @@ def fit_words(rows: Sequence[Mapping[str, Any]], texts: Sequence[str], side: str
                             "train_words": float(len(gs))}
     model = cal.WordModel(side, names, probe.center, probe.scale, probe.coef, probe.intercept,
                           keep, major)
-    return model, active, figs
+    return model, figs
 
 
-def word_spans(rows: Sequence[Mapping[str, Any]], texts: Sequence[str], side: str,
-               expected: Sequence[float], model: cal.WordModel, active: Sequence[bool]
+def word_spans(texts: Sequence[str], model: cal.WordModel, table: WordTable
                ) -> list[list[tuple[int, int, str]]]:
     """Each line's word-model spans (empty where it does not apply)."""
     out: list[list[tuple[int, int, str]]] = []
-    for k, row in enumerate(rows):
-        if not active[k]:
-            out.append([])
-            continue
-        fluency, reference = _word_evidence_of(row, side)
-        assert fluency is not None  # noqa: S101 - active
-        bs, be = row[f"body_{side}"]
-        words, x = cal.word_inputs(texts[k], [(bs, be, expected[k])], fluency, reference, side)
+    for k, text in enumerate(texts):
+        words, x = table.get(k, ([], np.zeros((0, len(model.inputs)))))
         out.append([(s, e, "major" if big else "minor")
-                    for s, e, big, _p in model.spans(texts[k], words, model.probabilities(x))])
+                    for s, e, big, _p in model.spans(text, words, model.probabilities(x))])
     return out
 
 
@@ -618,8 +619,10 @@ def main() -> None:
         unit = models[f"lm-{side}"]
         expected = [unit.expected_penalty(r[side]) if cal.variant_for(r[side]) == f"lm-{side}"
                     else 0.0 for r in rows]
-        wm, active, wfigs = fit_words(rows, texts, side, expected)
-        ws = word_spans(rows, texts, side, expected, wm, active)
+        table = word_table(rows, texts, side, expected)
+        active = [k in table for k in range(len(rows))]
+        wm, wfigs = fit_words(rows, texts, side, table)
+        ws = word_spans(texts, wm, table)
         train, test, _ = split(rows)
         wfigs.update({f"held_out_alone_{k}": v for k, v in span_figures(rows, test, ws).items()})
         spans[side], info["figures"][f"spans-{side}"] = fit_spans(rows, side, expected, ws, active)

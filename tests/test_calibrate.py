@@ -408,15 +408,16 @@ def test_fitting_script_learns_a_word_model_from_labelled_lines() -> None:
                          "gold": [[starts[bad], ends[bad], sev]], "body_free": [0, len(text)],
                          "words_fluency": {"start": starts, "end": ends, "values": {"lm": lm}}})
             texts.append(text)
-    model, active, figs = script.fit_words(rows, texts, "free", [1.0] * len(rows))
-    assert all(active)
+    table = script.word_table(rows, texts, "free", [1.0] * len(rows))
+    assert sorted(table) == list(range(len(rows)))  # every line has the evidence it reads
+    model, figs = script.fit_words(rows, texts, "free", table)
     coef = dict(zip(model.inputs, model.coef))
     # the surprisal (and its excess over the line's mean) carry it; nothing else does
     assert coef["lm"] > 1.0 and coef["lm_rel"] > 1.0
     assert all(abs(v) < 0.2 for k, v in coef.items() if k not in ("lm", "lm_rel"))
     assert figs["train_f1_words_alone"] > 0.8
     assert figs["train_major_precision_words_alone"] >= SpanModel.MAJOR_PRECISION + 0.05
-    spans = script.word_spans(rows, texts, "free", [1.0] * len(rows), model, active)
+    spans = script.word_spans(texts, model, table)
     train, test, _ = script.split(rows)
     held = script.span_figures(rows, test, spans)
     assert held["f1"] > 0.8 and held["major_precision"] > 0.9
