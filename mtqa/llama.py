@@ -86,8 +86,9 @@ class LlamaSpec:
         )
 
 
-#: per layer, the keys (after the rotary embedding) and values of a context, ``(1, kv_heads,
-#: length, head_dim)`` each: what ``LlamaDecoder.forward(..., past=...)`` continues from
+#: per layer, the keys (after the rotary embedding) and values of contexts, ``(rows, kv_heads,
+#: length, head_dim)`` each: what ``LlamaDecoder.forward(..., past=...)`` continues from (one
+#: row for all, or one per row with ``past_lengths``)
 Cache = tuple[tuple[torch.Tensor, torch.Tensor], ...]
 
 
@@ -134,12 +135,10 @@ class _Layer(nn.Module):
         if past is not None:
             k = torch.cat((past[0].expand(b, -1, -1, -1), k), dim=2)
             v = torch.cat((past[1].expand(b, -1, -1, -1), v), dim=2)
-        rep = s.num_heads // s.num_kv_heads
-        if rep > 1:
-            # query head j reads key/value head j // rep, as transformers' repeat_kv does
-            k = k.repeat_interleave(rep, dim=1)
-            v = v.repeat_interleave(rep, dim=1)
-        a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None)
+        # query head j reads key/value head j // (num_heads / num_kv_heads), as transformers'
+        # repeat_kv does; enable_gqa does it without copying the keys and values
+        a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None,
+                                           enable_gqa=s.num_heads != s.num_kv_heads)
         x = x + self.o(a.transpose(1, 2).reshape(b, t, -1))
         h = F.rms_norm(x, (s.hidden_size,), self.post_norm, s.rms_norm_eps)
         gate, up = self.gate_up(h).chunk(2, dim=-1)
@@ -172,6 +171,7 @@ class LlamaDecoder(nn.Module):
         attention_mask: torch.Tensor | None = None,
         *,
         past: Cache | None = None,
+        past_lengths: Sequence[int] | None = None,
         return_cache: bool = False,
     ) -> DecoderOutput:
         """Hidden states after the final norm, ``(batch, length, hidden)``.
@@ -182,11 +182,17 @@ class LlamaDecoder(nn.Module):
         counted over the real tokens of each row.
 
         ``past``: every row continues one context whose cache an earlier call returned (with
-        ``return_cache=True``, on that context alone); rows must then be right-padded.
+        ``return_cache=True``); rows must then be right-padded. Without ``past_lengths`` the
+        cache holds one context (one row, all its positions) that every row continues. With
+        ``past_lengths`` it holds one row per input row, row ``r`` continuing the first
+        ``past_lengths[r]`` positions of its cache row (the rest, padding, is ignored): rows
+        that continue different contexts share a forward pass.
         ``return_cache`` returns the keys and values of this call's tokens (not with ``past``).
         """
         if past is not None and return_cache:
             raise ValueError("return_cache reads a context; it does not extend a cache")
+        if past_lengths is not None and past is None:
+            raise ValueError("past_lengths describes a cache: pass past too")
         b, t = input_ids.shape
         x = self.embed_tokens(input_ids)
         mask: torch.Tensor | None = None
@@ -194,10 +200,19 @@ class LlamaDecoder(nn.Module):
             if attention_mask is not None and not _right_padded(attention_mask):
                 raise ValueError("rows that continue a context must be padded at the end")
             n = past[0][0].shape[2]
-            pos = torch.arange(n, n + t, device=x.device, dtype=torch.float32)[None, :]
             causal = torch.ones(t, t, dtype=torch.bool, device=x.device).tril()
-            seen = torch.ones(t, n, dtype=torch.bool, device=x.device)
-            mask = torch.cat((seen, causal), dim=1)[None, None]
+            if past_lengths is None:
+                pos = torch.arange(n, n + t, device=x.device, dtype=torch.float32)[None, :]
+                seen = torch.ones(t, n, dtype=torch.bool, device=x.device)
+                mask = torch.cat((seen, causal), dim=1)[None, None]
+            else:
+                if len(past_lengths) != b or past[0][0].shape[0] != b:
+                    raise ValueError("past_lengths needs one cache row and one length per row")
+                lengths = torch.tensor(list(past_lengths), device=x.device)
+                pos = lengths[:, None].float() + torch.arange(t, device=x.device)[None, :]
+                seen = torch.arange(n, device=x.device)[None, :] < lengths[:, None]
+                mask = torch.cat((seen[:, None, :].expand(b, t, n),
+                                  causal[None].expand(b, t, t)), dim=2)[:, None]
         elif attention_mask is None or _right_padded(attention_mask):
             pos = torch.arange(t, device=x.device, dtype=torch.float32)[None, :]
         else:

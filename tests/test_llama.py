@@ -13,7 +13,7 @@ from mtqa.checkers.fluency import FluencyChecker
 from mtqa.errors import ConfigError
 from mtqa.llama import LlamaLM, load_llama, unsupported
 from mtqa.models import load_lm
-from mtqa.surprisal import batches, score_continuations, score_sequences
+from mtqa.surprisal import batches, score_continuations, score_sequences, surprisal
 
 from conftest import ABC, read
 
@@ -187,3 +187,43 @@ def test_continuations_from_a_cache_equal_whole_sequences(tmp_path: Path) -> Non
     via_hf = score_continuations(hf, items, max_rows=8, max_tokens=512)
     for got, want in zip(via_hf, whole):
         assert got == pytest.approx(want, abs=1e-4)
+
+
+def test_blocked_head_equals_the_full_log_softmax() -> None:
+    """The vocabulary-blocked normaliser gives -log_softmax at the target, as the whole head does."""
+    torch.manual_seed(3)
+    vocab, hidden = 5000, 48  # several HEAD_BLOCKs, the last one partial
+    plain = torch.nn.Linear(hidden, vocab, bias=False)
+    states = torch.randn(700, hidden) * 3  # more rows than one HEAD_CHUNK
+    targets = torch.randint(0, vocab, (700,))
+    want = -torch.log_softmax(plain(states).double(), dim=1).gather(1, targets[:, None])[:, 0]
+    got = surprisal(plain, states, targets)
+    assert got.dtype == torch.float64
+    assert got.tolist() == pytest.approx(want.tolist(), abs=1e-4)
+    # a head with a bias is called whole: the same numbers
+    biased = torch.nn.Linear(hidden, vocab, bias=True)
+    with torch.no_grad():
+        biased.weight.copy_(plain.weight)
+        biased.bias.zero_()
+    assert surprisal(biased, states, targets).tolist() == pytest.approx(want.tolist(), abs=1e-4)
+
+
+def test_rows_continue_their_own_contexts_in_one_pass(tmp_path: Path) -> None:
+    """past_lengths: each row reads only its own context's first positions of the cache."""
+    _, path = _tiny_hf(tmp_path)
+    decoder = load_llama(path, [path / "model.safetensors"]).get_decoder()
+    torch.manual_seed(4)
+    ctx_a, ctx_b = torch.randint(0, 97, (1, 9)), torch.randint(0, 97, (1, 5))
+    cont = torch.randint(0, 97, (2, 6))
+    with torch.inference_mode():
+        padded = torch.cat((ctx_a, torch.cat((ctx_b, torch.zeros(1, 4, dtype=torch.long)), 1)))
+        mask = torch.tensor([[1] * 9, [1] * 5 + [0] * 4])
+        read = decoder(padded, mask, return_cache=True)
+        both = decoder(cont, past=read.cache, past_lengths=[9, 5]).last_hidden_state
+        for row, ctx in enumerate((ctx_a, ctx_b)):
+            whole = decoder(torch.cat((ctx, cont[row : row + 1]), 1)).last_hidden_state
+            assert torch.allclose(both[row], whole[0, ctx.shape[1] :], atol=1e-4)
+        with pytest.raises(ValueError, match="one length per row"):
+            decoder(cont, past=read.cache, past_lengths=[9])
+        with pytest.raises(ValueError, match="pass past too"):
+            decoder(cont, past_lengths=[9, 5])
