@@ -1,7 +1,7 @@
 """LM speed of the fluency checker on this machine, per backend and precision, and cold start.
 
     python benchmarks/lm_speed.py [--threads 2] [--docs 16]
-        [--runs native:fp32,transformers:fp32,native:bf16,native:int8]
+        [--runs native:fp32,transformers:fp32,native:bf16,native:int8] [--references 32]
 
 Printed for each backend (mtqa's own Llama forward, or transformers) and precision: tokens/s
 of batch scoring (real news text: WMT21 zh-en hypotheses joined into ~500-token documents, plus
@@ -10,7 +10,12 @@ before and after, efficiency = tokens/s x 2 x parameters / GEMM FLOP/s, whether 
 and the default give the same spans, and whether the spans change against the first run
 (character agreement on the documents and the seed pair). Then the cold start: a fresh
 ``python -c`` that loads the cached model (default backend) and scores the ABC seed, timed from
-process start to its report, with its peak RSS (``resource.getrusage``, run first). Other
+process start to its report, with its peak RSS (``resource.getrusage``, run first). Then the
+reading the reference checker adds (native fp32): the MQM translations of ``--references``
+references read plainly and after their references (``score_continuations``: each reference
+read once, the translations of all of them in shared passes), as tokens/s and the ratio of the
+two times; and the vocabulary projection alone, blocked (``mtqa.surprisal.HEAD_BLOCK``) against
+writing out whole rows of logits, on the same hidden states, interleaved over 5 rounds. Other
 processes on the machine depress these figures: the load average is printed.
 """
 
@@ -113,6 +118,75 @@ def agreement(docs: list[SegmentedDocument], a: list[CheckResult], b: list[Check
     return inter / union if union else 1.0
 
 
+def continuations(n_refs: int, threads: int, cache_dir: Path | None) -> None:
+    """Plain reading vs reading after the reference, and the blocked vocabulary projection."""
+    import torch
+
+    from mtqa.models import load_lm
+    from mtqa.surprisal import score_continuations, score_sequences, surprisal
+
+    torch.set_num_threads(threads)
+    lm = load_lm(cache_dir=cache_dir)
+    pairs: dict[tuple[str, str], None] = {}
+    refs: set[str] = set()
+    with DATA.open(encoding="utf-8") as fh:
+        for raw in fh:
+            r = json.loads(raw)
+            if len(refs) < n_refs or r["reference"] in refs:
+                refs.add(r["reference"])
+                pairs[(r["reference"].strip(), r["hypothesis"].strip())] = None
+    enc = lm.tokenizer.encode_batch([h for _, h in pairs] + [f + "\n" for f in refs],
+                                    add_special_tokens=False)
+    hyp_ids = [e.ids for e in enc[: len(pairs)]]
+    ref_ids = {f: e.ids for f, e in zip(refs, enc[len(pairs) :])}
+    plain = [([lm.prefix_id, *ids], 1) for ids in hyp_ids]
+    after = [([lm.prefix_id, *ref_ids[f]], ids) for (f, _), ids in zip(pairs, hyp_ids)]
+    tokens = sum(len(ids) for ids in hyp_ids)
+    t = time.perf_counter()
+    score_sequences(lm.model, plain, max_rows=32, max_tokens=2048)
+    t_plain = time.perf_counter() - t
+    t = time.perf_counter()
+    score_continuations(lm.model, after, max_rows=32, max_tokens=2048)
+    t_after = time.perf_counter() - t
+    ref_tokens = sum(len(ids) + 1 for ids in ref_ids.values())
+    print(f"{len(pairs)} distinct MQM translations of {len(refs)} references, {tokens} tokens "
+          f"({ref_tokens} in the references): plain {tokens / t_plain:.0f} tokens/s, after the "
+          f"reference {tokens / t_after:.0f} translation tokens/s; time ratio after/plain "
+          f"{t_after / t_plain:.2f} (the reference tokens alone would make it "
+          f"{(tokens + ref_tokens) / tokens:.2f})", flush=True)
+
+    class Whole(torch.nn.Module):
+        """The same head, not seen as a plain Linear: its rows of logits are written whole."""
+
+        def __init__(self, head: torch.nn.Module) -> None:
+            super().__init__()
+            self.head = head
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            out: torch.Tensor = self.head(x)
+            return out
+
+    head = lm.model.get_output_embeddings()
+    with torch.inference_mode():
+        rows = [[lm.prefix_id, *i[:39]] for i in hyp_ids if len(i) >= 39][:32]
+        hidden = lm.model.get_decoder()(torch.tensor(rows)).last_hidden_state
+        hidden = hidden.reshape(-1, head.in_features)
+        targets = torch.randint(0, head.out_features, (len(hidden),))
+        times: dict[str, list[float]] = {"blocked": [], "whole": []}
+        for _ in range(5):
+            for name, h in (("blocked", head), ("whole", Whole(head))):
+                t = time.perf_counter()
+                got = surprisal(h, hidden, targets)
+                times[name].append(time.perf_counter() - t)
+                if name == "blocked":
+                    blocked = got
+        diff = float((surprisal(Whole(head), hidden, targets) - blocked).abs().max())
+    med = {k: float(np.median(v)) for k, v in times.items()}
+    print(f"vocabulary projection of {len(hidden)} positions: blocked {med['blocked'] * 1e3:.0f} ms, "
+          f"whole rows {med['whole'] * 1e3:.0f} ms (ratio {med['whole'] / med['blocked']:.2f}; "
+          f"medians of 5 interleaved); max |difference| {diff:.1e} nats", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
@@ -121,6 +195,8 @@ def main() -> None:
     ap.add_argument("--runs", default="native:fp32,transformers:fp32,native:bf16,native:int8",
                     help="backend:precision, comma-separated; the first is the reference")
     ap.add_argument("--cache-dir", type=Path)
+    ap.add_argument("--references", type=int, default=32,
+                    help="MQM references whose translations are read after them (0: skip)")
     args = ap.parse_args()
     print(f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores; threads {args.threads}")
     cache = str(args.cache_dir) if args.cache_dir else "-"
@@ -187,6 +263,8 @@ def main() -> None:
         line += f"; batch 1 vs {args.batch_size}: spans differ in {moved}/{len(sub)} documents"
         print(line, flush=True)
         checker.close()
+    if args.references:
+        continuations(args.references, args.threads, args.cache_dir)
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"peak RSS of this process (each run's model loaded in turn): {rss:.0f} MB")
     print(f"load average {os.getloadavg()[0]:.2f}")
