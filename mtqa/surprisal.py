@@ -27,7 +27,8 @@ __all__ = ["HEAD_CHUNK", "batches", "score_continuations", "score_sequences"]
 HEAD_CHUNK = 512
 #: vocabulary entries per block of the log-normaliser: a block of logits (HEAD_CHUNK x HEAD_BLOCK
 #: floats, 4 MB) stays in cache between the projection and its logsumexp, which makes the
-#: projection ~30% faster on 2 cores than writing out all 49k logits of a row at once
+#: projection 15-30% faster on 2 cores than writing out all 49k logits of a row at once
+#: (``benchmarks/lm_speed.py`` prints the ratio)
 HEAD_BLOCK = 2048
 
 
@@ -63,7 +64,7 @@ def surprisal(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor
 
     A plain linear head (no bias: Llama's) is applied block by block over the vocabulary and
     the blocks' log-normalisers combined, the target's logit taken as one dot product; the
-    result equals ``logsumexp(logits) - logits[target]`` up to float rounding (~1e-6 nats).
+    result equals ``logsumexp(logits) - logits[target]`` up to float rounding (~1e-5 nats).
     Any other head is called whole on each chunk.
     """
     import torch
