@@ -35,6 +35,7 @@ from mtqa.calibrate import (
     WordModel,
     penalty_to_score,
     unit_features,
+    word_evidence_ready,
     word_inputs,
 )
 from mtqa.types import (
@@ -202,10 +203,7 @@ def word_findings(mt: str, results: Sequence[CheckResult], model: WordModel,
     """
     fluency = next((r.words for r in results if r.checker == "fluency"), None)
     reference = next((r.words for r in results if r.checker == "reference"), None)
-    if fluency is None:
-        return None
-    if model.side == "ref" and (reference is None or not any(
-            c == c for c in reference.values.get("lm_cond", ()))):
+    if fluency is None or not word_evidence_ready(fluency, reference, model.side):
         return None
     words, x = word_inputs(mt, units, fluency, reference, model.side)
     prob = model.probabilities(x)

@@ -45,7 +45,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "SCORE_SCALE", "WORD_INPUTS", "Calibration", "UnitModel", "WordModel", "load_calibration",
-    "penalty_to_score", "unit_features", "variant_for", "word_inputs",
+    "penalty_to_score", "unit_features", "variant_for", "word_evidence_ready", "word_inputs",
 ]
 
 SCHEMA = "mtqa.calibration/1"
@@ -435,6 +435,17 @@ def _per_char(length: int, ev: WordEvidence, name: str) -> NDArray[np.float64]:
         if e > s and v == v:
             out[s:e] = v / (e - s)
     return out
+
+
+def word_evidence_ready(fluency: WordEvidence | None, reference: WordEvidence | None,
+                        side: str) -> bool:
+    """Whether the word model of ``side`` has what it reads: the fluency checker's word
+    surprisals and, with ``side == "ref"``, the reference checker's LM reading of at least one
+    word (``lm_cond`` is NaN for every word the LM did not read)."""
+    if fluency is None:
+        return False
+    return side != "ref" or (reference is not None and any(
+        c == c for c in reference.values.get("lm_cond", ())))
 
 
 def word_inputs(mt: str, units: Sequence[tuple[int, int, float]], fluency: WordEvidence,

@@ -20,6 +20,7 @@ MAJOR_MARGIN`` training precision.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import math
@@ -357,10 +358,7 @@ def _word_evidence_of(row: Mapping[str, Any], side: str
                       ) -> tuple[WordEvidence | None, WordEvidence | None]:
     fluency = _unevidence(row.get("words_fluency"))
     reference = _unevidence(row.get("words_ref")) if side == "ref" else None
-    if fluency is None or row.get(f"body_{side}") is None:
-        return None, None
-    if side == "ref" and (reference is None or not any(
-            c == c for c in reference.values.get("lm_cond", ()))):
+    if row.get(f"body_{side}") is None or not cal.word_evidence_ready(fluency, reference, side):
         return None, None
     return fluency, reference
 
@@ -443,9 +441,7 @@ def fit_words(rows: Sequence[Mapping[str, Any]], texts: Sequence[str], side: str
     f1, mp, keep, major = max(ok or points)
     figs: dict[str, Any] = {"train_f1_words_alone": f1, "train_major_precision_words_alone": mp,
                             "train_words": float(len(gs))}
-    model = cal.WordModel(side, names, probe.center, probe.scale, probe.coef, probe.intercept,
-                          keep, major)
-    return model, figs
+    return dataclasses.replace(probe, keep=keep, major=major), figs
 
 
 def word_spans(texts: Sequence[str], model: cal.WordModel, table: WordTable
@@ -623,13 +619,12 @@ def main() -> None:
         active = [k in table for k in range(len(rows))]
         wm, wfigs = fit_words(rows, texts, side, table)
         ws = word_spans(texts, wm, table)
-        train, test, _ = split(rows)
+        _, test, _ = split(rows)
         wfigs.update({f"held_out_alone_{k}": v for k, v in span_figures(rows, test, ws).items()})
         spans[side], info["figures"][f"spans-{side}"] = fit_spans(rows, side, expected, ws, active)
         wfigs.update({k: v for k, v in info["figures"][f"spans-{side}"].items()
                       if not k.startswith("held_out_uncalibrated")})
-        word_models[side] = cal.WordModel(wm.side, wm.inputs, wm.center, wm.scale, wm.coef,
-                                          wm.intercept, wm.keep, wm.major, wfigs)
+        word_models[side] = dataclasses.replace(wm, figures=wfigs)
         info["figures"][f"words-{side}"] = wfigs
         info["figures"][f"gate-{side}"] = gate_threshold(rows, unit, side)
     for name, figs in info["figures"].items():

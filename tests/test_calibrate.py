@@ -23,12 +23,13 @@ from mtqa.calibrate import (
     penalty_to_score,
     score_to_penalty,
     variant_for,
+    word_evidence_ready,
     word_inputs,
 )
 from mtqa.config import Settings
 from mtqa.errors import ConfigError
 from mtqa.pipeline import Checker
-from mtqa.types import Finding, Severity
+from mtqa.types import Finding, Severity, WordEvidence
 
 ROOT = Path(__file__).resolve().parent.parent
 NO_LM = Settings(checkers=("structure", "grammar"), grammar_backend="harper")
@@ -444,3 +445,16 @@ def test_a_parallel_reference_gives_mistranslation_spans_from_the_word_model() -
     assert all(s.start < second for s in flagged)
     # the reference itself, read against itself, gets no word-model span
     assert not [s for s in good.spans if s.rule == "word-model"]
+
+
+def test_word_evidence_is_ready_only_with_what_each_side_reads() -> None:
+    """Without a reference the fluency surprisals suffice; with one, the LM must have read a word."""
+    fluency = WordEvidence((0, 4), (3, 9), {"lm": (2.0, 5.0)})
+    unread = WordEvidence((0, 4), (3, 9), {"unmatched": (0.0, 1.0), "lm_cond": (math.nan,) * 2})
+    read = WordEvidence((0, 4), (3, 9), {"unmatched": (0.0, 1.0), "lm_cond": (math.nan, 3.0)})
+    assert word_evidence_ready(fluency, None, "free")
+    assert not word_evidence_ready(None, read, "free")
+    assert not word_evidence_ready(None, read, "ref")
+    assert not word_evidence_ready(fluency, None, "ref")
+    assert not word_evidence_ready(fluency, unread, "ref")
+    assert word_evidence_ready(fluency, read, "ref")
