@@ -10,16 +10,15 @@ from __future__ import annotations
 
 import logging
 
-__version__ = "0.1.0"
+from mtqa.batch import run_batch
+from mtqa.config import Settings
+from mtqa.errors import CheckerUnavailable, ConfigError, InputError, MtqaError
+from mtqa.gate import Policy, load_policy
+from mtqa.pipeline import Checker, check
+from mtqa.types import BatchSummary, Document, DocumentReport, Report
+from mtqa.version import __version__
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
-
-from mtqa.config import Settings  # noqa: E402 - after the version, which submodules read
-from mtqa.errors import CheckerUnavailable, ConfigError, InputError, MtqaError  # noqa: E402
-from mtqa.gate import Policy, load_policy  # noqa: E402
-from mtqa.pipeline import Checker, check  # noqa: E402
-from mtqa.types import BatchSummary, Document, DocumentReport, Report  # noqa: E402
-from mtqa.batch import run_batch  # noqa: E402 - imports the pipeline above
 
 __all__ = [
     "BatchSummary",

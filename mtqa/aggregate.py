@@ -26,7 +26,7 @@ import math
 from collections.abc import Iterable, Sequence
 from types import MappingProxyType
 
-from mtqa import __version__
+from mtqa.version import __version__
 from mtqa.calibrate import (
     EVIDENCE,
     SPAN_CHECKERS,

@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TextIO
 
-from mtqa import __version__
+from mtqa.version import __version__
 from mtqa.config import Settings
 from mtqa.errors import ConfigError, InputError, MtqaError
 from mtqa.gate import Policy, decide

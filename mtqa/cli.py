@@ -18,7 +18,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from mtqa import __version__
+from mtqa.version import __version__
 from mtqa.batch import CHUNK_SIZE
 from mtqa.config import Settings, load_settings
 from mtqa.errors import ConfigError, InputError, MtqaError

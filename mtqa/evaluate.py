@@ -299,7 +299,7 @@ def baselines(records: Sequence[MqmRecord], *, with_reference: bool) -> dict[str
         out["chrF"] = [sacrebleu.sentence_chrf(r.hypothesis, [r.reference]).score for r in records]
         # NOTE: sacreBLEU's numbers (tests/test_evaluate.py), from the reference checker's batched
         # shift search: sacrebleu.sentence_ter takes a minute on the 8,450-line file
-        from mtqa.checkers.reference import sentence_ter
+        from mtqa.ter import sentence_ter
 
         out["-TER"] = [-t for t in sentence_ter([r.hypothesis for r in records],
                                                 [r.reference for r in records])]

@@ -156,68 +156,6 @@ def test_auto_mode_picks_comparable_for_the_seed_pair(abc_text: str, hill_text: 
     assert result.doc_score is None
 
 
-# --- TER: the shift search on arrays gives sacreBLEU's statistics ------------------------------
-
-TER_CASES = [
-    ("the cat sat on the mat", ["the cat sat on the mat"]),
-    ("on the mat the cat sat", ["the cat sat on the mat"]),
-    ("sat the cat the on mat mat the", ["the cat sat on the mat"]),
-    ("", ["the cat sat on the mat"]),
-    ("the cat sat on the mat", [""]),
-    ("", [""]),
-    ("cat", ["the cat sat on the long mat by the door of the house in the town near the river " * 4]),
-    ("the cat sat on the mat by the door of the house in the town near the river " * 4, ["cat"]),
-    ("The Cat sat, on the MAT.", ["the cat sat on the mat", "a cat sat on a mat"]),
-    ("Export controls and sanctions are working, said a US official on Tuesday.",
-     ["A U.S. official said Tuesday that export controls and sanctions are biting.",
-      "Sanctions and export controls are effective, an American official said on Tuesday."]),
-    # enough repeated words that the search stops at sacreBLEU's 1000 candidates
-    (" ".join(["a b a c b a d a b c"] * 6), [" ".join(["b a c a d a b a a c"] * 6)]),
-]
-
-
-@pytest.mark.parametrize("case_sensitive", [False, True], ids=["lc", "cased"])
-@pytest.mark.parametrize(("hyp", "refs"), TER_CASES,
-                         ids=["same", "moved", "scrambled", "empty-hyp", "empty-ref", "both-empty",
-                              "short-hyp", "short-ref", "two-refs", "news", "candidate-limit"])
-def test_ter_statistics_equal_sacrebleu(hyp: str, refs: list[str], case_sensitive: bool) -> None:
-    from mtqa.checkers.reference import _ShiftBatchTER
-
-    streams = [[r] for r in refs]
-    ours = _ShiftBatchTER(case_sensitive=case_sensitive)
-    theirs = TER(case_sensitive=case_sensitive)
-    assert ours._extract_corpus_statistics([hyp], streams) == \
-        theirs._extract_corpus_statistics([hyp], streams)
-    assert ours.get_signature().format() == theirs.get_signature().format()
-
-
-def test_ter_statistics_equal_sacrebleu_on_reordered_sentences(abc_text: str, hill_text: str) -> None:
-    """Comparable sentences and shuffled words: long shift searches, many candidates, ties."""
-    from mtqa.checkers.reference import _ShiftBatchTER
-
-    def long_sentences(text: str) -> list[str]:
-        seg = segment(Document(id="t", mt=text))
-        return [t for t in map(seg.text, seg.sentences) if len(t) > 40][:6]
-
-    a, b = long_sentences(abc_text), long_sentences(hill_text)
-    rng = np.random.default_rng(7)
-    shuffled = [" ".join(rng.permutation(s.split())) for s in a]
-    hyps, refs = a + shuffled, b + a
-    assert _ShiftBatchTER()._extract_corpus_statistics(hyps, [refs]) == \
-        TER()._extract_corpus_statistics(hyps, [refs])
-
-
-def test_ter_statistics_do_not_depend_on_how_many_candidates_go_together(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    from mtqa.checkers import reference
-
-    hyps = [case[0] for case in TER_CASES if len(case[1]) == 1]
-    refs = [[case[1][0] for case in TER_CASES if len(case[1]) == 1]]
-    expected = TER()._extract_corpus_statistics(hyps, refs)
-    monkeypatch.setattr(reference, "_MATRIX_CELLS", 500)  # a few candidates a batch
-    assert reference._ShiftBatchTER()._extract_corpus_statistics(hyps, refs) == expected
-
-
 def test_repeated_pairs_keep_each_documents_reference_count() -> None:
     """Statistics are extracted once per batch; each document's signature keeps its nrefs."""
     mt, r1, r2 = ("\n".join(x) for x in (MT_LINES, REF1_LINES, REF2_LINES))
@@ -503,7 +441,7 @@ def test_seed_alignment_against_annotation(model_checker: ReferenceChecker, abc_
 
 @pytest.mark.model
 def test_model_batch_size_does_not_change_embeddings(model_checker: ReferenceChecker, abc_text: str) -> None:
-    from mtqa.checkers.reference import SentenceTransformerEncoder
+    from mtqa.encoders import SentenceTransformerEncoder
 
     doc = segment(Document(id="abc", mt=abc_text))
     texts = [doc.text(s) for s in doc.sentences]

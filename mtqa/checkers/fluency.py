@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, ClassVar, cast
 
 import numpy as np
 
-from mtqa import __version__
+from mtqa.version import __version__
 from mtqa.checkers.base import BaseChecker
 from mtqa.errors import CheckerUnavailable, ConfigError
 from mtqa.types import CheckResult, Finding, Kind, SegmentedDocument, Severity, WordEvidence

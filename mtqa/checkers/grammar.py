@@ -45,7 +45,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import IO, TYPE_CHECKING, ClassVar, Protocol
 
-from mtqa import __version__
+from mtqa.version import __version__
 from mtqa.checkers.base import BaseChecker
 from mtqa.errors import CheckerUnavailable, ConfigError
 from mtqa.types import CheckResult, Finding, Kind, SegmentedDocument, Severity, Skipped

