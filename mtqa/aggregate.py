@@ -26,7 +26,6 @@ import math
 from collections.abc import Iterable, Sequence
 from types import MappingProxyType
 
-from mtqa.version import __version__
 from mtqa.calibrate import (
     EVIDENCE,
     SPAN_CHECKERS,
@@ -38,6 +37,8 @@ from mtqa.calibrate import (
     word_evidence_ready,
     word_inputs,
 )
+from mtqa.checkers.fluency import FluencyChecker
+from mtqa.checkers.reference import ReferenceChecker
 from mtqa.types import (
     CheckResult,
     DocumentReport,
@@ -51,6 +52,7 @@ from mtqa.types import (
     Span,
     Verdict,
 )
+from mtqa.version import __version__
 
 __all__ = [
     "MQM_WEIGHTS", "PENALTY_SCALE", "aggregate", "calibrate_findings", "count_words",
@@ -201,8 +203,8 @@ def word_findings(mt: str, results: Sequence[CheckResult], model: WordModel,
     a reference the spans are the fluency checker's (``garbled`` major, ``unnatural-phrasing``
     minor); with one they are the reference checker's ``mistranslation``.
     """
-    fluency = next((r.words for r in results if r.checker == "fluency"), None)
-    reference = next((r.words for r in results if r.checker == "reference"), None)
+    fluency = next((r.words for r in results if r.checker == FluencyChecker.name), None)
+    reference = next((r.words for r in results if r.checker == ReferenceChecker.name), None)
     if fluency is None or not word_evidence_ready(fluency, reference, model.side):
         return None
     words, x = word_inputs(mt, units, fluency, reference, model.side)
@@ -216,12 +218,12 @@ def word_findings(mt: str, results: Sequence[CheckResult], model: WordModel,
         severity = Severity.MAJOR if major else Severity.MINOR
         if model.side == "ref":
             out.append(Finding(start=s, end=e, category="mistranslation", severity=severity,
-                               checker="reference", confidence=round(p, 4), rule="word-model",
+                               checker=ReferenceChecker.name, confidence=round(p, 4), rule="word-model",
                                message=f"likely mistranslation: {why} (error probability {p:.2f})"))
         else:
             out.append(Finding(start=s, end=e,
                                category="garbled" if major else "unnatural-phrasing",
-                               severity=severity, checker="fluency", confidence=round(p, 4),
+                               severity=severity, checker=FluencyChecker.name, confidence=round(p, 4),
                                rule="word-model",
                                message=f"unlikely wording: {why} (error probability {p:.2f})"))
     return out
@@ -306,7 +308,7 @@ def aggregate(
             if found is not None:
                 # NOTE: the word model reads the LM surprisals the fluency checker's own spans
                 # come from (and, with a reference, the diff): its spans replace those
-                findings = [f for f in findings if f.checker != "fluency"] + found
+                findings = [f for f in findings if f.checker != FluencyChecker.name] + found
                 word_spans = True
                 variants.add(f"words-{side}")
     # NOTE: a comparable article words the same facts differently; its diff only corroborates
@@ -315,7 +317,7 @@ def aggregate(
                            standalone_evidence=not word_spans and (
                                reference is None or reference.mode == "parallel"))
     words = count_words(mt, body)
-    fluency_result = next((r for r in results if r.checker == "fluency"), None)
+    fluency_result = next((r for r in results if r.checker == FluencyChecker.name), None)
     fluency = fluency_result.doc_score if fluency_result is not None else None
     sentence_fluency: Sequence[float | None] = (
         fluency_result.sentence_scores if fluency_result is not None

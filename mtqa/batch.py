@@ -30,7 +30,6 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TextIO
 
-from mtqa.version import __version__
 from mtqa.config import Settings
 from mtqa.errors import ConfigError, InputError, MtqaError
 from mtqa.gate import Policy, decide
@@ -62,6 +61,7 @@ from mtqa.types import (
     Report,
     Severity,
 )
+from mtqa.version import __version__
 
 __all__ = [
     "CHUNK_SIZE",

@@ -36,6 +36,18 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+# NOTE: the checkers' own names for what they emit (spaCy's "assigns"); those modules import
+# nothing heavy at their top, and never this one
+from mtqa.checkers.fluency import SENTENCE_MAX, WORD_SURPRISAL, FluencyChecker
+from mtqa.checkers.fluency import SENTENCE_SUMS as FLUENCY_SUMS
+from mtqa.checkers.reference import SENTENCE_SUMS as REFERENCE_SUMS
+from mtqa.checkers.reference import (
+    WORD_ABSENT,
+    WORD_CHRF,
+    WORD_LM_COND,
+    WORD_UNMATCHED,
+    ReferenceChecker,
+)
 from mtqa.errors import ConfigError
 from mtqa.normalize import WORD, normalize
 from mtqa.types import CheckResult, Kind, SegmentedDocument, Severity, WordEvidence
@@ -88,18 +100,17 @@ def unit_features(sd: SegmentedDocument, results: Sequence[CheckResult],
         return any(s <= start < e for s, e in ranges)
 
     for r in results:
-        if r.checker == "reference" and r.sentence_features:
+        if r.checker == ReferenceChecker.name and r.sentence_features:
             stats = [r.sentence_features[i] for i in idx if r.sentence_features[i]]
             if stats:
-                for key in ("lm_cond_sum", "lm_cond_tokens"):
+                for key in REFERENCE_SUMS:
                     out[f"ref_{key}"] = float(sum(m[key] for m in stats))
-        if r.checker == "fluency" and r.sentence_features:
+        if r.checker == FluencyChecker.name and r.sentence_features:
             stats = [r.sentence_features[i] for i in idx if r.sentence_features[i]]
             if stats:
-                for key in ("words", "tokens", "lm_sum", "excess_sum", "excess_pos_sum",
-                            "cost_sum"):
+                for key in FLUENCY_SUMS:
                     out[f"lm_{key}"] = float(sum(m[key] for m in stats))
-                out["lm_z0_max"] = float(max(m["z0_max"] for m in stats))
+                out[f"lm_{SENTENCE_MAX}"] = float(max(m[SENTENCE_MAX] for m in stats))
         for f in r.findings:
             if not inside(f.start):
                 continue
@@ -445,7 +456,7 @@ def word_evidence_ready(fluency: WordEvidence | None, reference: WordEvidence | 
     if fluency is None:
         return False
     return side != "ref" or (reference is not None and any(
-        c == c for c in reference.values.get("lm_cond", ())))
+        c == c for c in reference.values.get(WORD_LM_COND, ())))
 
 
 def word_inputs(mt: str, units: Sequence[tuple[int, int, float]], fluency: WordEvidence,
@@ -457,7 +468,7 @@ def word_inputs(mt: str, units: Sequence[tuple[int, int, float]], fluency: WordE
     from wordfreq import zipf_frequency
 
     names = WORD_INPUTS[side]
-    lm_char = _per_char(len(mt), fluency, "lm")
+    lm_char = _per_char(len(mt), fluency, WORD_SURPRISAL)
     if side == "ref":
         if reference is None:
             raise ValueError("the reference-side word model needs the reference's word evidence")
@@ -479,10 +490,10 @@ def word_inputs(mt: str, units: Sequence[tuple[int, int, float]], fluency: WordE
         if side == "ref":
             assert reference is not None  # noqa: S101 - checked above
             vals = reference.values
-            unit["unmatched"] = [vals["unmatched"][k] for *_se, k in inside]
-            unit["absent"] = [vals["absent"][k] for *_se, k in inside]
-            unit["chrf"] = [vals["chrf"][k] for *_se, k in inside]
-            cond = [vals["lm_cond"][k] for *_se, k in inside]
+            unit["unmatched"] = [vals[WORD_UNMATCHED][k] for *_se, k in inside]
+            unit["absent"] = [vals[WORD_ABSENT][k] for *_se, k in inside]
+            unit["chrf"] = [vals[WORD_CHRF][k] for *_se, k in inside]
+            cond = [vals[WORD_LM_COND][k] for *_se, k in inside]
             unit["lm_cond"] = [0.0 if c != c else min(c, _CAP) / 10.0 for c in cond]
         c = unit.get("lm_cond", [])
         c_mean = sum(c) / n if c else 0.0
@@ -632,14 +643,6 @@ def load_calibration(path: Path | None = None) -> Calibration:
                            MappingProxyType(spans), where, MappingProxyType(words))
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
         raise ConfigError(f"{where}: malformed calibration ({type(exc).__name__}: {exc})") from exc
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def body_units(sd: SegmentedDocument) -> Iterable[int]:

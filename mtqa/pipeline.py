@@ -1,8 +1,10 @@
 """The one place that wires stages: load → segment → checkers → aggregate → gate.
 
 ``Checker`` is the object a process keeps: built from plain ``Settings``, it builds each checker
-(and so loads each model) once, on first use, and is safe to call again and again. Its
-``timings`` add up the seconds spent in each checker (``NAME``) and building it (``NAME.load``).
+(``from_settings``; and so loads each model) once, on first use, and is safe to call again and
+again. It owns the model pool its checkers borrow the language model from, so ``close()`` frees
+the model. Its ``timings`` add up the seconds spent in each checker (``NAME``) and building it
+(``NAME.load``).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from mtqa.checkers.base import load_checker_class
 from mtqa.config import CHECKERS, Settings
 from mtqa.errors import CheckerUnavailable
 from mtqa.gate import Policy, decide, load_policy
+from mtqa.models import ModelPool
 from mtqa.segment import segment
 from mtqa.types import CheckResult, Document, DocumentReport, Report, SegmentedDocument, Skipped
 
@@ -31,25 +34,6 @@ if TYPE_CHECKING:
 __all__ = ["Checker", "check"]
 
 logger = logging.getLogger(__name__)
-
-
-def _checker_kwargs(name: str, s: Settings) -> dict[str, object]:
-    """The settings each checker takes, by keyword."""
-    cache_dir = Path(s.cache_dir) if s.cache_dir else None
-    if name == "fluency":
-        return {"lm_model": s.lm_model, "cache_dir": cache_dir,
-                "batch_size": s.batch_size, "threads": s.threads, "device": s.device,
-                "backend": s.lm_backend}
-    if name == "grammar":
-        return {"backend": s.grammar_backend, "language": s.language,
-                "languagetool_url": s.languagetool_url,
-                "languagetool_jar_dir": s.languagetool_jar_dir, "enabled_rules": s.enabled_rules,
-                "disabled_rules": s.disabled_rules}
-    if name == "reference":
-        # NOTE: the reference checker reads pairs with the LM whenever the LM runs at all
-        return {"embedder": s.embedder, "mode": s.ref_mode, "lm": "fluency" in s.checkers,
-                "lm_model": s.lm_model, "cache_dir": cache_dir, "lm_backend": s.lm_backend, "device": s.device}
-    return {}
 
 
 class Checker:
@@ -74,6 +58,8 @@ class Checker:
                             else Path(self.settings.calibration))
         self.calibration: Calibration = load_calibration(calibration_path)
         self._built: dict[str, BaseChecker] = dict(checkers or {})
+        #: the models the checkers built here borrow (one copy each); freed by close()
+        self.models = ModelPool()
         self._unavailable: dict[str, str] = {}
         self._lock = threading.RLock()
         self._closed = False
@@ -90,7 +76,7 @@ class Checker:
             t0 = time.perf_counter()
             try:
                 cls = load_checker_class(name)
-                checker = cls(**_checker_kwargs(name, self.settings))
+                checker = cls.from_settings(self.settings, models=self.models)
             except CheckerUnavailable as exc:
                 logger.warning("checker %s unavailable: %s", name, exc.reason)
                 self._unavailable[name] = exc.reason
@@ -136,7 +122,7 @@ class Checker:
                 self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - t0
                 # NOTE: read after check(): a backend that fails at first use falls back then
                 for i in wanted:
-                    skipped[i].extend(getattr(checker, "skipped", ()))
+                    skipped[i].extend(checker.skipped)
             reports = []
             for sd, results, skip in zip(segs, per_doc, skipped):
                 report = aggregate(sd, results, skip, self.calibration)
@@ -161,11 +147,12 @@ class Checker:
         return out
 
     def close(self) -> None:
-        """Release every checker's resources; calling it twice is harmless."""
+        """Release every checker's resources and the model pool; calling it twice is harmless."""
         with self._lock:
             for checker in self._built.values():
                 checker.close()
             self._built.clear()
+            self.models.close()
             self._closed = True
 
     def __enter__(self) -> Checker:

@@ -38,9 +38,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from mtqa import __version__  # noqa: E402
+from mtqa.version import __version__  # noqa: E402
 from mtqa import calibrate as cal  # noqa: E402
 from mtqa.evaluate import kendall, load_mqm, pearson, span_scores, within_segment_kendall  # noqa: E402
+from mtqa.models import file_sha256  # noqa: E402
 from mtqa.types import CheckResult, Document, WordEvidence  # noqa: E402
 
 DATA = Path("/work/shared/data/mqm_2021_zhen.jsonl")
@@ -129,7 +130,7 @@ def build_features(path: Path, out: Path, lm_cache: Path | None, limit: int | No
     tmp = out.with_suffix(".tmp")
     with tmp.open("w", encoding="utf-8") as fh:
         fh.write(json.dumps({"signatures": signature, "data": str(path),
-                             "sha256": cal.sha256_file(path)}) + "\n")
+                             "sha256": file_sha256(path)}) + "\n")
         for k, i in enumerate(keep):
             r = records[i]
             sd_f, sd_r = free_docs[k], ref_docs[k]

@@ -11,7 +11,7 @@ import pytest
 
 from mtqa.checkers.fluency import FluencyChecker, WordScores, _body_text, _windows
 from mtqa.errors import CheckerUnavailable, ConfigError
-from mtqa.models import INSTALL_HINT, LMSettings, lm_settings_from_env, load_lm
+from mtqa.models import INSTALL_HINT, load_lm
 from mtqa.segment import segment
 from mtqa.types import CheckResult, Document, Kind, SegmentedDocument, Severity
 
@@ -67,13 +67,6 @@ def test_body_text_skips_boilerplate_and_maps_back() -> None:
         start = body.to_doc(m.start())
         assert text[start : start + len(m.group())] == m.group()
     assert body.sentence_index == tuple(i for i, s in enumerate(sd.sentences) if s.kind is Kind.BODY)
-
-
-def test_lm_settings_from_env() -> None:
-    assert lm_settings_from_env({}) == LMSettings(None, None)
-    got = lm_settings_from_env({"MTQA_LM_MODEL": "HuggingFaceTB/SmolLM2-360M",
-                                "MTQA_CACHE_DIR": "/tmp/x"})
-    assert got == LMSettings("HuggingFaceTB/SmolLM2-360M", Path("/tmp/x"))
 
 
 def test_missing_default_model_says_how_to_install(monkeypatch: pytest.MonkeyPatch,

@@ -477,7 +477,6 @@ def test_parallel_blank_reference_line_leaves_its_sentences_unsupported() -> Non
 def test_lm_reads_each_candidate_after_its_reference() -> None:
     """A faithful candidate is more predictable after its reference than a wrong one."""
     from mtqa.calibrate import model_inputs, unit_features
-    from mtqa.models import shared_lm
 
     ref = ("The company said on Monday that profits rose by a fifth.\n"
            "Its shares fell two per cent in early trading.")
@@ -499,7 +498,7 @@ def test_lm_reads_each_candidate_after_its_reference() -> None:
     assert means[0] < means[1] - 0.3
     # the same numbers whatever else is checked alongside (contexts read alone)
     alone = ReferenceChecker(encoder=HashEncoder(), mode="parallel",
-                             language_model=shared_lm()).check(docs[1:])[0]
+                             language_model=checker._lm).check(docs[1:])[0]
     assert alone.features["lm_cond_sum"] == pytest.approx(res[1].features["lm_cond_sum"], abs=1e-3)
     # the calibration reads them as adequacy inputs of the unit
     raw = unit_features(docs[0], [res[0]], [0])

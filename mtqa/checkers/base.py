@@ -1,4 +1,9 @@
-"""The checker interface and the lazy registry of checker classes."""
+"""The checker interface (what every checker builds from, returns and releases) and the lazy registry.
+
+Adding a checker is a new module with a ``BaseChecker`` subclass and one ``REGISTRY`` line (and
+its name in ``mtqa.config.CHECKERS``): the pipeline builds it with ``from_settings`` and knows
+none of its fields, as spaCy's pipeline passes each component its own config.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +13,9 @@ from types import TracebackType
 from typing import TYPE_CHECKING, ClassVar, Self
 
 if TYPE_CHECKING:
-    from mtqa.types import CheckResult, SegmentedDocument
+    from mtqa.config import Settings
+    from mtqa.models import ModelPool
+    from mtqa.types import CheckResult, SegmentedDocument, Skipped
 
 __all__ = ["REGISTRY", "BaseChecker", "load_checker_class"]
 
@@ -30,6 +37,23 @@ class BaseChecker:
     """
 
     name: ClassVar[str] = "base"
+
+    @classmethod
+    def from_settings(cls, settings: Settings, *, models: ModelPool) -> Self:
+        """Build the checker from the fields of ``settings`` it reads; ``models`` is the owner's
+        model pool, which lends the checkers of one ``Checker`` one copy of each model (and
+        frees it when that ``Checker`` closes). This default reads no setting.
+
+        Raises:
+            CheckerUnavailable: the checker cannot run here.
+        """
+        return cls()
+
+    @property
+    def skipped(self) -> tuple[Skipped, ...]:
+        """Parts of this checker that did not run, and why (e.g. a backend that fell back);
+        read after ``check()``, since a backend may fail at first use. Empty by default."""
+        return ()
 
     def check(self, docs: Sequence[SegmentedDocument]) -> list[CheckResult]:
         """Check a batch of documents."""

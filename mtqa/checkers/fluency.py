@@ -23,14 +23,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
-from typing import TYPE_CHECKING, ClassVar, cast
+from typing import TYPE_CHECKING, ClassVar, Self, cast
 
 import numpy as np
 
-from mtqa.version import __version__
 from mtqa.checkers.base import BaseChecker
 from mtqa.errors import CheckerUnavailable, ConfigError
 from mtqa.types import CheckResult, Finding, Kind, SegmentedDocument, Severity, WordEvidence
+from mtqa.version import __version__
 
 if TYPE_CHECKING:
     import torch
@@ -38,7 +38,18 @@ if TYPE_CHECKING:
     from tokenizers import Tokenizer
     from transformers import PreTrainedTokenizerBase
 
-__all__ = ["FluencyChecker", "WordScores"]
+    from mtqa.config import Settings
+    from mtqa.models import LoadedLM, ModelPool
+
+__all__ = ["SENTENCE_MAX", "SENTENCE_SUMS", "WORD_SURPRISAL", "FluencyChecker", "WordScores"]
+
+#: What the checker emits for the calibration (``mtqa.calibrate`` reads these names): per body
+#: sentence (``CheckResult.sentence_features``) the numbers a scoring unit sums, and the one it
+#: takes the maximum of; per word (``CheckResult.words``) the LM surprisal, nats.
+SENTENCE_SUMS: tuple[str, ...] = ("words", "tokens", "lm_sum", "excess_sum", "excess_pos_sum",
+                                  "cost_sum")
+SENTENCE_MAX = "z0_max"
+WORD_SURPRISAL = "lm"
 
 logger = logging.getLogger(__name__)
 
@@ -191,6 +202,7 @@ class FluencyChecker(BaseChecker):
         backend: str = "auto",
         model: torch.nn.Module | None = None,
         tokenizer: Tokenizer | PreTrainedTokenizerBase | None = None,
+        language_model: LoadedLM | None = None,
     ) -> None:
         if batch_size < 1:
             raise ConfigError(f"fluency: batch_size must be at least 1, got {batch_size}")
@@ -211,14 +223,13 @@ class FluencyChecker(BaseChecker):
         self.precision = precision
         self.window = window
         self.context = context
-        from mtqa.models import backend_tokenizer, load_lm, prefix_token_id, shared_lm
+        from mtqa.models import backend_tokenizer, load_lm, prefix_token_id
 
         if model is None or tokenizer is None:
-            # NOTE: fp32 leaves the model as loaded, so the copy other checkers read is shared;
-            # bf16 and int8 convert it, so they get their own
-            load = shared_lm if precision == "fp32" else load_lm
-            lm = load(lm_model, cache_dir=cache_dir, device=device, checker=self.name,
-                      backend=backend)
+            # NOTE: fp32 leaves the model as loaded, so a lent copy (``language_model``, the
+            # owner's pool's) is read as it is; bf16 and int8 convert it, so they load their own
+            lm = language_model if language_model is not None and precision == "fp32" else load_lm(
+                lm_model, cache_dir=cache_dir, device=device, checker=self.name, backend=backend)
             model, fast, prefix = lm.model, lm.tokenizer, lm.prefix_id
             self.model_name, self.weights_sha, self.backend = lm.name, lm.weights_sha, lm.backend
         else:
@@ -241,6 +252,16 @@ class FluencyChecker(BaseChecker):
         self._model: torch.nn.Module | None = module.to(device)
         self._tokenizer: Tokenizer | None = fast
         self._prefix = prefix
+
+    @classmethod
+    def from_settings(cls, settings: Settings, *, models: ModelPool) -> Self:
+        """The checker ``settings`` describe, reading the pool's copy of the language model."""
+        cache_dir = Path(settings.cache_dir) if settings.cache_dir else None
+        lm = models.lm(settings.lm_model, cache_dir=cache_dir, device=settings.device,
+                       backend=settings.lm_backend, checker=cls.name)
+        return cls(lm_model=settings.lm_model, cache_dir=cache_dir,
+                   batch_size=settings.batch_size, threads=settings.threads,
+                   device=settings.device, backend=settings.lm_backend, language_model=lm)
 
     # --- public API -------------------------------------------------------------------------
 
@@ -322,7 +343,7 @@ class FluencyChecker(BaseChecker):
             doc_score=self._fluency(cost),
             features=MappingProxyType(self._features(ws, excess, z, findings, cost)),
             sentence_features=tuple(per_sentence),
-            words=WordEvidence(ws.start, ws.end, MappingProxyType({"lm": ws.lm})),
+            words=WordEvidence(ws.start, ws.end, MappingProxyType({WORD_SURPRISAL: ws.lm})),
         )
 
     def close(self) -> None:

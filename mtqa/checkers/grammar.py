@@ -43,16 +43,19 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from types import MappingProxyType
-from typing import IO, TYPE_CHECKING, ClassVar, Protocol
+from typing import IO, TYPE_CHECKING, ClassVar, Protocol, Self
 
-from mtqa.version import __version__
 from mtqa.checkers.base import BaseChecker
 from mtqa.errors import CheckerUnavailable, ConfigError
 from mtqa.types import CheckResult, Finding, Kind, SegmentedDocument, Severity, Skipped
+from mtqa.version import __version__
 
 if TYPE_CHECKING:
     import harper
     import language_tool_python
+
+    from mtqa.config import Settings
+    from mtqa.models import ModelPool
 
 __all__ = [
     "CATEGORIES",
@@ -760,6 +763,14 @@ class GrammarChecker(BaseChecker):
     MAX_REQUEST_CHARS: ClassVar[int] = 20_000  # UTF-16 units; the public API's limit
     PROBE_TIMEOUT_S: ClassVar[float] = 5.0
     SERVER_START_TIMEOUT_S: ClassVar[float] = 180.0  # a JVM on two busy cores is slow to start
+
+    @classmethod
+    def from_settings(cls, settings: Settings, *, models: ModelPool) -> Self:
+        """The checker ``settings`` describe (it reads no model of the pool)."""
+        return cls(backend=settings.grammar_backend, language=settings.language,
+                   languagetool_url=settings.languagetool_url,
+                   languagetool_jar_dir=settings.languagetool_jar_dir,
+                   enabled_rules=settings.enabled_rules, disabled_rules=settings.disabled_rules)
 
     def __init__(
         self,

@@ -17,7 +17,8 @@ divergent stretches become low-confidence ``reference-mismatch`` findings, and f
 (numbers, dates, weekdays, names; quotations in comparable mode) whose mismatches become major
 ``fact-mismatch`` findings naming the reference's value.
 
-With a language model (``lm=True``; the pipeline turns it on whenever the fluency checker runs),
+With a language model (``lm=True``, or ``language_model=``; the setting ``ref_lm``, which by
+default is on whenever the fluency checker runs, and then lends it the fluency checker's copy),
 parallel pairs are also read by the LM after their reference: the surprisal of the candidate
 given the reference (``lm_cond_sum``/``lm_cond_tokens`` per sentence) is an adequacy signal. A
 candidate that says what the reference says is predictable from it; the calibration compares
@@ -40,7 +41,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 import numpy as np
 
@@ -69,14 +70,28 @@ from mtqa.version import __version__
 if TYPE_CHECKING:
     from numpy.typing import NDArray
 
-    from mtqa.models import LoadedLM
+    from mtqa.config import Settings
+    from mtqa.models import LoadedLM, ModelPool
     from mtqa.ter import StatsMemo
 
-__all__ = ["MODES", "ReferenceChecker"]
+__all__ = ["LM_COND_SUM", "LM_COND_TOKENS", "MODES", "SENTENCE_SUMS", "WORD_ABSENT", "WORD_CHRF",
+           "WORD_LM_COND", "WORD_UNMATCHED", "ReferenceChecker"]
 
 logger = logging.getLogger(__name__)
 
 MODES = ("auto", "parallel", "comparable")
+
+#: What the checker emits for the calibration (``mtqa.calibrate`` reads these names): per
+#: sentence of a parallel pair the LM read (``CheckResult.sentence_features``), the surprisal of
+#: the candidate after its reference and its token count; per word of a parallel pair
+#: (``CheckResult.words``), the values ``_word_evidence`` describes.
+LM_COND_SUM = "lm_cond_sum"
+LM_COND_TOKENS = "lm_cond_tokens"
+SENTENCE_SUMS: tuple[str, ...] = (LM_COND_SUM, LM_COND_TOKENS)
+WORD_UNMATCHED = "unmatched"
+WORD_ABSENT = "absent"
+WORD_CHRF = "chrf"
+WORD_LM_COND = "lm_cond"
 
 
 # --- internal records (they never leave this module) -----------------------------------------
@@ -184,12 +199,12 @@ class ReferenceChecker(BaseChecker):
             comparable_ter: also score TER in comparable mode. Off by default: TER against
                 another article's sentence measures nothing (and its shift search, though
                 batched, is the longest on such reordered pairs).
-            lm: read parallel pairs with the language model (``mtqa.models.shared_lm``: the
-                fluency checker's copy when both run in one process). When it cannot be
-                loaded the checker runs without it, says so in its signature (``lm:none``)
-                and logs a warning.
+            lm: read parallel pairs with a language model this checker loads (and frees on
+                ``close()``). When it cannot be loaded the checker runs without it, says so in
+                its signature (``lm:none``) and logs a warning.
             lm_model, cache_dir, lm_backend: which language model (as the fluency checker's).
-            language_model: a loaded model to use instead (tests, services).
+            language_model: a loaded model to read with instead (lent by the owner's
+                ``mtqa.models.ModelPool``, so the fluency checker's copy; tests).
 
         Raises:
             ConfigError: an unknown mode.
@@ -211,11 +226,11 @@ class ReferenceChecker(BaseChecker):
             self.embedder_name = embedder or type(encoder).__name__
         self._lm: LoadedLM | None = language_model
         if lm and language_model is None:
-            from mtqa.models import shared_lm
+            from mtqa.models import load_lm
 
             try:
-                self._lm = shared_lm(lm_model, cache_dir=cache_dir, device=device or "cpu",
-                                     backend=lm_backend, checker=self.name)
+                self._lm = load_lm(lm_model, cache_dir=cache_dir, device=device or "cpu",
+                                   backend=lm_backend, checker=self.name)
             except CheckerUnavailable as exc:
                 logger.warning("reference: reading pairs without the language model: %s",
                                exc.reason)
@@ -231,6 +246,23 @@ class ReferenceChecker(BaseChecker):
         self._chrf = CHRF()
         self._chrfpp = CHRF(word_order=2)
         self._ter = BatchTER()
+
+    @classmethod
+    def from_settings(cls, settings: Settings, *, models: ModelPool) -> Self:
+        """The checker ``settings`` describe; with ``settings.reads_pairs_with_lm`` it reads
+        with the pool's copy of the language model (the fluency checker's)."""
+        language_model = None
+        if settings.reads_pairs_with_lm:
+            cache_dir = Path(settings.cache_dir) if settings.cache_dir else None
+            try:
+                language_model = models.lm(settings.lm_model, cache_dir=cache_dir,
+                                           device=settings.device, backend=settings.lm_backend,
+                                           checker=cls.name)
+            except CheckerUnavailable as exc:
+                logger.warning("reference: reading pairs without the language model: %s",
+                               exc.reason)
+        return cls(embedder=settings.embedder, mode=settings.ref_mode, device=settings.device,
+                   language_model=language_model)
 
     @property
     def signature(self) -> str:
@@ -476,8 +508,8 @@ class ReferenceChecker(BaseChecker):
             if read is not None and p.mt_sents:
                 # the pair's figure goes to its first sentence: a scoring unit holds them all
                 per_sentence[p.mt_sents[0]] = MappingProxyType(
-                    {"lm_cond_sum": float(sum(read.surprisal)),
-                     "lm_cond_tokens": float(len(read.surprisal))})
+                    {LM_COND_SUM: float(sum(read.surprisal)),
+                     LM_COND_TOKENS: float(len(read.surprisal))})
             for i in p.mt_sents:
                 links.append(AlignmentLink(mt=i, ref=p.ref_sents, similarity=p.similarity,
                                            metrics=tuple(metrics)))
@@ -553,8 +585,8 @@ class ReferenceChecker(BaseChecker):
         if per_sentence:
             empty: Mapping[str, float] = MappingProxyType({})
             sentence_features = tuple(per_sentence.get(i, empty) for i in range(len(d.sentences)))
-            features["lm_cond_sum"] = sum(m["lm_cond_sum"] for m in per_sentence.values())
-            features["lm_cond_tokens"] = sum(m["lm_cond_tokens"] for m in per_sentence.values())
+            for key in SENTENCE_SUMS:
+                features[key] = sum(m[key] for m in per_sentence.values())
         return CheckResult(checker=self.name, doc_id=d.doc.id, signature=signature,
                            findings=tuple(findings), sentence_scores=scores, doc_score=doc_score,
                            features=MappingProxyType(features), reference=result,
@@ -666,9 +698,9 @@ def _word_evidence(d: SegmentedDocument, p: _Pair, chrf: float, read: _Reading |
             for m in found]
     return WordEvidence(
         tuple(ms + m.start() for m in found), tuple(ms + m.end() for m in found),
-        MappingProxyType({"unmatched": tuple(float(not x) for x in matched),
-                          "absent": tuple(float(_stem(t) not in stems) for t in toks),
-                          "chrf": (chrf,) * len(found), "lm_cond": tuple(cond)}))
+        MappingProxyType({WORD_UNMATCHED: tuple(float(not x) for x in matched),
+                          WORD_ABSENT: tuple(float(_stem(t) not in stems) for t in toks),
+                          WORD_CHRF: (chrf,) * len(found), WORD_LM_COND: tuple(cond)}))
 
 
 def _join_words(parts: Sequence[WordEvidence]) -> WordEvidence:

@@ -23,9 +23,9 @@ import unicodedata
 from collections.abc import Iterator, Sequence
 from typing import ClassVar
 
-from mtqa.version import __version__
 from mtqa.checkers.base import BaseChecker
 from mtqa.types import CheckResult, Finding, Kind, SegmentedDocument, Sentence, Severity
+from mtqa.version import __version__
 
 __all__ = ["StructureChecker"]
 
