@@ -251,7 +251,8 @@ def check_device(device: str) -> None:
     index = int(device.partition(":")[2] or 0)
     count = torch.cuda.device_count()
     if index >= count:
-        err = f"device {device!r}: this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}"
+        err = (f"device {device!r}: this machine has {count} CUDA device(s), "
+               f"cuda:0 to cuda:{count - 1}")
         raise ConfigError(err)
 
 

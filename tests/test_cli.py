@@ -126,7 +126,8 @@ def test_unexpected_error_is_exit_3_in_one_line(monkeypatch: pytest.MonkeyPatch)
     assert result.stdout == ""
 
 
-def test_unexpected_error_with_verbose_prints_the_traceback(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_unexpected_error_with_verbose_prints_the_traceback(monkeypatch: pytest.MonkeyPatch
+                                                            ) -> None:
     monkeypatch.setattr("mtqa.pipeline.Checker.check_many", _boom)
     result = runner.invoke(app, ["-v", "check", str(HILL), *FAST])
     assert result.exit_code == 3
@@ -207,7 +208,8 @@ def test_help_shows_defaults_from_settings() -> None:
     result = runner.invoke(app, ["check", "--help"], env={"COLUMNS": "200"})
     assert result.exit_code == 0
     assert f"(default: {Settings().batch_size})" in result.stdout
-    assert "auto|parallel|comparable" in result.stdout and "auto|languagetool|harper" in result.stdout
+    assert "auto|parallel|comparable" in result.stdout
+    assert "auto|languagetool|harper" in result.stdout
 
 
 def test_closed_choice_rejects_unknown_value() -> None:
