@@ -628,12 +628,12 @@ def load_calibration(path: Path | None = None) -> Calibration:
     else:
         try:
             text = path.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise ConfigError(f"calibration: cannot read {path}: {exc}") from exc
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{path}: cannot read the calibration file: {exc}") from exc
         where = str(path)
     try:
         d = json.loads(text)
-        if d.get("schema") != SCHEMA:
+        if not isinstance(d, dict) or d.get("schema") != SCHEMA:
             raise ConfigError(f"{where}: not a {SCHEMA} file")
         models = {str(k): UnitModel.from_dict(v) for k, v in d["models"].items()}
         spans = {str(k): SpanModel.from_dict(v) for k, v in d.get("spans", {}).items()}
@@ -641,7 +641,7 @@ def load_calibration(path: Path | None = None) -> Calibration:
         return Calibration(str(d["version"]), MappingProxyType(models),
                            MappingProxyType(dict(d.get("provenance", {}))),
                            MappingProxyType(spans), where, MappingProxyType(words))
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
         raise ConfigError(f"{where}: malformed calibration ({type(exc).__name__}: {exc})") from exc
 
 

@@ -1,8 +1,12 @@
 """The ``mtqa`` command line. Thin: parse, build Settings, delegate, render, map errors to exit codes.
 
-Exit codes: 0 every document passed (or no gate), 1 a document failed the gate,
-2 usage or input error (the other records of a batch are still checked and reported).
-An input error wins over a gate failure. 130: ``batch`` was interrupted (it resumes).
+Exit codes: 0 every document passed (or no gate), 1 a document failed the gate (and nothing else
+means 1), 2 usage, input or configuration error (the other records of a batch are still checked
+and reported; an input error wins over a gate failure), 3 internal error (a bug: one line on
+stderr, the traceback with ``-v``), 130 interrupted (``batch`` resumes).
+
+The options that build ``Settings`` are declared once (``_SETTINGS_OPTIONS``) and added to every
+command that checks documents by ``_checks_documents``; their defaults come from ``Settings``.
 """
 
 from __future__ import annotations
@@ -10,24 +14,41 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import enum
+import functools
+import inspect
 import logging
 import sys
+import traceback
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
 from mtqa.batch import CHUNK_SIZE
-from mtqa.config import Settings, load_settings
+from mtqa.config import (CHECKERS, GRAMMAR_BACKENDS, LM_BACKENDS, REF_MODES, Settings,
+                         load_settings)
 from mtqa.errors import ConfigError, InputError, MtqaError
 from mtqa.types import BadRecord, Document, DocumentReport, Report
 from mtqa.version import __version__
 
-__all__ = ["app", "main"]
+if TYPE_CHECKING:
+    from mtqa.evaluate import MqmRecord
 
-EXIT_OK, EXIT_GATE_FAILED, EXIT_INPUT_ERROR, EXIT_INTERRUPTED = 0, 1, 2, 130
+__all__ = ["EXIT_CODES", "app", "main"]
+
+EXIT_OK, EXIT_GATE_FAILED, EXIT_INPUT_ERROR, EXIT_INTERNAL_ERROR, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+#: every exit code and what it means (the README's table)
+EXIT_CODES = {
+    EXIT_OK: "every document passed the gate (or --no-gate)",
+    EXIT_GATE_FAILED: "at least one document failed the gate",
+    EXIT_INPUT_ERROR: "usage, input or configuration error",
+    EXIT_INTERNAL_ERROR: "internal error (a bug in mtqa: please report it with the -v traceback)",
+    EXIT_INTERRUPTED: "interrupted (Ctrl-C); batch resumes when run again",
+}
 _DEFAULTS = Settings()
+_VERBOSE = "mtqa.verbose"  # key in the click context's meta
+_SETTINGS_PANEL, _GATE_PANEL = "Settings", "Gate"
 
 app = typer.Typer(
     name="mtqa",
@@ -54,6 +75,16 @@ class Format(str, enum.Enum):
     html = "html"
 
 
+def _choices(name: str, values: tuple[str, ...]) -> type[enum.Enum]:
+    """A closed choice for typer, built from the constants the checkers use (``mtqa.config``)."""
+    return enum.Enum(name, [(v, v) for v in values], type=str)  # type: ignore[return-value]
+
+
+RefMode = _choices("RefMode", REF_MODES)
+LmBackend = _choices("LmBackend", LM_BACKENDS)
+GrammarBackend = _choices("GrammarBackend", GRAMMAR_BACKENDS)
+
+
 def _version(value: bool) -> None:
     if value:
         typer.echo(f"mtqa {__version__}")
@@ -62,50 +93,140 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _root(
+    ctx: typer.Context,
     verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, help="More logging.")] = 0,
     version: Annotated[Optional[bool], typer.Option(  # noqa: UP007 - typer needs Optional
         "--version", callback=_version, is_eager=True, help="Print the version and exit.")] = None,
 ) -> None:
+    ctx.meta[_VERBOSE] = verbose
     level = logging.WARNING - 10 * min(verbose, 2)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
 
 
-# Options shared by the commands that check documents.
-ChecksOpt = Annotated[Optional[str], typer.Option(  # noqa: UP007 - typer needs Optional
-    "--checkers", help="Comma-separated checkers to run (default: all of "
-    f"{','.join(_DEFAULTS.checkers)}).")]
-NoLmOpt = Annotated[bool, typer.Option("--no-lm", help="Skip the language-model checker.")]
-LmModelOpt = Annotated[Optional[str], typer.Option(  # noqa: UP007
-    help="Causal LM: Hugging Face id or local directory.")]
-BatchSizeOpt = Annotated[
-    int, typer.Option(help="LM batch size: windows per forward pass (at most 2,048 tokens).")
-]
-ThreadsOpt = Annotated[Optional[int], typer.Option(help="CPU threads for the LM.")]  # noqa: UP007
-DeviceOpt = Annotated[str, typer.Option(help="cpu or cuda.")]
-RefModeOpt = Annotated[str, typer.Option(help="auto, parallel or comparable.")]
-LtUrlOpt = Annotated[Optional[str], typer.Option(  # noqa: UP007
-    help="LanguageTool server URL for grammar checks.")]
-PolicyOpt = Annotated[Optional[Path], typer.Option(  # noqa: UP007
-    help="Gate policy TOML (default: the shipped policy).", exists=True, dir_okay=False)]
-GateOpt = Annotated[bool, typer.Option(
-    "--gate/--no-gate", help="Exit 1 when a document fails the policy.")]
-CalibrationOpt = Annotated[Optional[Path], typer.Option(  # noqa: UP007
-    help="Calibration file (default: the one shipped; env MTQA_CALIBRATION).",
-    exists=True, dir_okay=False)]
-ConfigOpt = Annotated[Optional[Path], typer.Option(  # noqa: UP007
-    help="Settings TOML file (\\[mtqa] table).", exists=True, dir_okay=False)]
+def _option(name: str, kind: type | object, *decls: str, help: str, default: object = None,
+            panel: str = _SETTINGS_PANEL, **extra: object) -> inspect.Parameter:
+    """A keyword option for a generated signature; ``None`` means "not given: Settings decides"."""
+    info = typer.Option(*decls, help=help, rich_help_panel=panel, **extra)  # type: ignore[arg-type]
+    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default,
+                             annotation=Annotated[kind, info])
 
 
-def _settings(config: Path | None, checkers: str | None = None, no_lm: bool = False,
-              policy: Path | None = None, calibration: Path | None = None,
-              **overrides: object) -> Settings:
-    if calibration is not None:
-        overrides["calibration"] = str(calibration)
-    if checkers is not None:
-        overrides["checkers"] = [c.strip() for c in checkers.split(",") if c.strip()]
-    settings = load_settings(config_file=config,
-                             overrides={**overrides, "policy": str(policy) if policy else None})
+def _default(name: str) -> str:
+    value = getattr(_DEFAULTS, name)
+    return ",".join(value) if isinstance(value, tuple) else str(value)
+
+
+# NOTE: one declaration for every command that checks documents (check, batch, evaluate, ...);
+# flags left out stay None, so the config file and the environment are not overridden by defaults
+_SETTINGS_OPTIONS: tuple[inspect.Parameter, ...] = (
+    _option("checkers", Optional[str], "--checkers",  # noqa: UP007 - typer needs Optional
+            help=f"Comma-separated checkers to run, of {', '.join(CHECKERS)} "
+                 f"(default: {_default('checkers')})."),
+    _option("no_lm", bool, "--no-lm", default=False,
+            help="Skip the language-model checker (fluency)."),
+    _option("lm_model", Optional[str], "--lm-model",  # noqa: UP007
+            help="Causal LM: Hugging Face id or local directory (default: the bundled "
+                 "SmolLM2-135M-Instruct)."),
+    _option("batch_size", Optional[int], "--batch-size",  # noqa: UP007
+            help="LM batch size: windows per forward pass, at most 2,048 tokens "
+                 f"(default: {_default('batch_size')})."),
+    _option("threads", Optional[int], "--threads",  # noqa: UP007
+            help="CPU threads for the LM (default: torch's choice)."),
+    _option("device", Optional[str], "--device",  # noqa: UP007
+            help=f"cpu, cuda or cuda:N (default: {_default('device')})."),
+    _option("lm_backend", Optional[LmBackend], "--lm-backend",  # noqa: UP007
+            help=f"How the LM runs (default: {_default('lm_backend')})."),
+    _option("grammar_backend", Optional[GrammarBackend], "--grammar-backend",  # noqa: UP007
+            help=f"Grammar backend (default: {_default('grammar_backend')}: LanguageTool when "
+                 "reachable, else Harper)."),
+    _option("languagetool_url", Optional[str], "--languagetool-url",  # noqa: UP007
+            help="LanguageTool server URL for grammar checks."),
+    _option("ref_mode", Optional[RefMode], "--ref-mode",  # noqa: UP007
+            help=f"How a reference is read (default: {_default('ref_mode')})."),
+    _option("calibration", Optional[Path], "--calibration",  # noqa: UP007
+            help="Calibration file (default: the one shipped; env MTQA_CALIBRATION).",
+            exists=True, dir_okay=False),
+    _option("config", Optional[Path], "--config",  # noqa: UP007
+            help="Settings TOML file (\\[mtqa] table; flags given override it).",
+            exists=True, dir_okay=False),
+)
+_GATE_OPTIONS: tuple[inspect.Parameter, ...] = (
+    _option("policy", Optional[Path], "--policy", panel=_GATE_PANEL,  # noqa: UP007
+            help="Gate policy TOML (default: the shipped policy).", exists=True, dir_okay=False),
+    _option("gate", bool, "--gate/--no-gate", default=True, panel=_GATE_PANEL,
+            help="Exit 1 when a document fails the policy."),
+)
+
+
+def _build_settings(config: Path | None = None, no_lm: bool = False, **given: object) -> Settings:
+    """Settings from the shared flags: defaults < environment < --config < flags given."""
+    overrides = {k: (v.value if isinstance(v, enum.Enum) else
+                     str(v) if isinstance(v, Path) else v) for k, v in given.items()}
+    settings = load_settings(config_file=config, overrides=overrides)
+    if no_lm and settings.checkers == ("fluency",):
+        err = "--no-lm turns off fluency, the only checker asked for: nothing would be checked"
+        raise ConfigError(err)
     return settings.without("fluency") if no_lm else settings
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _guarded(func: Callable[..., None]) -> Callable[..., None]:
+    """Map errors to exit codes: MtqaError 2, Ctrl-C 130, anything unexpected 3 (never 1)."""
+    sig = inspect.signature(func, eval_str=True)
+    ctx_param = inspect.Parameter("_ctx", inspect.Parameter.KEYWORD_ONLY, annotation=typer.Context)
+
+    @functools.wraps(func)
+    def wrapper(*args: object, _ctx: typer.Context, **kwargs: object) -> None:
+        try:
+            func(*args, **kwargs)
+        except (typer.Exit, typer.Abort, typer.TyperException):
+            raise
+        except MtqaError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(EXIT_INPUT_ERROR) from exc
+        except KeyboardInterrupt:
+            typer.echo("interrupted", err=True)
+            raise typer.Exit(EXIT_INTERRUPTED) from None
+        except Exception as exc:  # noqa: BLE001 - the point: a bug must not exit 1 ("gate failed")
+            verbose = int(_ctx.meta.get(_VERBOSE, 0))
+            hint = "" if verbose else "; run with -v for the traceback"
+            typer.echo(f"internal error: {_one_line(exc)} (a bug in mtqa{hint})", err=True)
+            if verbose:
+                typer.echo("".join(traceback.format_exception(exc)), err=True, nl=False)
+            raise typer.Exit(EXIT_INTERNAL_ERROR) from exc
+
+    params = [*sig.parameters.values(), ctx_param]
+    wrapper.__signature__ = sig.replace(parameters=params)  # type: ignore[attr-defined]
+    return wrapper
+
+
+def _checks_documents(*, gate: bool) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """Add the shared settings options (and, with ``gate``, --policy/--gate) to a command.
+
+    The command takes ``settings: Settings`` (and ``gate: bool``) instead of the flags.
+    """
+    shared = _SETTINGS_OPTIONS + (_GATE_OPTIONS if gate else ())
+
+    def decorate(func: Callable[..., None]) -> Callable[..., None]:
+        sig = inspect.signature(func, eval_str=True)
+        own = [p for p in sig.parameters.values() if p.name not in ("settings", "gate")]
+
+        @functools.wraps(func)
+        def wrapper(*args: object, **kwargs: object) -> None:
+            flags = {p.name: kwargs.pop(p.name) for p in shared}
+            if gate:
+                kwargs["gate"] = flags.pop("gate")
+            func(*args, settings=_build_settings(**flags), **kwargs)  # type: ignore[arg-type]
+
+        wrapper.__signature__ = sig.replace(  # type: ignore[attr-defined]
+            parameters=[*own, *shared])
+        return _guarded(wrapper)
+
+    return decorate
 
 
 def _load_documents(mt: Path, refs: list[Path], max_bytes: int) -> tuple[list[Document], list[BadRecord]]:
@@ -149,6 +270,7 @@ def _exit_code(errors: int, failed: int, gate: bool) -> int:
 
 
 @app.command()
+@_checks_documents(gate=True)
 def check(
     mt: Annotated[Path, typer.Argument(help="Text, HTML, JSONL or CSV file to check.",
                                        exists=True, dir_okay=False)],
@@ -158,35 +280,19 @@ def check(
     fmt: Annotated[Format, typer.Option("--format", "-f", help="Output format.")] = Format.text,
     out: Annotated[Optional[Path], typer.Option(  # noqa: UP007
         "--out", "-o", help="Write the report here instead of stdout.")] = None,
-    checkers: ChecksOpt = None,
-    no_lm: NoLmOpt = False,
-    lm_model: LmModelOpt = None,
-    batch_size: BatchSizeOpt = _DEFAULTS.batch_size,
-    threads: ThreadsOpt = None,
-    device: DeviceOpt = _DEFAULTS.device,
-    ref_mode: RefModeOpt = _DEFAULTS.ref_mode,
-    languagetool_url: LtUrlOpt = None,
-    policy: PolicyOpt = None,
-    gate: GateOpt = True,
-    calibration: CalibrationOpt = None,
-    config: ConfigOpt = None,
+    *,
+    settings: Settings,
+    gate: bool,
 ) -> None:
     """Check MT (optionally against --ref) and print a report with the bad spans highlighted."""
-    try:
-        settings = _settings(config, checkers, no_lm, policy, calibration, lm_model=lm_model,
-                             batch_size=batch_size, threads=threads, device=device,
-                             ref_mode=ref_mode, languagetool_url=languagetool_url)
-        docs, bad = _load_documents(mt, list(ref or []), settings.max_bytes)
-        for b in bad:
-            typer.echo(f"error: {b.message}", err=True)
-        from mtqa.pipeline import Checker
+    from mtqa.pipeline import Checker
 
-        with Checker(settings) as checker:
-            report = checker.check_many(docs)
-        _emit(_render(report, fmt, out), out)
-    except MtqaError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(EXIT_INPUT_ERROR) from exc
+    docs, bad = _load_documents(mt, list(ref or []), settings.max_bytes)
+    for b in bad:
+        typer.echo(f"error: {b.message}", err=True)
+    with Checker(settings) as checker:
+        report = checker.check_many(docs)
+    _emit(_render(report, fmt, out), out)
     failed = sum(1 for d in report.documents if not d.verdict.passed)
     raise typer.Exit(_exit_code(len(bad), failed, gate))
 
@@ -214,6 +320,7 @@ def _progress(show: bool) -> Iterator[Callable[[int, int], None] | None]:
 
 
 @app.command()
+@_checks_documents(gate=True)
 def batch(
     inputs: Annotated[list[Path], typer.Argument(
         help="JSONL/CSV record files, text/HTML files, or directories of them "
@@ -233,34 +340,19 @@ def batch(
     chunk_size: Annotated[int, typer.Option(
         help="Documents checked and committed together.")] = CHUNK_SIZE,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar, no table.")] = False,
-    checkers: ChecksOpt = None,
-    no_lm: NoLmOpt = False,
-    lm_model: LmModelOpt = None,
-    batch_size: BatchSizeOpt = _DEFAULTS.batch_size,
-    threads: ThreadsOpt = None,
-    device: DeviceOpt = _DEFAULTS.device,
-    ref_mode: RefModeOpt = _DEFAULTS.ref_mode,
-    languagetool_url: LtUrlOpt = None,
-    policy: PolicyOpt = None,
-    gate: GateOpt = True,
-    calibration: CalibrationOpt = None,
-    config: ConfigOpt = None,
+    *,
+    settings: Settings,
+    gate: bool,
 ) -> None:
     """Check many documents, resumably; write JSONL (and CSV, HTML) and print a summary."""
     from mtqa.batch import run_batch
     from mtqa.render.terminal import render_batch_summary
 
     try:
-        settings = _settings(config, checkers, no_lm, policy, calibration, lm_model=lm_model,
-                             batch_size=batch_size, threads=threads, device=device,
-                             ref_mode=ref_mode, languagetool_url=languagetool_url)
         with _progress(not quiet and sys.stderr.isatty()) as on_progress:
             summary = run_batch(inputs, out, settings, store=store, csv_out=csv_out,
                                 html_dir=html_dir, ref_map=ref_map, chunk_size=chunk_size,
                                 on_progress=on_progress)
-    except MtqaError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(EXIT_INPUT_ERROR) from exc
     except KeyboardInterrupt:
         typer.echo("interrupted: every finished chunk is kept in the store; run the same command "
                    "again to continue", err=True)
@@ -271,6 +363,7 @@ def batch(
 
 
 @app.command("gate")
+@_guarded
 def gate_command(
     results: Annotated[list[Path], typer.Argument(
         help="Results of 'mtqa batch' (JSONL) or 'mtqa check --format json'.",
@@ -284,13 +377,9 @@ def gate_command(
 
     docs: list[DocumentReport] = []
     bad: list[BadRecord] = []
-    try:
-        for path in results:
-            for item in read_results(path):
-                (bad if isinstance(item, BadRecord) else docs).append(item)  # type: ignore[arg-type]
-    except MtqaError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(EXIT_INPUT_ERROR) from exc
+    for path in results:
+        for item in read_results(path):
+            (bad if isinstance(item, BadRecord) else docs).append(item)  # type: ignore[arg-type]
     text = render_gate(Report(tuple(docs)), bad, failed_only=failed_only,
                        color=sys.stdout.isatty())
     typer.echo(text, nl=False)
@@ -298,7 +387,47 @@ def gate_command(
     raise typer.Exit(_exit_code(len(bad), failed, True))
 
 
+def _mqm_records(data: Path, settings: Settings, *, limit: int | None, include_human: bool,
+                 split: Split) -> list[MqmRecord]:
+    """The MQM lines ``evaluate`` scores: human translations left out, one side of the split."""
+    from mtqa import evaluate as ev
+
+    records = [r for r in ev.load_mqm(data, limit=limit)
+               if include_human or not r.system.startswith("ref-")]
+    if split is Split.all:
+        return records
+    from mtqa.calibrate import load_calibration
+
+    calib = load_calibration(None if settings.calibration is None else Path(settings.calibration))
+    held = calib.provenance.get("held_out_docs")
+    if not isinstance(held, list) or not held:
+        raise ConfigError(f"{calib.path}: names no held-out documents; use --split all")
+    records = ev.split_records(records, [str(d) for d in held], split.value)
+    if not records:
+        raise InputError(f"{data}: no line belongs to the calibration's {split.value} "
+                         f"documents (it was fitted on {calib.provenance.get('data')})")
+    return records
+
+
+def _score_mqm(records: list[MqmRecord], settings: Settings, reference: bool
+               ) -> list[DocumentReport]:
+    """Score the MQM lines, with a progress bar on a terminal."""
+    from mtqa import evaluate as ev
+
+    with _progress(sys.stderr.isatty()) as on_progress:
+        done = [0]
+
+        def tick(n: int) -> None:
+            done[0] += n
+            if on_progress is not None:
+                on_progress(done[0], len(records))
+
+        reports, _ = ev.score_records(records, settings, with_reference=reference, progress=tick)
+    return list(reports)
+
+
 @app.command()
+@_checks_documents(gate=False)
 def evaluate(
     data: Annotated[Path, typer.Argument(help="MQM-annotated JSONL (format: mtqa.evaluate docs).",
                                          exists=True, dir_okay=False)],
@@ -313,13 +442,8 @@ def evaluate(
              "MQM, whose documents the calibration file names), or all.")] = Split.all,
     fmt: Annotated[Format, typer.Option("--format", "-f", help="text or json.")] = Format.text,
     out: Annotated[Optional[Path], typer.Option("--out", "-o")] = None,  # noqa: UP007
-    checkers: ChecksOpt = None,
-    no_lm: NoLmOpt = False,
-    lm_model: LmModelOpt = None,
-    batch_size: BatchSizeOpt = _DEFAULTS.batch_size,
-    threads: ThreadsOpt = None,
-    calibration: CalibrationOpt = None,
-    config: ConfigOpt = None,
+    *,
+    settings: Settings,
 ) -> None:
     """Correlate mtqa with MQM human judgments, beside sacreBLEU and length baselines."""
     import json
@@ -328,49 +452,24 @@ def evaluate(
     from mtqa import evaluate as ev
 
     if fmt is Format.html:
-        typer.echo("error: evaluate writes --format text or json", err=True)
-        raise typer.Exit(EXIT_INPUT_ERROR)
-    try:
-        settings = _settings(config, checkers, no_lm, None, calibration, lm_model=lm_model,
-                             batch_size=batch_size, threads=threads)
-        if not reference:
-            settings = settings.without("reference")
-        records = [r for r in ev.load_mqm(data, limit=limit)
-                   if include_human or not r.system.startswith("ref-")]
-        if split is not Split.all:
-            from mtqa.calibrate import load_calibration
-
-            calib = load_calibration(None if settings.calibration is None
-                                     else Path(settings.calibration))
-            held = calib.provenance.get("held_out_docs")
-            if not isinstance(held, list) or not held:
-                raise ConfigError(f"{calib.path}: names no held-out documents; use --split all")
-            records = ev.split_records(records, [str(d) for d in held], split.value)
-            if not records:
-                raise InputError(f"{data}: no line belongs to the calibration's {split.value} "
-                                 f"documents (it was fitted on {calib.provenance.get('data')})")
-        t0 = time.perf_counter()
-        with _progress(sys.stderr.isatty()) as on_progress:
-            done = [0]
-
-            def tick(n: int) -> None:
-                done[0] += n
-                if on_progress is not None:
-                    on_progress(done[0], len(records))
-
-            reports, _ = ev.score_records(records, settings, with_reference=reference,
-                                          progress=tick)
-        result = ev.evaluate_reports(records, reports, data=str(data), with_reference=reference,
-                                     seconds=time.perf_counter() - t0, samples=samples)
-        result = dataclasses.replace(result, split=split.value)
-    except MtqaError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(EXIT_INPUT_ERROR) from exc
+        raise ConfigError("evaluate writes --format text or json")
+    settings = settings if reference else settings.without("reference")
+    records = _mqm_records(data, settings, limit=limit, include_human=include_human, split=split)
+    t0 = time.perf_counter()
+    reports = _score_mqm(records, settings, reference)
+    result = ev.evaluate_reports(records, reports, data=str(data), with_reference=reference,
+                                 seconds=time.perf_counter() - t0, samples=samples)
+    result = dataclasses.replace(result, split=split.value)
     text = (json.dumps(ev.evaluation_to_dict(result), ensure_ascii=False, sort_keys=True, indent=2)
             + "\n" if fmt is Format.json else ev.render_evaluation(result))
     _emit(text, out)
 
 
 def main() -> None:
-    """Console-script entry point."""
-    app()
+    """Console-script entry point: the commands map their own errors (see the module docstring);
+    this catches what escapes them (a bug in option parsing or the root callback) as exit 3."""
+    try:
+        app()
+    except Exception as exc:  # noqa: BLE001 - exit 1 means "a document failed the gate", only
+        typer.echo(f"internal error: {_one_line(exc)} (a bug in mtqa)", err=True)
+        sys.exit(EXIT_INTERNAL_ERROR)

@@ -21,9 +21,9 @@ from typing import TYPE_CHECKING
 from mtqa.aggregate import aggregate
 from mtqa.calibrate import Calibration, load_calibration
 from mtqa.checkers.base import load_checker_class
-from mtqa.config import CHECKERS, Settings
+from mtqa.config import CHECKERS, Settings, check_device
 from mtqa.errors import CheckerUnavailable
-from mtqa.gate import Policy, decide, load_policy
+from mtqa.gate import SKIP_FAILED, SKIP_TURNED_OFF, Policy, decide, load_policy
 from mtqa.models import ModelPool
 from mtqa.segment import segment
 from mtqa.types import CheckResult, Document, DocumentReport, Report, SegmentedDocument, Skipped
@@ -51,7 +51,13 @@ class Checker:
         policy: Policy | None = None,
         checkers: Mapping[str, BaseChecker] | None = None,
     ) -> None:
+        if settings is not None and not isinstance(settings, Settings):
+            err = (f"Checker expects Settings (Settings.from_dict builds one from a dict), "
+                   f"not {type(settings).__name__}")
+            raise TypeError(err)
         self.settings = settings or Settings()
+        if {"fluency", "reference"} & set(self.settings.checkers):
+            check_device(self.settings.device)
         policy_path = None if self.settings.policy is None else Path(self.settings.policy)
         self.policy = policy if policy is not None else load_policy(policy_path)
         calibration_path = (None if self.settings.calibration is None
@@ -92,19 +98,27 @@ class Checker:
     def check(self, mt: str, ref: str | Sequence[str] | None = None, *, id: str = "doc",
               src: str | None = None) -> DocumentReport:
         """Check one text, optionally against one or more references."""
+        _expect_text("mt", mt)
         refs = () if ref is None else ((ref,) if isinstance(ref, str) else tuple(ref))
+        for r in refs:
+            _expect_text("ref", r)
         return self.check_many([Document(id=id, mt=mt, ref=refs, src=src)]).documents[0]
 
     def check_many(self, docs: Iterable[Document]) -> Report:
         """Check documents in batches; one report per document, in input order."""
         docs = list(docs)
+        for i, d in enumerate(docs):
+            if not isinstance(d, Document):
+                err = f"check_many expects Document items; item {i} is {type(d).__name__}"
+                raise TypeError(err)
+            _expect_text(f"item {i}: mt", d.mt)
         with self._lock:
             if self._closed:
                 err = "this Checker is closed"
                 raise RuntimeError(err)
             segs = [segment(d) for d in docs]
             per_doc: list[list[CheckResult]] = [[] for _ in docs]
-            off = [Skipped(c, "turned off in the settings") for c in CHECKERS
+            off = [Skipped(c, SKIP_TURNED_OFF) for c in CHECKERS
                    if c not in self.settings.checkers]
             skipped: list[list[Skipped]] = [list(off) for _ in docs]
             for name in self.settings.checkers:
@@ -137,7 +151,7 @@ class Checker:
         except Exception:
             if len(segs) == 1:
                 logger.exception("checker %s failed on document %s", checker.name, segs[0].doc.id)
-                skipped[index[0]].append(Skipped(checker.name, "failed on this document (see log)"))
+                skipped[index[0]].append(Skipped(checker.name, f"{SKIP_FAILED} (see log)"))
                 return []
             logger.warning("checker %s failed on a batch; retrying one document at a time",
                            checker.name)
@@ -163,7 +177,16 @@ class Checker:
         self.close()
 
 
+def _expect_text(name: str, value: object) -> None:
+    if isinstance(value, str):
+        return
+    hint = " (decode it first: .decode('utf-8'))" if isinstance(value, bytes | bytearray) else ""
+    err = f"{name} must be a str, not {type(value).__name__}{hint}"
+    raise TypeError(err)
+
+
 def check(mt: str, ref: str | Sequence[str] | None = None, **options: object) -> DocumentReport:
     """Check one text with a throw-away Checker (``options`` are Settings fields)."""
+    _expect_text("mt", mt)
     with Checker(Settings.from_dict(options)) as checker:
         return checker.check(mt, ref)

@@ -108,3 +108,110 @@ def test_bad_policy_is_exit_2(tmp_path: Path) -> None:
 def test_version() -> None:
     result = runner.invoke(app, ["--version"])
     assert result.exit_code == 0 and result.stdout.startswith("mtqa ")
+
+
+# --- exit codes: 1 means only "a document failed the gate" -----------------------------------
+
+
+def _boom(*args: object, **kwargs: object) -> None:
+    raise RuntimeError("boom\nsecond line")
+
+
+def test_unexpected_error_is_exit_3_in_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("mtqa.pipeline.Checker.check_many", _boom)
+    result = runner.invoke(app, ["check", str(HILL), *FAST])
+    assert result.exit_code == 3, result.stderr
+    assert result.stderr == ("internal error: RuntimeError: boom second line "
+                             "(a bug in mtqa; run with -v for the traceback)\n")
+    assert result.stdout == ""
+
+
+def test_unexpected_error_with_verbose_prints_the_traceback(monkeypatch: pytest.MonkeyPatch
+                                                            ) -> None:
+    monkeypatch.setattr("mtqa.pipeline.Checker.check_many", _boom)
+    result = runner.invoke(app, ["-v", "check", str(HILL), *FAST])
+    assert result.exit_code == 3
+    assert "Traceback (most recent call last)" in result.stderr and "in _boom" in result.stderr
+
+
+@pytest.mark.parametrize("command", ["batch", "gate", "evaluate"])
+def test_every_command_maps_bugs_to_exit_3(command: str, tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("mtqa.batch.run_batch", _boom)
+    monkeypatch.setattr("mtqa.batch.read_results", _boom)
+    monkeypatch.setattr("mtqa.evaluate.load_mqm", _boom)
+    args = {"batch": ["batch", str(HILL), "-o", str(tmp_path / "r.jsonl"), *FAST],
+            "gate": ["gate", str(HILL)],
+            "evaluate": ["evaluate", str(FIXTURES / "mqm_sample.jsonl"), *FAST]}[command]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 3 and result.stderr.startswith("internal error: RuntimeError")
+
+
+def test_ctrl_c_is_exit_130_not_1(monkeypatch: pytest.MonkeyPatch) -> None:
+    def interrupt(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("mtqa.pipeline.Checker.check_many", interrupt)
+    result = runner.invoke(app, ["check", str(HILL), *FAST])
+    assert result.exit_code == 130
+
+
+def test_unexpected_error_is_exit_3_in_a_real_process() -> None:
+    code = (
+        "import sys\n"
+        "import mtqa.pipeline\n"
+        "def boom(*a, **k):\n    raise ZeroDivisionError('division by zero')\n"
+        "mtqa.pipeline.Checker.check_many = boom\n"
+        "from mtqa.cli import main\n"
+        f"sys.argv = ['mtqa', 'check', {str(HILL)!r}, '--no-lm']\n"
+        "main()\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 3, out.stderr
+    assert out.stderr.strip().splitlines() == [
+        "internal error: ZeroDivisionError: division by zero "
+        "(a bug in mtqa; run with -v for the traceback)"]
+
+
+def test_gate_failure_is_still_exit_1_in_a_real_process() -> None:
+    out = subprocess.run([sys.executable, "-c", "from mtqa.cli import main; main()", "check",
+                          str(ABC), "--no-lm"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1, out.stderr
+
+
+# --- shared options are declared once ---------------------------------------------------------
+
+
+def _options(command: str) -> set[str]:
+    import typer.main
+
+    group = typer.main.get_command(app)
+    cmd = group.commands[command]  # type: ignore[attr-defined]
+    return {opt for p in cmd.params for opt in p.opts}
+
+
+SETTINGS_FLAGS = {"--checkers", "--no-lm", "--lm-model", "--batch-size", "--threads", "--device",
+                  "--lm-backend", "--grammar-backend", "--languagetool-url", "--ref-mode",
+                  "--calibration", "--config"}
+
+
+@pytest.mark.parametrize("command", ["check", "batch", "evaluate"])
+def test_commands_share_the_settings_options(command: str) -> None:
+    assert SETTINGS_FLAGS <= _options(command)
+    assert ({"--policy", "--gate"} <= _options(command)) is (command != "evaluate")
+
+
+def test_help_shows_defaults_from_settings() -> None:
+    from mtqa.config import Settings
+
+    result = runner.invoke(app, ["check", "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0
+    assert f"(default: {Settings().batch_size})" in result.stdout
+    assert "auto|parallel|comparable" in result.stdout
+    assert "auto|languagetool|harper" in result.stdout
+
+
+def test_closed_choice_rejects_unknown_value() -> None:
+    result = runner.invoke(app, ["check", str(HILL), "--ref-mode", "bogus"])
+    assert result.exit_code == 2 and "bogus" in result.stderr
