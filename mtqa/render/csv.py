@@ -1,4 +1,9 @@
-"""A batch's CSV summary: one row per input, in input order."""
+"""A batch's CSV summary: one row per input, in input order.
+
+Text cells that a spreadsheet would run as a formula (starting with ``=``, ``+``, ``-``, ``@``, tab
+or carriage return, e.g. an id ``=HYPERLINK(...)``) get a leading ``'``, as OWASP's CSV
+injection guidance says; numbers are written as they are.
+"""
 
 from __future__ import annotations
 
@@ -18,6 +23,15 @@ def _reason(r: Reason) -> str:
     return f"{r.rule}={r.value} (threshold {r.threshold})"
 
 
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _text(value: str | None) -> str:
+    """A text cell that a spreadsheet shows as text, never evaluates."""
+    text = value or ""
+    return "'" + text if text.startswith(_FORMULA_START) else text
+
+
 def _cell(value: float | None) -> str:
     return "" if value is None else f"{value:.2f}"
 
@@ -29,6 +43,7 @@ def render_csv(rows: Sequence[BatchRow]) -> str:
     writer.writerow(CSV_COLUMNS)
     for r in rows:
         passed = "" if r.passed is None else ("true" if r.passed else "false")
-        writer.writerow([r.id or "", r.origin, _cell(r.score), _cell(r.fluency), passed,
-                         *r.spans, "; ".join(_reason(x) for x in r.reasons), r.error or ""])
+        writer.writerow([_text(r.id), _text(r.origin), _cell(r.score), _cell(r.fluency), passed,
+                         *r.spans, _text("; ".join(_reason(x) for x in r.reasons)),
+                         _text(r.error)])
     return buf.getvalue()
