@@ -629,8 +629,8 @@ def run_batch(
         err = f"chunk size must be at least 1, not {chunk_size}"
         raise ConfigError(err)
     t0 = time.perf_counter()
-    store = store or default_store(out)
     _check_out(out)
+    store = store or default_store(out)
     _refuse_overlaps(inputs, out, store, csv_out, html_dir, ref_map)
     with _locked(out):
         own = checker is None
