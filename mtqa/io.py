@@ -368,7 +368,8 @@ def _iter_csv(path: Path, text: str, max_bytes: int) -> Iterator[Document | BadR
             break
         except csv.Error as exc:
             rows += 1
-            where = f"{path}:{reader.line_num}"
+            # NOTE: line_num still counts the lines before the record that failed
+            where = f"{path}:{reader.line_num + 1}"
             yield BadRecord(where, f"{where}: unreadable CSV record: {exc}")
             continue
         rows += 1

@@ -40,10 +40,13 @@ def render_csv(rows: Sequence[BatchRow]) -> str:
     """The rows as CSV with a header; ``passed`` is ``true``/``false``, empty for errors."""
     buf = io.StringIO(newline="")
     writer = csv.writer(buf, lineterminator="\n")
+    # NOTE: with "\n" line ends, csv quotes a field holding "\n" but not one holding a bare
+    # "\r", which a reader then takes for a line break: such a row has every field quoted
+    quoted = csv.writer(buf, lineterminator="\n", quoting=csv.QUOTE_ALL)
     writer.writerow(CSV_COLUMNS)
     for r in rows:
         passed = "" if r.passed is None else ("true" if r.passed else "false")
-        writer.writerow([_text(r.id), _text(r.origin), _cell(r.score), _cell(r.fluency), passed,
-                         *r.spans, _text("; ".join(_reason(x) for x in r.reasons)),
-                         _text(r.error)])
+        cells = [_text(r.id), _text(r.origin), _cell(r.score), _cell(r.fluency), passed,
+                 *map(str, r.spans), _text("; ".join(_reason(x) for x in r.reasons)), _text(r.error)]
+        (quoted if any("\r" in c for c in cells) else writer).writerow(cells)
     return buf.getvalue()
