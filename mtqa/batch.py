@@ -12,12 +12,22 @@ run: the JSONL output grows in ``OUT.partial`` (flushed after every chunk) and r
 when the run ends, so it never holds a document twice. The gate policy is applied when the
 outputs are written, not stored, so re-gating a finished batch with another policy re-scores
 nothing.
+
+Outputs never overwrite inputs: an output that is an input file, or that a later run would read
+back from an input directory, is refused before anything runs. A run holds an exclusive lock on
+``OUT.lock`` (with its pid in it), so a second run on the same ``OUT`` stops at once and says
+which process holds it. A stored result that cannot be read back is scored again (with a
+warning naming the store and the document); a store SQLite cannot read is an error that says
+how to start afresh.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
+import errno
+import fcntl
 import hashlib
 import io
 import json
@@ -41,6 +51,7 @@ from mtqa.io import (
     iter_records,
     load_text,
     read_text,
+    write_text_atomic,
 )
 from mtqa.pipeline import Checker
 from mtqa.render.csv import render_csv
@@ -50,6 +61,7 @@ from mtqa.render.json import (
     document_to_dict,
     render_error_line,
     render_jsonl_line,
+    to_json,
 )
 from mtqa.types import (
     SCHEMA,
@@ -126,9 +138,33 @@ def load_ref_map(path: Path) -> dict[str, tuple[Path, ...]]:
     return {k: tuple(v) for k, v in out.items()}
 
 
+def _walk(root: Path) -> tuple[list[Path], list[BadRecord]]:
+    """Files with a text suffix under ``root`` (sorted), and a BadRecord per unreadable directory.
+
+    Symbolic links to directories are not followed (as ``Path.rglob`` does not): no loops.
+    """
+    unreadable: list[BadRecord] = []
+
+    def failed(exc: OSError) -> None:
+        where = exc.filename or root
+        unreadable.append(BadRecord(str(where), f"{where}: cannot read this directory: "
+                                                f"{exc.strerror or exc}; its files were not checked"))
+
+    files: list[Path] = []
+    for top, dirs, names in os.walk(root, onerror=failed):
+        dirs.sort()
+        files.extend(Path(top, n) for n in names if Path(n).suffix.lower() in TEXT_SUFFIXES
+                     and not Path(top, n).is_dir())
+    return sorted(files), sorted(unreadable, key=lambda b: b.origin)
+
+
 def _directory(root: Path, max_bytes: int) -> Iterator[Document | BadRecord]:
-    """Text and HTML files under ``root`` (sorted); ``NAME.ref.txt`` is the reference of ``NAME.txt``."""
-    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in TEXT_SUFFIXES)
+    """Text and HTML files under ``root`` (sorted); ``NAME.ref.txt`` is the reference of ``NAME.txt``.
+
+    An unreadable subdirectory, and a directory with no text or HTML file at all, are BadRecords.
+    """
+    files, unreadable = _walk(root)
+    yield from unreadable
     refs: dict[Path, list[Path]] = {}
     texts: list[Path] = []
     for p in files:
@@ -138,6 +174,11 @@ def _directory(root: Path, max_bytes: int) -> Iterator[Document | BadRecord]:
         else:
             texts.append(p)
     stems = {p.parent / p.stem for p in texts}
+    if not texts and not unreadable:
+        suffixes = ", ".join(sorted(TEXT_SUFFIXES))
+        what = "only reference files" if refs else "no file"
+        yield BadRecord(str(root), f"{root}: the directory holds {what} to check (looked for "
+                                   f"{suffixes}, recursively)")
     for orphan in sorted(set(refs) - stems):
         logger.warning("%s: reference file(s) with no translation beside them: %s", root,
                        ", ".join(str(p) for p in refs[orphan]))
@@ -197,7 +238,8 @@ def iter_inputs(
 def content_key(doc: Document) -> str:
     """sha256 of what is checked: ``mt``, every ``ref`` and ``src`` (not the id or metadata)."""
     data = json.dumps([doc.mt, list(doc.ref), doc.src], ensure_ascii=False)
-    return hashlib.sha256(data.encode("utf-8")).hexdigest()
+    # NOTE: surrogatepass: a Document built in Python may hold a lone surrogate; hash it anyway
+    return hashlib.sha256(data.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def config_signature(settings: Settings, calibration: str = "") -> str:
@@ -217,14 +259,34 @@ def default_store(out: Path) -> Path:
     return out.with_name(out.stem + ".store.sqlite")
 
 
+def _damaged(path: Path, exc: sqlite3.Error) -> ConfigError:
+    full = " (the disk is full)" if "full" in str(exc).lower() else ""
+    err = (f"{path}: the result store cannot be used: {exc}{full}. Move the file away or delete "
+           f"it to start afresh (its results are scored again), or give another --store")
+    return ConfigError(err)
+
+
 class ResultStore:
-    """Reports by (content key, configuration key) in SQLite (WAL: a killed run keeps its commits)."""
+    """Reports by (content key, configuration key) in SQLite (WAL: a killed run keeps its commits).
+
+    Every SQLite failure (a damaged file, a full disk) is a ConfigError naming the store.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
         try:
+            if path.is_file() and path.stat().st_size == 0:
+                logger.warning("%s: the result store is empty (0 bytes): it holds no results, so "
+                               "every document is scored again", path)
             path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            err = f"{path}: cannot create the result store: {exc.strerror or exc}"
+            raise ConfigError(err) from exc
+        try:
             self._db = sqlite3.connect(path, timeout=60.0)
+        except sqlite3.Error as exc:
+            raise _damaged(path, exc) from exc
+        try:
             self._db.execute("PRAGMA journal_mode=WAL")
             # NOTE: NORMAL is durable against a crashed or killed process in WAL mode; only a
             # power cut can lose the last commits, which the next run then re-scores.
@@ -243,43 +305,65 @@ class ResultStore:
                     "PRIMARY KEY (content, config)) WITHOUT ROWID")
                 self._db.execute(f"PRAGMA user_version = {_STORE_VERSION}")
         except sqlite3.DatabaseError as exc:
+            self._db.close()
             err = f"{path}: cannot use this file as an mtqa result store: {exc}"
             raise ConfigError(err) from exc
+        except BaseException:
+            self._db.close()
+            raise
+
+    @contextlib.contextmanager
+    def _guard(self) -> Iterator[None]:
+        try:
+            yield
+        except sqlite3.Error as exc:
+            raise _damaged(self.path, exc) from exc
 
     def config(self, signature: str) -> str:
         """The key of a configuration signature, registered in the store."""
         key = hashlib.sha256(signature.encode("utf-8")).hexdigest()[:16]
-        with self._db:
+        with self._guard(), self._db:
             self._db.execute("INSERT OR IGNORE INTO configs VALUES (?, ?)", (key, signature))
         return key
 
     def get(self, config: str, contents: Sequence[str]) -> dict[str, str]:
-        """Stored report JSON by content key, for the keys that have one under ``config``."""
+        """Stored report JSON by content key, for the keys that have one under ``config``.
+
+        A row whose report is not text (a damaged row) is left out, with a warning: its document
+        is then scored again and the row replaced.
+        """
         out: dict[str, str] = {}
         unique = list(dict.fromkeys(contents))
-        for i in range(0, len(unique), 500):
-            part = unique[i : i + 500]
-            marks = ",".join("?" * len(part))
-            rows = self._db.execute(
-                f"SELECT content, report FROM results WHERE config = ? AND content IN ({marks})",
-                (config, *part))
-            out.update(rows)
+        with self._guard():
+            for i in range(0, len(unique), 500):
+                part = unique[i : i + 500]
+                marks = ",".join("?" * len(part))
+                rows = self._db.execute(
+                    f"SELECT content, report, doc_id FROM results WHERE config = ? "
+                    f"AND content IN ({marks})", (config, *part))
+                for content, report, doc_id in rows:
+                    if isinstance(report, str):
+                        out[content] = report
+                    else:
+                        logger.warning("%s: the stored result of %r (content %s) is not text; "
+                                       "scoring it again", self.path, doc_id, str(content)[:12])
         return out
 
     def put(self, config: str, rows: Sequence[tuple[str, str, str, float]]) -> None:
         """Commit ``(content, doc_id, report JSON, seconds)`` rows in one transaction."""
         now = time.time()
-        with self._db:
+        with self._guard(), self._db:
             self._db.executemany(
                 "INSERT OR REPLACE INTO results VALUES (?, ?, ?, ?, ?, ?)",
                 [(c, config, i, r, s, now) for c, i, r, s in rows])
 
     def count(self, config: str | None = None) -> int:
         """How many reports the store holds (under one configuration, or in all)."""
-        if config is None:
-            return int(self._db.execute("SELECT COUNT(*) FROM results").fetchone()[0])
-        return int(self._db.execute("SELECT COUNT(*) FROM results WHERE config = ?",
-                                    (config,)).fetchone()[0])
+        with self._guard():
+            if config is None:
+                return int(self._db.execute("SELECT COUNT(*) FROM results").fetchone()[0])
+            return int(self._db.execute("SELECT COUNT(*) FROM results WHERE config = ?",
+                                        (config,)).fetchone()[0])
 
     def close(self) -> None:
         """Close the database; calling it twice is harmless."""
@@ -319,60 +403,200 @@ def _page_name(position: int, doc_id: str) -> str:
     return f"{position:05d}-{slug}.html"
 
 
+def _cannot_write(path: Path, exc: OSError) -> InputError:
+    full = " (the disk is full)" if exc.errno == errno.ENOSPC else ""
+    return InputError(f"{path}: cannot write: {exc.strerror or exc}{full}")
+
+
 class _Outputs:
-    """The output files of a run, written in input order as results become available."""
+    """The output files of a run, written in input order as results become available.
+
+    Every write error (no permission, a full disk) is an InputError naming the file; ``OUT``
+    and the CSV are replaced only by complete files, so a failed run leaves the previous ones.
+    """
 
     def __init__(self, out: Path, html_dir: Path | None, policy: Policy) -> None:
         self.out = out
         self.partial = out.with_name(out.name + ".partial")
-        out.parent.mkdir(parents=True, exist_ok=True)
-        self._jsonl: TextIO = self.partial.open("w", encoding="utf-8")
+        try:
+            self._jsonl: TextIO = self.partial.open("w", encoding="utf-8")
+        except OSError as exc:
+            raise _cannot_write(self.partial, exc) from exc
         self.html_dir = html_dir
         if html_dir is not None:
-            html_dir.mkdir(parents=True, exist_ok=True)
+            try:
+                html_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                self._jsonl.close()
+                raise _cannot_write(html_dir, exc) from exc
         self.policy = policy
         self.rows: list[BatchRow] = []
+
+    def _write(self, line: str) -> None:
+        try:
+            self._jsonl.write(line)
+        except OSError as exc:
+            raise _cannot_write(self.partial, exc) from exc
 
     def error(self, origin: str, message: str, doc_id: str | None = None) -> None:
         row = BatchRow(origin=origin, id=doc_id, error=message)
         self.rows.append(row)
-        self._jsonl.write(render_error_line(row))
+        self._write(render_error_line(row))
 
     def document(self, position: int, doc: Document, stored: str) -> None:
-        report = document_from_dict(json.loads(stored), mt=doc.mt, ref=doc.ref, id=doc.id,
-                                    meta=doc.meta)
+        report = _stored_report(stored, doc)
         report = dataclasses.replace(report, verdict=decide(report, self.policy))
         page = None
         if self.html_dir is not None:
             page = _page_name(position, doc.id)
-            (self.html_dir / page).write_text(render_html(Report((report,))), encoding="utf-8")
+            write_text_atomic(self.html_dir / page, render_html(Report((report,))))
         self.rows.append(BatchRow(
             origin=doc.origin, id=doc.id, score=report.score, fluency=report.fluency,
             passed=report.verdict.passed, spans=_counts(report), reasons=report.verdict.reasons,
             page=page))
-        self._jsonl.write(render_jsonl_line(report))
+        self._write(render_jsonl_line(report))
 
     def flush(self) -> None:
-        self._jsonl.flush()
+        try:
+            self._jsonl.flush()
+        except OSError as exc:
+            raise _cannot_write(self.partial, exc) from exc
 
     def finish(self, csv_out: Path | None) -> list[str]:
         """Close the files and move them into place; the paths written."""
-        self._jsonl.close()
-        os.replace(self.partial, self.out)
+        try:
+            self._jsonl.close()
+            os.replace(self.partial, self.out)
+        except OSError as exc:
+            raise _cannot_write(self.out, exc) from exc
         written = [str(self.out)]
         if csv_out is not None:
-            csv_out.parent.mkdir(parents=True, exist_ok=True)
-            csv_out.write_text(render_csv(self.rows), encoding="utf-8")
+            try:
+                csv_out.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise _cannot_write(csv_out, exc) from exc
+            write_text_atomic(csv_out, render_csv(self.rows))
             written.append(str(csv_out))
         if self.html_dir is not None:
             index = self.html_dir / "index.html"
-            index.write_text(render_index(self.rows, title=f"mtqa batch: {self.out.name}"),
-                             encoding="utf-8")
+            write_text_atomic(index, render_index(self.rows, title=f"mtqa batch: {self.out.name}"))
             written.append(str(index))
         return written
 
     def abandon(self) -> None:
-        self._jsonl.close()
+        with contextlib.suppress(OSError):  # NOTE: the error that made the run stop is the news
+            self._jsonl.close()
+
+
+def _stored_report(stored: str, doc: Document) -> DocumentReport:
+    """The stored report of ``doc``, under its id and metadata (InputError when unreadable)."""
+    try:
+        data = json.loads(stored)
+    except (json.JSONDecodeError, RecursionError) as exc:
+        err = f"malformed JSON ({exc})"
+        raise InputError(err) from exc
+    if not isinstance(data, dict):
+        err = f"not a JSON object but {type(data).__name__}"
+        raise InputError(err)
+    return document_from_dict(data, mt=doc.mt, ref=doc.ref, id=doc.id, meta=doc.meta)
+
+
+def _real(path: Path) -> Path:
+    """The path with symbolic links, ``..`` and ``.`` resolved (whether or not it exists)."""
+    return Path(os.path.realpath(path))
+
+
+def _refuse_overlaps(inputs: Sequence[Path], out: Path, store: Path, csv_out: Path | None,
+                     html_dir: Path | None, ref_map: Path | None) -> None:
+    """Refuse outputs that would overwrite an input or be read back as one by the next run.
+
+    Raises:
+        InputError: naming the output and the input.
+    """
+    partial = out.with_name(out.name + ".partial")
+    files = [("--out", out), ("--out", partial), ("--out", _lock_path(out)), ("--store", store),
+             ("--store", store.with_name(store.name + "-wal")),
+             ("--store", store.with_name(store.name + "-shm"))]
+    if csv_out is not None:
+        files.append(("--csv", csv_out))
+    real_files = [(flag, path, _real(path)) for flag, path in files]
+    for i, (flag, path, real) in enumerate(real_files):
+        for other_flag, other, other_real in real_files[:i]:
+            if real == other_real and flag != other_flag:
+                err = f"{path}: {flag} and {other_flag} name the same file; give them different paths"
+                raise InputError(err)
+    for source in [*inputs, *([ref_map] if ref_map is not None else [])]:
+        src = _real(source)
+        if source.is_dir():
+            for flag, path, real in real_files:
+                if src in real.parents and real.suffix.lower() in TEXT_SUFFIXES:
+                    err = (f"{path}: {flag} is inside the input directory {source}, and the next "
+                           f"run would read it as an article; write it elsewhere")
+                    raise InputError(err)
+            if html_dir is not None:
+                html = _real(html_dir)
+                if html == src or src in html.parents:
+                    err = (f"{html_dir}: --html is inside the input directory {source}, and the "
+                           f"next run would read its pages as articles; write them elsewhere")
+                    raise InputError(err)
+        else:
+            for flag, path, real in real_files:
+                if real == src:
+                    err = (f"{path}: {flag} is the input file {source}: writing it would destroy "
+                           f"the input; give another path")
+                    raise InputError(err)
+
+
+def _check_out(out: Path) -> None:
+    """``out`` must be (or become) a regular file in a directory that exists or can be made."""
+    if out.is_dir():
+        err = f"{out}: --out is a directory; give the path of the results file (e.g. {out}/results.jsonl)"
+        raise InputError(err)
+    if out.exists() and not out.is_file():
+        err = (f"{out}: --out must be a regular file (the results grow in {out.name}.partial, "
+               f"which then replaces it)")
+        raise InputError(err)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        err = f"{out}: cannot create its directory {out.parent}: {exc.strerror or exc}"
+        raise InputError(err) from exc
+
+
+def _lock_path(out: Path) -> Path:
+    return out.with_name(out.name + ".lock")
+
+
+@contextlib.contextmanager
+def _locked(out: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``OUT.lock`` (holding this process's pid) while writing ``out``.
+
+    Raises:
+        InputError: another process holds it (its pid in the message), or it cannot be made.
+    """
+    lock = _lock_path(out)
+    try:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
+    except OSError as exc:
+        err = f"{lock}: cannot create the lock file of {out}: {exc.strerror or exc}"
+        raise InputError(err) from exc
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                err = f"{lock}: cannot lock {out}: {exc.strerror or exc}"
+                raise InputError(err) from exc
+            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+            err = (f"{out}: another mtqa batch (pid {holder}) is writing this output (lock "
+                   f"{lock}); wait for it to finish, or give another --out")
+            raise InputError(err) from None
+        # NOTE: the file is never deleted: unlinking a lock file lets two runs lock two inodes
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+        yield
+    finally:
+        os.close(fd)
 
 
 def run_batch(
@@ -397,27 +621,48 @@ def run_batch(
         on_progress: called with ``(documents done, total)`` after each chunk.
 
     Raises:
-        MtqaError: a setting, policy, reference map or the store is unusable (bad records
-            are not raised: they become error lines and rows).
+        MtqaError: a setting, policy, reference map or the store is unusable, an output would
+            overwrite an input, another run holds ``out``, or an output cannot be written (bad
+            records are not raised: they become error lines and rows).
     """
     if chunk_size < 1:
         err = f"chunk size must be at least 1, not {chunk_size}"
         raise ConfigError(err)
     t0 = time.perf_counter()
-    own = checker is None
-    checker = checker or Checker(settings)
-    settings = checker.settings
-    refs = load_ref_map(ref_map) if ref_map is not None else None
-    items = list(iter_inputs(inputs, ref_map=refs, max_bytes=settings.max_bytes))
-    keys = [content_key(i) if isinstance(i, Document) else "" for i in items]
-    try:
-        with ResultStore(store or default_store(out)) as db:
-            summary = _run(items, keys, db, checker, out, csv_out, html_dir, chunk_size,
-                           on_progress, t0)
-    finally:
-        if own:
-            checker.close()
+    _check_out(out)
+    store = store or default_store(out)
+    _refuse_overlaps(inputs, out, store, csv_out, html_dir, ref_map)
+    with _locked(out):
+        own = checker is None
+        checker = checker or Checker(settings)
+        settings = checker.settings
+        try:
+            refs = load_ref_map(ref_map) if ref_map is not None else None
+            items = list(iter_inputs(inputs, ref_map=refs, max_bytes=settings.max_bytes))
+            keys = [content_key(i) if isinstance(i, Document) else "" for i in items]
+            with ResultStore(store) as db:
+                summary = _run(items, keys, db, checker, out, csv_out, html_dir, chunk_size,
+                               on_progress, t0)
+        finally:
+            if own:
+                checker.close()
     return summary
+
+
+def _readable(stored: dict[str, str], items: Sequence[Document | BadRecord], keys: Sequence[str],
+              store: Path) -> None:
+    """Drop from ``stored`` the results that cannot be read back (warning): they are re-scored."""
+    seen: set[str] = set()
+    for item, key in zip(items, keys):
+        if not isinstance(item, Document) or key not in stored or key in seen:
+            continue
+        seen.add(key)
+        try:
+            _stored_report(stored[key], item)
+        except InputError as exc:
+            logger.warning("%s: the stored result of %s (id %r, content %s) is damaged (%s); "
+                           "scoring it again", store, item.origin or item.id, item.id, key[:12], exc)
+            del stored[key]
 
 
 def _run(items: list[Document | BadRecord], keys: list[str], db: ResultStore, checker: Checker,
@@ -425,6 +670,7 @@ def _run(items: list[Document | BadRecord], keys: list[str], db: ResultStore, ch
          on_progress: ProgressCallback | None, t0: float) -> BatchSummary:
     config = db.config(config_signature(checker.settings, checker.calibration.fingerprint()))
     stored = db.get(config, [k for k in keys if k])
+    _readable(stored, items, keys, db.path)
     failed: dict[str, str] = {}  # content key → why checking it failed (not stored: retried)
     positions: dict[str, list[int]] = {}
     pending: list[tuple[int, Document]] = []
@@ -468,7 +714,7 @@ def _run(items: list[Document | BadRecord], keys: list[str], db: ResultStore, ch
                 if isinstance(result, str):
                     failed[keys[i]] = result
                 else:
-                    data = json.dumps(document_to_dict(result), ensure_ascii=False, sort_keys=True)
+                    data = to_json(document_to_dict(result))
                     rows.append((keys[i], doc.id, data, seconds))
                 finished += len(positions[keys[i]])
             db.put(config, rows)  # committed: a kill after this line loses none of this chunk

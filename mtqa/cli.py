@@ -241,11 +241,18 @@ def _load_documents(mt: Path, refs: list[Path], max_bytes: int) -> tuple[list[Do
 
 
 def _emit(text: str, out: Path | None) -> None:
+    """Print ``text``, or write it to ``out`` whole (temp file + rename); a write error exits 2."""
     if out is None:
         typer.echo(text, nl=False)
-    else:
-        out.write_text(text, encoding="utf-8")
-        typer.echo(f"wrote {out}", err=True)
+        return
+    from mtqa.io import write_text_atomic
+
+    try:
+        write_text_atomic(out, text)
+    except MtqaError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(EXIT_INPUT_ERROR) from exc
+    typer.echo(f"wrote {out}", err=True)
 
 
 def _render(report: Report, fmt: Format, out: Path | None) -> str:

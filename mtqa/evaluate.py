@@ -91,32 +91,105 @@ class MqmRecord:
     errors: tuple[GoldError, ...]
 
 
+def _mqm_error(path: str, what: str) -> InputError:
+    return InputError(f"{path}: not an MQM record: {what}")
+
+
+def _id_field(r: Mapping[str, object], key: str, where: str) -> str:
+    v = r.get(key)
+    if isinstance(v, bool) or not isinstance(v, (str, int)) or v == "":
+        raise _mqm_error(where, f"field {key!r} must be a non-empty string or an integer, "
+                                f"not {v!r}")
+    return str(v)
+
+
+def _text_field(r: Mapping[str, object], key: str, where: str, *, required: bool) -> str:
+    v = r.get(key)
+    if v is None and not required:
+        return ""
+    if not isinstance(v, str):
+        raise _mqm_error(where, f"field {key!r} must be a string, not "
+                                f"{'null' if v is None else type(v).__name__}")
+    return v
+
+
+def _gold_errors(r: Mapping[str, object], hypothesis: str, where: str) -> tuple[GoldError, ...]:
+    raw = r.get("errors", [])
+    if raw is None:
+        raw = []
+    if not isinstance(raw, list):
+        raise _mqm_error(where, f"field 'errors' must be a list, not {type(raw).__name__}")
+    out: list[GoldError] = []
+    for k, e in enumerate(raw):
+        at = f"errors[{k}]"
+        if not isinstance(e, dict):
+            raise _mqm_error(where, f"{at} must be a JSON object, not {type(e).__name__}")
+        side = e.get("side", "target")
+        if side not in ("target", "source"):
+            raise _mqm_error(where, f"{at}.side must be 'target' or 'source', not {side!r}")
+        severity = e.get("severity", "minor")
+        if not isinstance(severity, str):
+            raise _mqm_error(where, f"{at}.severity must be a string, not {severity!r}")
+        category = e.get("category", "")
+        if not isinstance(category, (str, type(None))):
+            raise _mqm_error(where, f"{at}.category must be a string, not {category!r}")
+        start, end = e.get("start"), e.get("end")
+        if start is None and end is None:
+            continue  # NOTE: an error with no location (e.g. an omission) has no characters
+        if (not isinstance(start, int) or not isinstance(end, int) or isinstance(start, bool)
+                or isinstance(end, bool)):
+            raise _mqm_error(where, f"{at}: start and end must be integers, not {start!r}, {end!r}")
+        if side != "target":
+            continue
+        if not 0 <= start <= end <= len(hypothesis):
+            raise _mqm_error(where, f"{at}: offsets {start}-{end} are outside the hypothesis "
+                                    f"({len(hypothesis)} characters)")
+        if end > start:
+            out.append(GoldError(start, end, _SEVERITIES.get(severity.lower(), "minor"),
+                                 category or ""))
+    return tuple(out)
+
+
+def _mqm_record(r: object, where: str) -> MqmRecord:
+    if not isinstance(r, dict):
+        raise _mqm_error(where, f"expected a JSON object, got {type(r).__name__}")
+    hypothesis = _text_field(r, "hypothesis", where, required=True)
+    mqm = r.get("mqm")
+    if isinstance(mqm, bool) or not isinstance(mqm, (int, float)) or not math.isfinite(mqm):
+        raise _mqm_error(where, f"field 'mqm' must be a finite number, not {mqm!r}")
+    if mqm < 0:
+        raise _mqm_error(where, f"field 'mqm' is {mqm}: an MQM penalty is 0 (perfect) or more")
+    return MqmRecord(_id_field(r, "doc_id", where), _id_field(r, "seg_id", where),
+                     _id_field(r, "system", where), _text_field(r, "source", where, required=False),
+                     hypothesis, _text_field(r, "reference", where, required=False), float(mqm),
+                     _gold_errors(r, hypothesis, where))
+
+
 def load_mqm(path: Path, *, limit: int | None = None) -> list[MqmRecord]:
-    """Read an MQM JSONL file; a malformed line is an InputError naming the file and line."""
+    """Read an MQM JSONL file; a malformed line is an InputError naming the file and line.
+
+    The file must be a regular UTF-8 file (binary, Latin-1 and empty files are refused as for
+    any input); each line's fields are checked for type and range: ``hypothesis`` a string,
+    ``mqm`` a finite penalty >= 0, each target error's offsets inside the hypothesis.
+    """
+    from mtqa.io import read_text
+
     out: list[MqmRecord] = []
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                r = json.loads(line)
-                errors = tuple(
-                    GoldError(int(e["start"]), int(e["end"]),
-                              _SEVERITIES.get(str(e.get("severity", "minor")).lower(), "minor"),
-                              str(e.get("category", "")))
-                    for e in r.get("errors", ())
-                    if e.get("side", "target") == "target" and e.get("start") is not None
-                    and int(e["end"]) > int(e["start"])
-                )
-                out.append(MqmRecord(str(r["doc_id"]), str(r["seg_id"]), str(r["system"]),
-                                     str(r.get("source", "")), str(r["hypothesis"]),
-                                     str(r.get("reference", "")), float(r["mqm"]), errors))
-            except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-                err = f"{where}: not an MQM record ({type(exc).__name__}: {exc})"
-                raise InputError(err) from exc
-            if limit is not None and len(out) >= limit:
-                break
+    for lineno, line in enumerate(read_text(path).split("\n"), start=1):
+        if not line.strip():
+            continue
+        where = f"{path}:{lineno}"
+        try:
+            r = json.loads(line)
+        except json.JSONDecodeError as exc:
+            err = f"{where}: not an MQM record: malformed JSON: {exc.msg} (column {exc.colno})"
+            raise InputError(err) from exc
+        except RecursionError as exc:
+            err = f"{where}: not an MQM record: JSON nested too deeply"
+            raise InputError(err) from exc
+        out.append(_mqm_record(r, where))
+        if limit is not None and len(out) >= limit:
+            break
     return out
 
 
@@ -318,6 +391,10 @@ def evaluate(
     samples: int = 200,
 ) -> Evaluation:
     """Figures for each named score (and the baselines) and each named span prediction."""
+    if not records:
+        err = (f"{data}: no lines to evaluate (a file of human translations only, systems "
+               f"ref-*, needs --include-human)")
+        raise InputError(err)
     human = [-r.mqm for r in records]
     seg_ids = [r.seg_id for r in records]
     all_scores = {**scores, **baselines(records, with_reference=with_reference)}
@@ -349,6 +426,8 @@ def score_records(
     from mtqa.pipeline import Checker
     from mtqa.types import Document
 
+    if not records:  # NOTE: evaluate() says why, naming the file; no models to load for that
+        return [], ""
     if with_reference and settings.ref_mode == "auto":
         # NOTE: an MQM reference translates the same source line: parallel, never comparable
         settings = dataclasses.replace(settings, ref_mode="parallel")

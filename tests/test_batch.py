@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import errno
+import io
 import json
 import os
 import signal
@@ -10,7 +12,7 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
@@ -457,3 +459,345 @@ def test_python_api_run_batch(tmp_path: Path) -> None:
     assert isinstance(summary, mtqa.BatchSummary)
     assert (summary.passed, summary.failed, summary.errors) == (1, 1, ())
     assert os.fspath(tmp_path / "r.jsonl") in summary.outputs
+
+
+# -- issue 15: verdicts that cannot be trusted are errors ------------------------------------
+
+FORGED = [
+    ("passed-string", lambda d: d["verdict"].update(passed="false"), "'verdict.passed' must be true or false"),
+    ("passed-missing", lambda d: d["verdict"].pop("passed"), "missing field 'verdict.passed'"),
+    ("score-string", lambda d: d.update(score="99"), "'score' must be a finite number"),
+    ("score-bool", lambda d: d.update(score=True), "'score' must be a finite number"),
+    ("spans-dict", lambda d: d.update(spans={}), "'spans' must be a list"),
+    ("span-start-float", lambda d: d["spans"][0].update(start=1.5), "'spans[0].start' must be an integer"),
+    ("severity-unknown", lambda d: d["spans"][0].update(severity="fatal"), "must be one of minor"),
+    ("reasons-string", lambda d: d["verdict"].update(reasons="none"), "'verdict.reasons' must be a list"),
+    ("pass-with-blocking-reason", lambda d: d["verdict"].update(passed=True),
+     "'verdict.passed' is true but the verdict lists blocking reasons"),
+]
+
+
+@pytest.mark.parametrize(("forge", "message"), [c[1:] for c in FORGED], ids=[c[0] for c in FORGED])
+def test_gate_result_lines_with_wrong_types_are_errors_not_verdicts(forge: Callable[[dict], object],
+                                                                    message: str, tmp_path: Path) -> None:
+    out = tmp_path / "r.jsonl"
+    run_batch([ABC], out, STRUCTURE)
+    data = json.loads(out.read_text(encoding="utf-8"))
+    assert data["verdict"]["passed"] is False and data["spans"]
+    forge(data)
+    forged = _write(tmp_path / "forged.jsonl", json.dumps(data) + "\n")
+    result = runner.invoke(app, ["gate", str(forged)])
+    assert result.exit_code == 2, result.stdout
+    assert f"{forged}:1" in result.stdout and message in result.stdout
+    assert "PASS" not in result.stdout
+
+
+# -- issue 15: inputs that are not there are visible ------------------------------------------
+
+
+def test_empty_directory_and_header_only_csv_are_errors(tmp_path: Path) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "notes.pdf").write_bytes(b"%PDF")
+    only_refs = tmp_path / "refs"
+    _write(only_refs / "a.ref.txt", "A reference.\n")
+    header = _write(tmp_path / "h.csv", "id,mt\n")
+    summary = run_batch([empty, only_refs, header, HILL], tmp_path / "r.jsonl", STRUCTURE)
+    assert [r.origin for r in summary.rows] == [str(empty), str(only_refs), str(header), str(HILL)]
+    assert "holds no file to check" in (summary.rows[0].error or "")
+    assert "holds only reference files" in (summary.rows[1].error or "")
+    assert "no records after the header" in (summary.rows[2].error or "")
+    result = runner.invoke(app, ["batch", str(empty), "--out", str(tmp_path / "r2.jsonl"), *FAST])
+    assert result.exit_code == 2 and "holds no file to check" in result.stderr
+
+
+def test_unreadable_subdirectory_is_an_error_row(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    root = tmp_path / "d"
+    _write(root / "a.txt", HILL.read_text(encoding="utf-8"))
+    locked = root / "locked"
+    _write(locked / "b.txt", "Never seen.\n")
+    real = os.scandir
+
+    def scandir(path: object) -> object:  # NOTE: tests run as root, where chmod 000 is no barrier
+        if Path(str(path)) == locked:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real(path)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    summary = run_batch([root], tmp_path / "r.jsonl", STRUCTURE)
+    assert [r.id for r in summary.rows] == [None, "a"]
+    assert summary.rows[0].origin == str(locked)
+    assert "cannot read this directory: Permission denied" in (summary.rows[0].error or "")
+
+
+def test_fifo_in_a_directory_and_as_input_is_an_error_row_not_a_hang(tmp_path: Path) -> None:
+    root = tmp_path / "d"
+    _write(root / "a.txt", HILL.read_text(encoding="utf-8"))
+    os.mkfifo(root / "pipe.txt")
+    os.mkfifo(tmp_path / "in.jsonl")
+    summary = run_batch([root, tmp_path / "in.jsonl"], tmp_path / "r.jsonl", STRUCTURE)
+    assert [r.id for r in summary.rows] == ["a", None, None]
+    assert all("FIFO" in (r.error or "") for r in summary.rows[1:])
+
+
+# -- issue 15: what batch writes is read by every consumer -----------------------------------
+
+
+def test_batch_output_with_separators_and_nan_is_strict_json_gate_reads(tmp_path: Path) -> None:
+    path = _write(tmp_path / "in.jsonl",
+                  '{"id": "a", "mt": "One line\\u2028with a separator\\u0085here.", "x": NaN}\n'
+                  '{"id": "b", "mt": "Second\u2029record here.", "y": [Infinity]}\n{"mt": \n')
+    out = tmp_path / "r.jsonl"
+    summary = run_batch([path], out, STRUCTURE)
+    assert [r.origin for r in summary.rows] == [f"{path}:1", f"{path}:2", f"{path}:3"]
+    text = out.read_text(encoding="utf-8")
+    assert not set(text) & {"\u2028", "\u2029", "\u0085"}
+    assert len(text.splitlines()) == 3  # str.splitlines, as a naive consumer splits
+
+    def refuse(name: str) -> object:
+        raise ValueError(name)
+
+    lines = [json.loads(line, parse_constant=refuse) for line in text.splitlines()]
+    assert lines[0]["meta"] == {"x": None} and lines[1]["meta"] == {"y": [None]}
+    assert [type(i).__name__ for i in read_results(out)] == ["DocumentReport", "DocumentReport",
+                                                            "BadRecord"]
+
+
+def test_lone_surrogates_cost_their_line_only(tmp_path: Path) -> None:
+    path = _write(tmp_path / "in.jsonl",
+                  '{"id": "ok", "mt": "A good record here."}\n{"id": "s", "mt": "bad \\ud800"}\n'
+                  '{"id": "x\\udc00", "mt": "Another good one."}\n'
+                  '{"id": "m", "mt": "Third good one.", "site": "\\ud83d"}\n')
+    out = tmp_path / "r.jsonl"
+    for _ in range(2):  # NOTE: the writer used to crash after scoring, on every run
+        summary = run_batch([path], out, STRUCTURE)
+        assert [r.id for r in summary.rows] == ["ok", None, None, None]
+        assert [r.origin for r in summary.errors] == [f"{path}:{n}" for n in (2, 3, 4)]
+        assert all("lone surrogate" in (r.error or "") for r in summary.errors)
+
+
+def test_csv_field_over_131072_characters_is_checked(tmp_path: Path) -> None:
+    path = tmp_path / "big.csv"
+    with path.open("w", encoding="utf-8", newline="") as fh:
+        csv.writer(fh).writerows([["id", "mt"], ["a", "Word. " * 30_000], ["b", "A normal text."]])
+    summary = run_batch([path], tmp_path / "r.jsonl", STRUCTURE)
+    assert [r.id for r in summary.rows] == ["a", "b"] and not summary.errors
+
+
+def test_csv_summary_cannot_hold_formulas(tmp_path: Path) -> None:
+    ids = ['=HYPERLINK("http://evil.example","x")', "+1", "-2+3", "@SUM(A1)", "\tx", "\rx", "plain"]
+    path = _write(tmp_path / "in.jsonl", "".join(
+        json.dumps({"id": i, "mt": f"A text to check, number {n}."}) + "\n" for n, i in enumerate(ids)))
+    table = tmp_path / "r.csv"
+    run_batch([path], tmp_path / "r.jsonl", STRUCTURE, csv_out=table)
+    with table.open(encoding="utf-8", newline="") as fh:
+        got = [row["id"] for row in csv.DictReader(fh)]
+    assert got == ["'" + i for i in ids[:-1]] + ["plain"]
+
+
+# -- issue 15: outputs never destroy inputs -------------------------------------------------
+
+
+def _refused(args: list[str], message: str, tmp_path: Path) -> None:
+    result = runner.invoke(app, ["batch", *args, *FAST])
+    assert result.exit_code == 2, result.stderr
+    assert message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_out_over_an_input_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    before = BAD_JSONL.read_text(encoding="utf-8")
+    src = _write(tmp_path / "x.jsonl", before)
+    (tmp_path / "link.jsonl").symlink_to(src)
+    for out in ("x.jsonl", "./x.jsonl", str(src), "link.jsonl"):
+        _refused(["x.jsonl", "-o", out], "is the input file", tmp_path)
+    _refused(["x.jsonl", "-o", "r.jsonl", "--csv", "x.jsonl"], "--csv is the input file", tmp_path)
+    _refused(["x.jsonl", "-o", "r.jsonl", "--store", "./x.jsonl"], "--store is the input file", tmp_path)
+    _refused(["x.jsonl", "-o", "r.jsonl", "--csv", "r.jsonl"], "name the same file", tmp_path)
+    assert src.read_text(encoding="utf-8") == before
+
+
+def test_outputs_inside_an_input_directory_are_refused(tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    _write(tmp_path / "arts" / "a.txt", HILL.read_text(encoding="utf-8"))
+    (tmp_path / "alias").symlink_to(tmp_path / "arts")
+    for html in ("arts/report", "arts", "./arts/../arts/x", "alias/report"):
+        _refused(["arts", "-o", "r.jsonl", "--html", html], "--html is inside the input directory",
+                 tmp_path)
+    _refused(["arts", "-o", "r.jsonl", "--csv", "arts/summary.txt"], "--csv is inside the input",
+             tmp_path)
+    _refused(["arts", "-o", "arts/r.txt"], "--out is inside the input", tmp_path)
+    # what a directory run never reads back is allowed: the run is repeatable, 1 document each time
+    for _ in range(2):
+        result = runner.invoke(app, ["batch", "arts", "-o", "arts/r.jsonl", "--html", "pages", *FAST])
+        assert result.exit_code == 0, result.stderr
+        assert len(_lines(tmp_path / "arts" / "r.jsonl")) == 1
+
+
+# -- issue 15: one writer per output ---------------------------------------------------------
+
+
+def test_a_second_batch_on_the_same_out_is_refused_naming_the_holder(tmp_path: Path) -> None:
+    out = tmp_path / "r.jsonl"
+    code = textwrap.dedent(f"""
+        import fcntl, os, sys, time
+        fd = os.open({str(out) + '.lock'!r}, os.O_RDWR | os.O_CREAT)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        os.write(fd, str(os.getpid()).encode())
+        print("locked", flush=True)
+        time.sleep(60)
+    """)
+    holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "locked\n"
+        result = runner.invoke(app, ["batch", str(HILL), "-o", str(out), *FAST])
+        assert result.exit_code == 2
+        assert f"another mtqa batch (pid {holder.pid}) is writing this output" in result.stderr
+        assert not out.exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    assert run_batch([HILL], out, STRUCTURE).passed == 1  # the lock went with its holder
+    assert (tmp_path / "r.jsonl.lock").read_text(encoding="ascii").strip() == str(os.getpid())
+
+
+@pytest.mark.slow
+def test_two_concurrent_batches_never_interleave(corpus: Path, tmp_path: Path) -> None:
+    out = tmp_path / "r.jsonl"
+    cmd = [sys.executable, "-c", "from mtqa.cli import main; main()", "batch", str(corpus), "-o",
+           str(out), "-q", *FAST]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    runs = [subprocess.Popen(["sh", "-c", '"$0" "$@"; echo "rc=$?" >&2', *cmd], env=env,
+                             stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    errs = [r.communicate(timeout=300)[1] for r in runs]
+    assert sum("another mtqa batch" in e for e in errs) <= 1
+    assert len(_lines(out)) == len(_paragraphs()) + 1  # every line once, none broken
+
+
+# -- issue 15: a damaged store never wedges a run ---------------------------------------------
+
+
+def test_damaged_store_row_is_rescored_with_a_warning(tmp_path: Path,
+                                                      caplog: pytest.LogCaptureFixture) -> None:
+    out = tmp_path / "r.jsonl"
+    first = run_batch([ABC, HILL], out, STRUCTURE)
+    store = default_store(out)
+    db = sqlite3.connect(store)
+    db.execute("UPDATE results SET report = '{broken' WHERE doc_id = ?", (ABC.stem,))
+    db.execute("UPDATE results SET report = x'00ff' WHERE doc_id = ?", (HILL.stem,))
+    db.commit()
+    db.close()
+    before = out.read_text(encoding="utf-8")
+    with caplog.at_level("WARNING", logger="mtqa.batch"):
+        again = run_batch([ABC, HILL], out, STRUCTURE)
+    assert again.scored == 2 and again.reused == 0
+    assert out.read_text(encoding="utf-8") == before
+    assert [r.score for r in again.rows] == [r.score for r in first.rows]
+    warned = " ".join(r.getMessage() for r in caplog.records)
+    assert str(store) in warned and ABC.stem in warned and HILL.stem in warned
+    assert run_batch([ABC, HILL], out, STRUCTURE).reused == 2  # the rows were replaced
+
+
+def test_store_row_for_another_text_is_rescored(tmp_path: Path) -> None:
+    out = tmp_path / "r.jsonl"
+    run_batch([ABC], out, STRUCTURE)
+    db = sqlite3.connect(default_store(out))
+    report = json.loads(db.execute("SELECT report FROM results").fetchone()[0])
+    report["spans"][0]["text"] = "not the text"
+    db.execute("UPDATE results SET report = ?", (json.dumps(report),))
+    db.commit()
+    db.close()
+    assert run_batch([ABC], out, STRUCTURE).scored == 1
+
+
+def test_damaged_store_file_is_an_error_naming_it(tmp_path: Path) -> None:
+    out = tmp_path / "r.jsonl"
+    corpus = _write(tmp_path / "in.jsonl", "".join(
+        json.dumps({"id": f"d{i}", "mt": f"The council met on day {i}. " * 20}) + "\n"
+        for i in range(300)))
+    run_batch([corpus], out, STRUCTURE)
+    store = default_store(out)
+    db = sqlite3.connect(store)
+    db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    db.close()
+    with store.open("r+b") as fh:
+        fh.seek(8192)
+        fh.write(b"\xde\xad" * 4000)
+    result = runner.invoke(app, ["batch", str(corpus), "-o", str(out), *FAST])
+    assert result.exit_code == 2, result.stderr
+    assert f"{store}: the result store cannot be used" in result.stderr
+    assert "delete it to start afresh" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_zero_length_store_is_rescored_with_a_warning(tmp_path: Path,
+                                                      caplog: pytest.LogCaptureFixture) -> None:
+    out = tmp_path / "r.jsonl"
+    run_batch([HILL], out, STRUCTURE)
+    store = default_store(out)
+    for p in (store, store.with_name(store.name + "-wal"), store.with_name(store.name + "-shm")):
+        if p.exists():
+            p.write_bytes(b"")
+    with caplog.at_level("WARNING", logger="mtqa.batch"):
+        assert run_batch([HILL], out, STRUCTURE).scored == 1
+    assert any("empty (0 bytes)" in r.getMessage() and str(store) in r.getMessage()
+               for r in caplog.records)
+
+
+# -- issue 15: output errors are messages, and never half-written files -----------------------
+
+
+def test_out_is_a_directory_or_device_exits_2(tmp_path: Path) -> None:
+    for out, message in ((tmp_path, "--out is a directory"), (Path("/dev/full"), "regular file")):
+        _refused([str(HILL), "-o", str(out)], message, tmp_path)
+
+
+class _FullDisk(io.StringIO):
+    """A text file on a full disk: the first write that reaches the disk fails."""
+
+    def write(self, text: str) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_disk_full_while_writing_keeps_the_previous_outputs(tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    out, table = tmp_path / "r.jsonl", tmp_path / "r.csv"
+    run_batch([HILL], out, STRUCTURE, csv_out=table)
+    before = (out.read_text(encoding="utf-8"), table.read_text(encoding="utf-8"))
+    real_open, real_replace = Path.open, os.replace
+
+    def open_full(self: Path, *args: object, **kwargs: object) -> object:
+        if self.name.endswith(".partial"):
+            return _FullDisk()
+        return real_open(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    def replace_full(src: object, dst: object) -> None:
+        if str(dst).endswith(".csv"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_replace(src, dst)  # type: ignore[arg-type]
+
+    for target, patch in ((Path, ("open", open_full)), (os, ("replace", replace_full))):
+        with monkeypatch.context() as m:
+            m.setattr(target, *patch)
+            result = runner.invoke(app, ["batch", str(ABC), str(HILL), "-o", str(out), "--csv",
+                                         str(table), *FAST])
+        assert result.exit_code == 2, result.stderr
+        assert "No space left on device (the disk is full)" in result.stderr
+        assert (out.read_text(encoding="utf-8") if patch[0] == "open" else before[0]) == before[0]
+        assert table.read_text(encoding="utf-8") == before[1]
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_read_only_output_directory_exits_2(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pathlib import Path as P
+
+    real = P.open
+
+    def denied(self: P, *args: object, **kwargs: object) -> object:
+        if self.name.endswith(".partial"):
+            raise PermissionError(13, "Permission denied", str(self))
+        return real(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(P, "open", denied)
+    _refused([str(HILL), "-o", str(tmp_path / "r.jsonl")], "r.jsonl.partial: cannot write: "
+             "Permission denied", tmp_path)

@@ -83,3 +83,173 @@ def test_text_offsets_refer_to_decoded_string(tmp_path: Path) -> None:
     path = tmp_path / "bom.txt"
     path.write_bytes("\ufeffFirst line.\n".encode())
     assert load_text(path).mt == "First line.\n"
+
+
+# -- issue 15: hostile inputs -----------------------------------------------------------------
+
+SEPARATORS = [("line-separator", "\u2028"), ("paragraph-separator", "\u2029"), ("next-line", "\u0085")]
+
+
+@pytest.mark.parametrize("char", [c for _, c in SEPARATORS], ids=[n for n, _ in SEPARATORS])
+@pytest.mark.parametrize("escaped", [False, True], ids=["raw", "escaped"])
+def test_jsonl_records_split_on_newline_only(char: str, escaped: bool, tmp_path: Path) -> None:
+    """U+2028/U+2029/U+0085 are valid in JSON strings: no record break, no line-number shift."""
+    inner = f"\\u{ord(char):04x}" if escaped else char
+    path = tmp_path / "s.jsonl"
+    path.write_text(f'{{"id": "a", "mt": "One{inner}two."}}\r\n{{"mt": \n'
+                    f'{{"id": "c", "mt": "Three."}}\n', encoding="utf-8")
+    items = list(load(path))
+    assert isinstance(items[0], Document) and items[0].mt == f"One{char}two."
+    assert isinstance(items[1], BadRecord) and items[1].origin == f"{path}:2"
+    assert isinstance(items[2], Document) and items[2].origin == f"{path}:3"
+
+
+SURROGATES = [
+    ("mt", '{"id": "s", "mt": "bad \\ud800 text"}', "'mt'"),
+    ("id", '{"id": "x\\udc00", "mt": "Good text."}', "'id'"),
+    ("meta", '{"mt": "Good text.", "site": {"k": ["\\ud83d"]}}', "'site.k[0]'"),
+    ("key", '{"mt": "Good text.", "\\ud800": 1}', "(a key)"),
+]
+
+
+@pytest.mark.parametrize(("line", "field"), [c[1:] for c in SURROGATES], ids=[c[0] for c in SURROGATES])
+def test_lone_surrogate_is_a_bad_record_and_the_rest_loads(line: str, field: str, tmp_path: Path) -> None:
+    path = tmp_path / "s.jsonl"
+    path.write_text('{"id": "ok", "mt": "A good record."}\n' + line + "\n"
+                    '{"id": "pair", "mt": "An emoji \\ud83d\\ude00 is fine."}\n', encoding="utf-8")
+    items = list(load(path))
+    assert isinstance(items[0], Document) and isinstance(items[2], Document)
+    assert items[2].mt == "An emoji \U0001f600 is fine."
+    bad = items[1]
+    assert isinstance(bad, BadRecord) and bad.origin == f"{path}:2"
+    assert "lone surrogate" in bad.message and field in bad.message
+
+
+def test_csv_field_over_the_default_csv_limit_loads(tmp_path: Path) -> None:
+    """csv's default field limit is 131,072 characters: a long article must not stop the file."""
+    import csv
+
+    path = tmp_path / "big.csv"
+    with path.open("w", encoding="utf-8", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerows([["id", "mt"], ["a", "Word. " * 30_000], ["b", "A normal text."]])
+    items = list(load(path))
+    assert [i.id for i in items if isinstance(i, Document)] == ["a", "b"]
+    assert len(items[0].mt) == 180_000  # type: ignore[union-attr]
+
+
+def test_csv_error_in_a_record_names_the_line_and_keeps_the_rest(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    import csv
+
+    path = tmp_path / "b.csv"
+    path.write_text("id,mt\na,Short text.\nb," + "x" * 300 + "\nc,Another text.\n", encoding="utf-8")
+    real = csv.field_size_limit
+    monkeypatch.setattr(csv, "field_size_limit", lambda *a: real(100) if a else 100)
+    try:
+        items = list(load(path))
+    finally:
+        real(131_072)
+    assert [i.id for i in items if isinstance(i, Document)] == ["a", "c"]
+    bad = [i for i in items if isinstance(i, BadRecord)]
+    assert [b.origin for b in bad] == [f"{path}:3"] and "field larger" in bad[0].message
+
+
+def test_header_only_csv_is_a_bad_record(tmp_path: Path) -> None:
+    path = tmp_path / "h.csv"
+    path.write_text("id,mt\n", encoding="utf-8")
+    items = list(load(path))
+    assert len(items) == 1 and isinstance(items[0], BadRecord)
+    assert "no records after the header" in items[0].message and str(path) in items[0].message
+
+
+def test_fifo_and_devices_are_refused_without_hanging(tmp_path: Path) -> None:
+    """A FIFO blocks a plain read forever and /dev/zero never ends (both have st_size 0)."""
+    import os
+
+    fifo = tmp_path / "p.txt"
+    os.mkfifo(fifo)
+    for path, kind in ((fifo, "FIFO"), (Path("/dev/zero"), "character device"),
+                       (tmp_path, "directory")):
+        with pytest.raises(InputError, match=f"{kind}.*regular files only") as info:
+            read_text(path)
+        assert str(path) in str(info.value)
+
+
+def test_read_is_bounded_whatever_st_size_says(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    path = tmp_path / "grows.txt"
+    path.write_text("word " * 100, encoding="utf-8")
+    real = os.fstat
+
+    class Small:
+        def __init__(self, st: os.stat_result) -> None:
+            self.st_mode, self.st_size = st.st_mode, 10
+
+    monkeypatch.setattr(os, "fstat", lambda fd: Small(real(fd)))
+    with pytest.raises(InputError, match="over the 100-byte limit"):
+        read_text(path, max_bytes=100)
+
+
+def test_utf16_and_cp1252_get_the_right_iconv_command(tmp_path: Path) -> None:
+    utf16 = tmp_path / "u.txt"
+    utf16.write_bytes("Hello there, world.\n".encode("utf-16"))
+    with pytest.raises(InputError, match=r"not UTF-8 \(looks like UTF-16.*iconv -f UTF-16 -t UTF-8"):
+        read_text(utf16)
+    smart = tmp_path / "q.txt"
+    smart.write_bytes("\u201cQuoted\u201d \u2014 text.\n".encode("cp1252"))
+    with pytest.raises(InputError, match=r"not UTF-8.*iconv -f cp1252 -t utf-8"):
+        read_text(smart)
+    with pytest.raises(InputError, match=r"iconv -f latin1 -t utf-8"):
+        read_text(INPUTS / "latin1.txt")
+
+
+# -- outputs ----------------------------------------------------------------------------------
+
+
+def _check_out(out: str, tmp_path: Path) -> tuple[int, str]:
+    from typer.testing import CliRunner
+
+    from mtqa.cli import app
+
+    text = tmp_path / "a.txt"
+    text.write_text("A short text to check here.\n", encoding="utf-8")
+    result = CliRunner().invoke(app, ["check", str(text), "--checkers", "structure", "-f", "json",
+                                      "-o", out])
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    return result.exit_code, result.stderr
+
+
+OUTPUT_ERRORS = [
+    ("missing-dir", "missing/dir/x.json", "does not exist"),
+    ("a-directory", ".", "is a directory"),
+    ("disk-full", "/dev/full", "No space left on device"),
+]
+
+
+@pytest.mark.parametrize(("out", "message"), [c[1:] for c in OUTPUT_ERRORS], ids=[c[0] for c in OUTPUT_ERRORS])
+def test_check_output_errors_exit_2_with_a_message(out: str, message: str, tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    code, stderr = _check_out(out, tmp_path)
+    assert code == 2 and message in stderr and "Traceback" not in stderr
+
+
+def test_a_failed_write_leaves_the_previous_output(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+    import os
+
+    out = tmp_path / "report.json"
+    out.write_text("previous\n", encoding="utf-8")
+    real = os.replace
+
+    def full(src: str, dst: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", full)
+    code, stderr = _check_out(str(out), tmp_path)
+    monkeypatch.setattr(os, "replace", real)
+    assert code == 2 and "the disk is full" in stderr
+    assert out.read_text(encoding="utf-8") == "previous\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt", "report.json"]  # no temp left
