@@ -246,13 +246,15 @@ def _body_runs(sd: SegmentedDocument) -> Iterator[tuple[int, int, list[Sentence]
             yield ps, pe, sents
             continue
         run: list[Sentence] = []
-        for s in [*sents, None]:
-            if s is not None and s.kind is Kind.BODY:
+        for s in sents:
+            if s.kind is Kind.BODY:
                 run.append(s)
                 continue
             if run:
                 yield run[0].start, run[-1].end, run
             run = []
+        if run:
+            yield run[0].start, run[-1].end, run
 
 
 def _finding(rule: str, m: re.Match[str], base: int, mt: str) -> Finding | None:
