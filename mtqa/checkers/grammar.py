@@ -209,7 +209,7 @@ class _TextTooLong(Exception):
 
 
 def _utf16_len(text: str) -> int:
-    return len(text.encode("utf-16-le")) // 2
+    return len(text.encode("utf-16-le", "surrogatepass")) // 2
 
 
 def _utf16_advance(text: str, start: int, units: int) -> int:
@@ -244,6 +244,7 @@ _SEP = "\n\n"
 #: backend sees spaces in their place, and a match touching one is dropped (``_long_tokens``)
 MAX_TOKEN_CHARS = 40
 _LONG_TOKEN = re.compile(rf"\S{{{MAX_TOKEN_CHARS + 1},}}")
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def _mask_long_tokens(text: str) -> str:
@@ -253,7 +254,9 @@ def _mask_long_tokens(text: str) -> str:
     20,000-character base64 blob took 79 s and 19.4 GB, a 150,000-character word aborted the
     process (issue 15). Same-length spaces keep every offset.
     """
-    return _LONG_TOKEN.sub(lambda m: " " * len(m.group()), text)
+    text = _LONG_TOKEN.sub(lambda m: " " * len(m.group()), text)
+    # a lone surrogate (a JSON "\\ud800" becomes one) cannot cross into Rust or onto the wire
+    return _SURROGATE.sub("\ufffd", text)
 
 
 def _long_tokens(text: str) -> tuple[tuple[int, int], ...]:
