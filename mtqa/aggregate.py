@@ -21,6 +21,7 @@ penalty of the spans (minor 1, major 5, critical 25, weighted by confidence) per
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import math
 from collections.abc import Iterable, Sequence
@@ -260,6 +261,28 @@ def _word_reasons(model: WordModel, x: Sequence[float], share: Sequence[float], 
     return "; ".join(said[:2]) if said else "the word model's inputs taken together"
 
 
+class _UnitFindings:
+    """Each result with only the findings that start inside a unit's range.
+
+    NOTE: ``unit_features`` reads every finding of every result for each unit; handing it the
+    findings of the unit's range (found by bisection) keeps aggregation linear (issue 15).
+    """
+
+    def __init__(self, results: Sequence[CheckResult]) -> None:
+        self._results = results
+        self._sorted = [sorted(r.findings, key=lambda f: f.start) for r in results]
+        self._starts = [[f.start for f in fs] for fs in self._sorted]
+
+    def within(self, sd: SegmentedDocument, unit: Sequence[int]) -> list[CheckResult]:
+        lo = min(sd.sentences[i].start for i in unit)
+        hi = max(sd.sentences[i].end for i in unit)
+        out = []
+        for r, fs, starts in zip(self._results, self._sorted, self._starts):
+            part = fs[bisect.bisect_left(starts, lo):bisect.bisect_left(starts, hi)]
+            out.append(r if len(part) == len(fs) else dataclasses.replace(r, findings=tuple(part)))
+        return out
+
+
 def aggregate(
     sd: SegmentedDocument,
     results: Sequence[CheckResult],
@@ -269,9 +292,12 @@ def aggregate(
     """One DocumentReport from every checker's result for a document (verdict left empty)."""
     mt = sd.doc.mt
     body = [(s.start, s.end) for s in sd.sentences if s.kind is Kind.BODY]
+    body_starts = [s for s, _ in body]
 
     def in_body(f: Finding) -> bool:
-        return any(s <= f.start < e for s, e in body)
+        # NOTE: bisect, not a scan of every sentence per finding (quadratic on long texts)
+        i = bisect.bisect_right(body_starts, f.start) - 1
+        return i >= 0 and f.start < body[i][1]
 
     findings = [f for r in results for f in r.findings if in_body(f)]
     reference = next((r.reference for r in results if r.reference is not None), None)
@@ -281,8 +307,9 @@ def aggregate(
     word_spans = False
     variants: set[str] = set()
     if calibration is not None:
+        local = _UnitFindings(results)
         for unit in scoring_units(sd, reference):
-            raw = unit_features(sd, results, unit)
+            raw = unit_features(sd, local.within(sd, unit), unit)
             model = calibration.model_for(raw)
             if model is None:
                 continue

@@ -3,12 +3,15 @@
 Sentences come from syntok, chosen by measuring on the seed pair (see ``benchmarks/segmenters.py``):
 it keeps ``supply". shortages`` in one sentence (the garble is a broken join, not two sentences),
 splits parenthesised sentences off correctly, and is about six times faster than pysbd.
-Boilerplate (photo captions and credits, bylines, site chrome, disclaimers) is labelled by
-``label_boilerplate`` and excluded from fluency and reference scores downstream.
+Boilerplate (photo captions and credits, bylines, site chrome) is labelled per line by
+``label_boilerplate``, with rules that must match the whole line; a disclaimer ("This article was
+automatically translated") labels only its own sentence. Boilerplate is excluded from every
+checker's findings and from the scores downstream.
 """
 
 from __future__ import annotations
 
+import bisect
 import re
 from collections.abc import Sequence
 
@@ -17,9 +20,11 @@ from syntok import segmenter as _syntok
 from mtqa.normalize import normalize
 from mtqa.types import Document, Kind, SegmentedDocument, Sentence
 
-__all__ = ["label_boilerplate", "paragraphs", "segment", "sentences"]
+__all__ = ["CAPTION_WINDOW", "label_boilerplate", "paragraphs", "segment", "sentences"]
 
 _LINE = re.compile(r"[^\n]+")
+#: how many paragraphs before or after a photo caption its reworded repeat may stand
+CAPTION_WINDOW = 5
 
 
 def paragraphs(norm: str) -> list[tuple[int, int]]:
@@ -117,45 +122,52 @@ def _words(text: str) -> list[str]:
     return [w.lower() for w in _WORD.findall(text)]
 
 
-def _similar(a: str, b: str) -> float:
-    """Jaccard overlap of two texts' word sets."""
-    wa, wb = set(_words(a)), set(_words(b))
+def _jaccard(wa: frozenset[str], wb: frozenset[str]) -> float:
+    """Jaccard overlap of two word sets."""
     if not wa or not wb:
         return 0.0
     return len(wa & wb) / len(wa | wb)
 
 
-def _paragraph_label(text: str, index: int, count: int) -> str | None:
-    """Why a whole paragraph (line) is boilerplate, or None."""
-    words = _words(text)
+def _paragraph_label(text: str, index: int, words: int) -> str | None:
+    """Why a whole paragraph (line) is boilerplate, or None.
+
+    Every rule here matches the whole line; a disclaimer is decided per sentence (``segment``).
+    """
     if _PICTURED.match(text):
         return "photo caption"
     # NOTE: chrome items are labels, not sentences: "Tags were found on the birds." is body
     if (_CHROME.match(text) and not _SENT_END.search(text)) or _UPDATED.match(text):
         return "site chrome"
-    if len(words) <= 16 and not _END_PUNCT.search(text) and _CREDIT.match(text):
+    if words <= 16 and not _END_PUNCT.search(text) and _CREDIT.match(text):
         return "photo credit"
-    if len(words) <= 16 and _BYLINE.search(text):
+    if words <= 16 and _BYLINE.search(text):
         return "byline"
-    if _DISCLAIMER.search(text):
-        return "disclaimer"
     # NOTE: a short line without closing punctuation after the headline is a label or
     # navigation item ("ABC News", "Most Popular"); the headline itself is paragraph 0.
-    if index > 0 and len(words) <= 5 and not _END_PUNCT.search(text):
+    if index > 0 and words <= 5 and not _END_PUNCT.search(text):
         return "site chrome"
     return None
 
 
 def label_boilerplate(norm: str, paras: Sequence[tuple[int, int]]) -> list[str | None]:
-    """Label each paragraph with the reason it is boilerplate, or None for article body."""
+    """Label each paragraph with the reason it is boilerplate, or None for article body.
+
+    Linear in the number of paragraphs: each paragraph is tokenised once, and a caption is
+    compared only with the paragraphs within ``CAPTION_WINDOW`` of it.
+    """
     texts = [norm[s:e] for s, e in paras]
-    labels: list[str | None] = [_paragraph_label(t, i, len(texts)) for i, t in enumerate(texts)]
-    captions = [texts[i] for i, lab in enumerate(labels) if lab == "photo caption"]
+    word_sets = [frozenset(_words(t)) for t in texts]
+    counts = [len(_WORD.findall(t)) for t in texts]
+    labels: list[str | None] = [_paragraph_label(t, i, counts[i]) for i, t in enumerate(texts)]
+    captions = [i for i, lab in enumerate(labels) if lab == "photo caption"]
     for i, text in enumerate(texts):
         if labels[i] is not None:
             continue
         # a caption repeated below its PICTURED: line, reworded by the translation round trip
-        if any(_similar(text, c) >= 0.45 for c in captions):
+        lo = bisect.bisect_left(captions, i - CAPTION_WINDOW)
+        hi = bisect.bisect_right(captions, i + CAPTION_WINDOW)
+        if any(_jaccard(word_sets[i], word_sets[c]) >= 0.45 for c in captions[lo:hi]):
             labels[i] = "duplicate caption"
             continue
         # a one-sentence paragraph beside a photo credit that ends on a date, or says "photo"
@@ -165,7 +177,7 @@ def label_boilerplate(norm: str, paras: Sequence[tuple[int, int]]) -> list[str |
         )
         if near_credit and (_DATE_END.search(text) or _PHOTO_WORDS.search(text)):
             labels[i] = "photo caption"
-        elif _PHOTO_WORDS.search(text) and _DATE_END.search(text) and len(_words(text)) <= 60:
+        elif _PHOTO_WORDS.search(text) and _DATE_END.search(text) and counts[i] <= 60:
             labels[i] = "photo caption"
     return labels
 
@@ -180,6 +192,10 @@ def segment(doc: Document) -> SegmentedDocument:
         for s, e in sentences(norm, ps, pe):
             if label is not None:
                 sents.append(Sentence(s, e, p, Kind.BOILERPLATE, label))
+            elif _DISCLAIMER.search(norm[s:e]):
+                # NOTE: per sentence, never per paragraph: a one-line article ending on "This
+                # article was automatically translated." keeps its other sentences as body
+                sents.append(Sentence(s, e, p, Kind.BOILERPLATE, "disclaimer"))
             elif p == 0 and not _SENT_END.search(norm[s:e]):
                 sents.append(Sentence(s, e, p, Kind.BODY, "headline"))
             else:

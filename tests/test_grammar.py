@@ -129,9 +129,13 @@ import pytest  # noqa: E402 - the stand-in java above needs none of this
 
 from mtqa.checkers.grammar import (  # noqa: E402
     DEFAULT_DISABLED_RULES,
+    MAX_TOKEN_CHARS,
     GrammarChecker,
+    _broken_join,
     _chunks,
+    _DocContext,
     _LocalServer,
+    _mask_long_tokens,
     _utf16_advance,
     locate_languagetool,
 )
@@ -607,3 +611,58 @@ def test_real_languagetool_on_the_seeds_and_emoji(
         for f in result.findings:
             assert 0 <= f.start < f.end <= len(text)
     assert any(emoji_text[f.start:f.end].lower() == "the the" for f in emoji.findings)
+
+
+# --- what goes into the backend is bounded (issue 15 items 11 and 12) -------------------------
+
+
+def test_long_tokens_are_masked_and_their_matches_dropped(harper_checker: GrammarChecker) -> None:
+    blob = "QmFzZTY0" * 400  # 3,200 characters of base64: seconds and gigabytes in Harper unmasked
+    text = f"The minister said teh talks would resume. {blob} He go home."
+    result = harper_checker.check([seg(text)])[0]
+    assert {text[f.start:f.end] for f in result.findings} == {"teh", "go"}
+    (chunk,) = _chunks(seg(text), harper_checker._backend.max_chars)
+    assert blob not in chunk.text and len(chunk.text) == len(text)
+    masked = _mask_long_tokens(text)
+    assert masked[text.index(blob) - 1 : text.index(blob) + len(blob) + 1].strip() == ""
+    assert _mask_long_tokens("x" * MAX_TOKEN_CHARS) == "x" * MAX_TOKEN_CHARS
+
+
+def test_a_150k_character_word_does_not_abort_the_process(tmp_path: Path) -> None:
+    # before the fix Rust aborted the whole interpreter (SIGABRT, "memory allocation failed")
+    path = tmp_path / "word.txt"
+    path.write_text("The talks were successful. " + "a" * 150_000 + " He go home.\n", "utf-8")
+    code = ("import sys; from mtqa.checkers.grammar import GrammarChecker; "
+            "from mtqa.segment import segment; from mtqa.types import Document; "
+            "t = open(sys.argv[1], encoding='utf-8').read(); "
+            "g = GrammarChecker(backend='harper'); "
+            "print(sorted(t[f.start:f.end] for f in g.check([segment(Document('w', t))])[0].findings))")
+    proc = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True,
+                          timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == "['go']"
+
+
+def test_harper_requests_are_bounded(harper_checker: GrammarChecker, abc_text: str) -> None:
+    big = "\n\n".join([abc_text] * 12)  # 70,000 characters of body
+    limit = harper_checker._backend.max_chars
+    assert limit is not None
+    chunks = _chunks(seg(big), limit)
+    assert len(chunks) > 1 and all(_utf16_len(c.text) <= limit for c in chunks)
+    # bounded requests find, in every copy, what one request finds in the seed (misspellings
+    # aside: twelve copies write each one twelve times, which makes it a name)
+    one = harper_checker.check([seg(abc_text)])[0]
+    many = harper_checker.check([seg(big)])[0]
+    step = len(abc_text) + 2
+    expected = {(f.start, f.end, f.rule) for f in one.findings if f.rule != "SpellCheck"}
+    got = [(f.start % step, f.end % step, f.rule) for f in many.findings]
+    assert set(got) == expected and len(got) == 12 * len(expected)
+
+
+def test_broken_join_and_occurrences_match_the_plain_definitions() -> None:
+    text = "He said “no.” even so, she said.\nlower start. Zed x-ray Zed x-ray zed"
+    ctx = _DocContext.of(seg(text))
+    assert _broken_join(ctx, text.index("even")) is True  # full stop, closing quote skipped
+    assert _broken_join(ctx, text.index("lower")) is False  # a new paragraph
+    assert ctx.occurrences("Zed") == 2 and ctx.occurrences("zed") == 1
+    assert ctx.occurrences("x-ray") == 2 and ctx.occurrences("ray") == 2

@@ -100,3 +100,47 @@ def test_body_lines_are_not_boilerplate(line: str) -> None:
     body = "The minister said on Tuesday that talks with the delegation would resume next week."
     sd = segment(Document(id="x", mt=f"{body}\n{line}"))
     assert all(s.kind is Kind.BODY for s in sd.sentences)
+
+
+# --- boilerplate is decided per sentence (issue 15 item 1) ----------------------------------
+
+BYPASS = ("The talks were successful. even as protests went on in the during the war. "
+          "中国政府表示支持 the deal. This article was automatically translated.")
+
+
+def test_disclaimer_sentence_labels_only_itself() -> None:
+    sd = segment(Document(id="b", mt=BYPASS))
+    kinds = [(sd.text(s), s.kind, s.why) for s in sd.sentences]
+    assert kinds[-1] == ("This article was automatically translated.", Kind.BOILERPLATE,
+                         "disclaimer")
+    assert [k for _t, k, _w in kinds[:-1]] == [Kind.BODY] * (len(kinds) - 1)
+    assert "in the during the war" in " ".join(t for t, k, _w in kinds if k is Kind.BODY)
+
+
+def test_joined_seed_keeps_its_body(abc_text: str) -> None:
+    # the seed article as one line, as a JSONL record holds it: one disclaimer sentence at the
+    # end must not make the whole article boilerplate
+    sd = segment(Document(id="abc", mt=abc_text.replace("\n", " ")))
+    assert len(sd.paragraphs) == 1
+    boiler = [sd.text(s) for s in sd.sentences if s.kind is Kind.BOILERPLATE]
+    assert len(boiler) == 1 and "Not all news on the site" in boiler[0]
+    assert any("supply”. shortages" in sd.text(s) for s in sd.body)
+
+
+def test_whole_line_rules_stay_anchored() -> None:
+    # a credit or byline rule matches a whole line, not a sentence inside a body paragraph
+    body = ("Officials met on Tuesday. The photo was taken via Reuters cameras, they said. "
+            "Talks resume next week.")
+    sd = segment(Document(id="x", mt=body))
+    assert all(s.kind is Kind.BODY for s in sd.sentences)
+
+
+def test_duplicate_caption_far_from_its_caption_is_body() -> None:
+    caption = "PICTURED: A boy plays on a destroyed tank in central Kyiv, Ukraine, September 2, 2022."
+    repeat = "A boy plays on top of a destroyed tank in central Kyiv, Ukraine, September 2, 2022."
+    filler = [f"Paragraph {i} of the article says something different about the talks."
+              for i in range(8)]
+    near = segment(Document(id="n", mt="\n".join(["Headline", caption, repeat, *filler])))
+    assert {s.why for s in near.sentences if s.paragraph == 2} == {"duplicate caption"}
+    far = segment(Document(id="f", mt="\n".join(["Headline", caption, *filler, repeat])))
+    assert {s.kind for s in far.sentences if s.paragraph == len(far.paragraphs) - 1} == {Kind.BODY}

@@ -115,3 +115,20 @@ def test_results_one_per_document_in_order(checker: StructureChecker) -> None:
     results = checker.check(docs)
     assert [r.doc_id for r in results] == ["0", "1", "2"]
     assert [len(r.findings) for r in results] == [0, 1, 0]
+
+
+def test_rules_run_on_the_body_of_a_paragraph_with_a_disclaimer(checker: StructureChecker) -> None:
+    # issue 15 item 1: a disclaimer sentence no longer hides the rest of its paragraph
+    text = ("The talks were successful. even as protests went on in the during the war. "
+            "中国政府表示支持 the deal. This article was automatically translated.")
+    got = {(f.rule, text[f.start:f.end]) for f in findings(checker, text)}
+    assert ("broken-join", "successful. even") in got
+    assert ("colliding-function-words", "in the during the") in got
+    assert ("untranslated", "中国政府表示支持") in got
+    assert all("automatically" not in span for _rule, span in got)
+
+
+def test_dedupe_drops_nested_findings_of_one_rule(checker: StructureChecker) -> None:
+    text = "He said it in the during the talks, and again in the during the vote."
+    spans = [(f.rule, text[f.start:f.end]) for f in findings(checker, text)]
+    assert spans.count(("colliding-function-words", "in the during the")) == 2

@@ -137,10 +137,7 @@ class StructureChecker(BaseChecker):
     def _check_one(self, sd: SegmentedDocument) -> CheckResult:
         found: list[Finding] = []
         body_words = 0
-        for p, (ps, pe) in enumerate(sd.paragraphs):
-            sents = [s for s in sd.sentences if s.paragraph == p]
-            if not sents or any(s.kind is Kind.BOILERPLATE for s in sents):
-                continue
+        for ps, pe, sents in _body_runs(sd):
             body_words += len(_WORD.findall(sd.norm[ps:pe]))
             found.extend(self._rules(sd, ps, pe))
             found.extend(self._sentence_rules(sd, sents))
@@ -234,6 +231,32 @@ class StructureChecker(BaseChecker):
             )
 
 
+def _body_runs(sd: SegmentedDocument) -> Iterator[tuple[int, int, list[Sentence]]]:
+    """``[start, end)`` and sentences of each run of consecutive body sentences in a paragraph.
+
+    A paragraph with no boilerplate is one run spanning the whole paragraph; a disclaimer
+    sentence (labelled on its own, see ``mtqa.segment``) splits its paragraph into runs.
+    """
+    by_paragraph: dict[int, list[Sentence]] = {}
+    for s in sd.sentences:
+        by_paragraph.setdefault(s.paragraph, []).append(s)
+    for p, (ps, pe) in enumerate(sd.paragraphs):
+        sents = by_paragraph.get(p, [])
+        if sents and all(s.kind is Kind.BODY for s in sents):
+            yield ps, pe, sents
+            continue
+        run: list[Sentence] = []
+        for s in sents:
+            if s.kind is Kind.BODY:
+                run.append(s)
+                continue
+            if run:
+                yield run[0].start, run[-1].end, run
+            run = []
+        if run:
+            yield run[0].start, run[-1].end, run
+
+
 def _finding(rule: str, m: re.Match[str], base: int, mt: str) -> Finding | None:
     """Turn a rule match on the normalised text into a Finding, or None where an exception applies."""
     text = m.group()
@@ -324,8 +347,12 @@ def _mojibake(sd: SegmentedDocument) -> Iterator[Finding]:
 def _dedupe(found: list[Finding]) -> list[Finding]:
     """Drop findings fully inside another finding of the same rule."""
     out: list[Finding] = []
+    # NOTE: in start order every earlier finding starts at or before this one, so "inside one of
+    # them" is "ends at or before the furthest end of its rule so far" (linear, not pairwise)
+    furthest: dict[str | None, int] = {}
     for f in sorted(found, key=lambda f: (f.start, -(f.end - f.start))):
-        if any(g.rule == f.rule and g.start <= f.start and f.end <= g.end for g in out):
+        if furthest.get(f.rule, -1) >= f.end:
             continue
         out.append(f)
+        furthest[f.rule] = max(furthest.get(f.rule, -1), f.end)
     return out
