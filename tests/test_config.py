@@ -186,12 +186,17 @@ def test_bad_calibration_file_is_exit_2_naming_it(tmp_path: Path, content: bytes
     assert str(path) in result.stderr and result.stderr.count("\n") == 1
 
 
-def test_choices_have_one_home() -> None:
-    """The CLI's choices and the checkers' own lists are the constants in mtqa.config."""
+def test_choices_and_defaults_agree_with_the_checkers() -> None:
+    """The CLI's choices (mtqa.config) and Settings' defaults are what the checkers use."""
     from mtqa.checkers import reference
+    from mtqa.checkers.fluency import FluencyChecker
     from mtqa.checkers.grammar import GrammarChecker
     from mtqa.models import BACKENDS
 
     assert tuple(reference.MODES) == REF_MODES
     assert tuple(GrammarChecker.BACKENDS) == GRAMMAR_BACKENDS
     assert tuple(BACKENDS) == LM_BACKENDS
+    defaults = Settings()
+    assert defaults.batch_size == FluencyChecker.BATCH_SIZE
+    assert defaults.grammar_backend == GrammarChecker.DEFAULT_BACKEND
+    assert defaults.ref_mode == reference.ReferenceChecker.MODE
