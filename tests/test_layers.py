@@ -154,6 +154,23 @@ def _rss_bytes() -> int:
         return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+def _assert_emits_what_it_declares(fluency: object, reference: object, mt: str, ref: str) -> None:
+    """The feature names the calibration imports are the ones the checkers emit."""
+    from mtqa.checkers import fluency as fl
+    from mtqa.checkers import reference as rf
+    from mtqa.segment import segment
+    from mtqa.types import Document
+
+    doc = segment(Document(id="d", mt=mt, ref=(ref,)))
+    f = fluency.check([doc])[0]  # type: ignore[attr-defined]
+    r = reference.check([doc])[0]  # type: ignore[attr-defined]
+    assert {k for m in f.sentence_features for k in m} == {*fl.SENTENCE_SUMS, fl.SENTENCE_MAX}
+    assert f.words is not None and set(f.words.values) == {fl.WORD_SURPRISAL}
+    assert {k for m in r.sentence_features for k in m} == set(rf.SENTENCE_SUMS)
+    assert r.words is not None and set(r.words.values) == {
+        rf.WORD_UNMATCHED, rf.WORD_ABSENT, rf.WORD_CHRF, rf.WORD_LM_COND}
+
+
 @pytest.mark.model
 @pytest.mark.slow
 def test_closing_a_checker_frees_its_language_model() -> None:
@@ -172,11 +189,13 @@ def test_closing_a_checker_frees_its_language_model() -> None:
     mt = "The company said on Monday that its profit rose by one fifth.\nIts shares dropped."
     ref = "The company said on Monday that profits rose by a fifth.\nIts shares fell."
     sizes = []
-    for _ in range(5):
+    for k in range(5):
         with mtqa.Checker(settings) as checker:
             report = checker.check(mt, ref)
             assert [s.checker for s in report.skipped] == ["structure", "grammar"]
             fluency, reference = checker._built["fluency"], checker._built["reference"]
+            if k == 0:
+                _assert_emits_what_it_declares(fluency, reference, mt, ref)
             assert len(checker.models) == 1
             model = fluency._model  # type: ignore[attr-defined]
             assert reference._lm is not None and reference._lm.model is model  # type: ignore[attr-defined]
