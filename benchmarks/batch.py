@@ -1,6 +1,6 @@
 """End-to-end batch throughput on 200 real news articles, and where the time goes.
 
-Articles are built from WMT21 zh-en MQM (``/work/shared/data/mqm_2021_zhen.jsonl``): the
+Articles are built from WMT21 zh-en MQM (``../shared/data/mqm_2021_zhen.jsonl``, or ``--data``): the
 hypotheses of one ``doc_id`` and one system, in ``doc_seg_id`` order, one segment per line, with
 the human reference (ref-A) of the same segments as ``ref`` and the Chinese as ``src``. The
 human references themselves (system ref-A) are left out. ``run_batch`` then checks them end to
@@ -33,7 +33,8 @@ from mtqa.batch import run_batch
 from mtqa.config import CHECKERS, Settings
 from mtqa.pipeline import Checker
 
-DATA = Path("/work/shared/data/mqm_2021_zhen.jsonl")
+#: ../shared/data from the repository root, as CI lays it out (``--data`` points elsewhere)
+DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "mqm_2021_zhen.jsonl"
 
 
 def build_articles(path: Path, n: int, with_ref: bool) -> list[dict[str, object]]:

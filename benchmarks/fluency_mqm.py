@@ -44,7 +44,7 @@ from mtqa.checkers.fluency import FluencyChecker, WordScores, _word_classes  # n
 from mtqa.segment import segment  # noqa: E402
 from mtqa.types import CheckResult, Document, SegmentedDocument, Severity  # noqa: E402
 
-DATA = Path("/work/shared/data/mqm_2021_zhen.jsonl")
+DATA = ROOT.parent / "shared" / "data" / "mqm_2021_zhen.jsonl"  # ../shared/data from the repository root, as CI lays it out
 HELD_OUT_DOCS = 10
 logger = logging.getLogger("fluency_mqm")
 

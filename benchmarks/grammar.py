@@ -5,7 +5,7 @@
 1. Seeds: findings on the ABC seed (a garbled retranslation) and the Hill seed (a clean article)
    by category and severity, which annotated ABC garbles they hit, and every Hill body finding
    (all are false-positive candidates: the Hill has no annotated error).
-2. MQM (``shared/data/mqm_2021_zhen.jsonl``, ``ref-A`` lines left out): character-level span
+2. MQM (``../shared/data/mqm_2021_zhen.jsonl``, or ``--data``; ``ref-A`` lines left out): character-level span
    precision/recall/F1 against gold ``Fluency/*`` spans (a severity mismatch counts half, as in
    WMT23 QE task 2; also with severity ignored), and precision against any gold error.
    The reference is passed to the checker for its name filter unless ``--no-ref``.
@@ -152,13 +152,16 @@ def speed(checker: GrammarChecker) -> None:
 
 
 def main() -> None:
+    global MQM  # noqa: PLW0603 - the file the readers below open
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--limit", type=int, default=None, help="MQM lines to read (default all)")
     parser.add_argument("--backend", choices=("harper", "languagetool"), default=None)
     parser.add_argument("--languagetool-url", default=os.environ.get("MTQA_LANGUAGETOOL_URL"))
     parser.add_argument("--jar-dir", default=os.environ.get("LTP_JAR_DIR_PATH"))
     parser.add_argument("--no-ref", action="store_true", help="do not pass MQM references")
+    parser.add_argument("--data", type=Path, default=MQM, help="the WMT21 zh-en MQM file (default: ../shared/data/ beside the repository)")
     args = parser.parse_args()
+    MQM = args.data
     print(f"CPU: {os.cpu_count()} cores, shared with other jobs; timings are indicative")
     for backend, kwargs in _backends(args):
         t0 = time.perf_counter()

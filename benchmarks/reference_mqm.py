@@ -89,12 +89,13 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=0, help="score only the first N lines (0: all)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--chunk", type=int, default=500, help="documents per check() call")
+    ap.add_argument("--data", type=Path, default=DATA, help="the WMT21 zh-en MQM file (default: ../shared/data/ beside the repository)")
     args = ap.parse_args()
     if args.threads:
         import torch
 
         torch.set_num_threads(args.threads)
-    rows: list[Row] = [json.loads(line) for line in DATA.open(encoding="utf-8")]
+    rows: list[Row] = [json.loads(line) for line in args.data.open(encoding="utf-8")]
     doc_order = list(dict.fromkeys(str(r["doc_id"]) for r in rows))
     held_out = set(doc_order[-10:])
     rows = [r for r in rows if r["system"] != "ref-A"]

@@ -196,11 +196,14 @@ def _threads() -> int:
 
 
 def main() -> None:
+    global MQM  # noqa: PLW0603 - the file the readers below open
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--limit", type=int, default=51, help="WMT21 documents for the shuffled/unrelated checks (0: skip)")
     ap.add_argument("--runs", type=int, default=5, help="timing runs")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--data", type=Path, default=MQM, help="the WMT21 zh-en MQM file (default: ../shared/data/ beside the repository)")
     args = ap.parse_args()
+    MQM = args.data
     if args.threads:
         import torch
 

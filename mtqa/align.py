@@ -1,4 +1,4 @@
-"""Sentence alignment as pure functions on similarity matrices.
+"""Alignment of a candidate with its reference: pure functions on similarity matrices and lines.
 
 Rows are the candidate's sentences, columns the reference's. Every ``link_*`` function takes a
 score matrix and a threshold and returns sorted ``(row, column)`` pairs; pairs scoring below the
@@ -12,6 +12,8 @@ clears a low absolute floor, so that two unrelated articles get (almost) no link
 *absolute* score high enough on its own (translations, near-copies, one-sentence texts).
 ``benchmarks/reference_seeds.py`` measures every linker on the hand-aligned seed pair
 (``fixtures/seed_alignment.json``), a shuffled parallel set and unrelated pairs.
+
+Parallel texts pair line by line instead (``line_spans``, ``pair_lines``).
 """
 
 from __future__ import annotations
@@ -34,7 +36,9 @@ __all__ = [
     "THRESHOLD",
     "absolute_score",
     "align",
+    "count_lines",
     "csls",
+    "inflection_stem",
     "lexical_similarity",
     "link_competitive",
     "link_hungarian",
@@ -43,6 +47,8 @@ __all__ = [
     "link_row_best",
     "link_threshold",
     "link_union",
+    "line_spans",
+    "pair_lines",
     "relative_score",
     "zscore",
 ]
@@ -68,9 +74,17 @@ STOPWORDS = frozenset(
 _SUFFIXES = ("ations", "ation", "ings", "ing", "ies", "ied", "ed", "es", "s", "ly")
 
 
-def _stem(word: str) -> str:
-    # NOTE: a crude suffix stripper (no stemmer ships with the project's dependencies); enough
-    # to match purchase/purchasing and failure/failures.
+# NOTE: two crude suffix strippers (no stemmer ships with the project's dependencies), on
+# purpose: they answer different questions and merging them would change numbers.
+# ``_alignment_stem`` conflates derived forms for TF-IDF overlap between comparable sentences
+# (purchase/purchasing, failure/failures; cut to 7 characters), which the alignment thresholds
+# were tuned with; ``inflection_stem`` strips one inflection only, for the reference checker's
+# per-word "its stem is in no reference" input (``absent``), which the calibrated word model
+# was fitted with.
+
+
+def _alignment_stem(word: str) -> str:
+    """A coarse stem for TF-IDF alignment: one derivational or inflectional suffix, 7 characters."""
     for suf in _SUFFIXES:
         if word.endswith(suf) and len(word) - len(suf) >= 4:
             word = word[: -len(suf)]
@@ -78,8 +92,16 @@ def _stem(word: str) -> str:
     return word[:7]
 
 
+def inflection_stem(word: str) -> str:
+    """A crude English stem, enough to match "reported" with "reports"."""
+    for suffix in ("ing", "ed", "es", "s"):
+        if word.endswith(suffix) and len(word) - len(suffix) >= 3:
+            return word[: -len(suffix)]
+    return word
+
+
 def _terms(text: str) -> list[str]:
-    return [_stem(w) for w in (m.lower() for m in _WORD.findall(text)) if w not in STOPWORDS]
+    return [_alignment_stem(w) for w in (m.lower() for m in _WORD.findall(text)) if w not in STOPWORDS]
 
 
 def lexical_similarity(rows: Sequence[str], cols: Sequence[str]) -> Matrix:
@@ -267,3 +289,34 @@ def align(cos: Matrix, lexical: Matrix, threshold: float = THRESHOLD, floor: flo
         pairs.update((i, j) for i, j in link_union(relative_score(cos, lexical), threshold)
                      if absolute[i, j] >= floor)
     return sorted(pairs)
+
+
+# --- parallel texts: line by line -------------------------------------------------------------
+
+
+def line_spans(norm: str) -> tuple[tuple[int, int], ...]:
+    """``[start, end)`` of each line's stripped text (``(s, s)`` when blank), trailing blanks dropped."""
+    spans: list[tuple[int, int]] = []
+    pos = 0
+    for raw in norm.split("\n"):
+        content = raw.strip()
+        s = pos + (len(raw) - len(raw.lstrip())) if content else pos
+        spans.append((s, s + len(content)))
+        pos += len(raw) + 1
+    while spans and spans[-1][0] == spans[-1][1]:
+        spans.pop()
+    return tuple(spans)
+
+
+def count_lines(lines: Sequence[tuple[int, int]]) -> int:
+    """The number of non-blank lines of ``line_spans``."""
+    return sum(1 for s, e in lines if e > s)
+
+
+def pair_lines(a: Sequence[tuple[int, int]], b: Sequence[tuple[int, int]]) -> list[tuple[int, int]] | None:
+    """Line index pairs: all lines when the counts agree, else the non-blank ones, else None."""
+    if len(a) == len(b):
+        return [(k, k) for k in range(len(a))]
+    na = [k for k, (s, e) in enumerate(a) if e > s]
+    nb = [k for k, (s, e) in enumerate(b) if e > s]
+    return list(zip(na, nb)) if len(na) == len(nb) else None

@@ -44,7 +44,7 @@ from mtqa.evaluate import kendall, load_mqm, pearson, span_scores, within_segmen
 from mtqa.models import file_sha256  # noqa: E402
 from mtqa.types import CheckResult, Document, WordEvidence  # noqa: E402
 
-DATA = Path("/work/shared/data/mqm_2021_zhen.jsonl")
+DATA = ROOT.parent / "shared" / "data" / "mqm_2021_zhen.jsonl"  # ../shared/data, as CI lays it out
 OUT = ROOT / "models" / "calibration.json"
 HELD_OUT_DOCS = 10
 logger = logging.getLogger("calibrate")

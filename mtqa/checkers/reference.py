@@ -45,7 +45,16 @@ from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 import numpy as np
 
-from mtqa.align import FLOOR, THRESHOLD, align, lexical_similarity
+from mtqa.align import (
+    FLOOR,
+    THRESHOLD,
+    align,
+    count_lines,
+    inflection_stem,
+    lexical_similarity,
+    line_spans,
+    pair_lines,
+)
 from mtqa.checkers.base import BaseChecker
 from mtqa.encoders import Encoder, SentenceTransformerEncoder
 from mtqa.errors import CheckerUnavailable, ConfigError, InputError
@@ -297,9 +306,9 @@ class ReferenceChecker(BaseChecker):
             if not ref_texts:
                 jobs.append(None)
                 continue
-            mt = _Side(d, _line_spans(d.norm))
+            mt = _Side(d, line_spans(d.norm))
             refs = tuple(_ref_side(r, f"{d.doc.id}:ref{k}", ref_sides) for k, r in enumerate(ref_texts))
-            pairing = [_pair_lines(mt.lines, r.lines) for r in refs]
+            pairing = [pair_lines(mt.lines, r.lines) for r in refs]
             if self.mode == "parallel":
                 _require_pairing(d, mt, refs, pairing)
             jobs.append(_Job(mt, refs, pairing))
@@ -659,14 +668,6 @@ class ReferenceChecker(BaseChecker):
 # --- helpers: lines, embeddings, sacreBLEU --------------------------------------------------
 
 
-def _stem(word: str) -> str:
-    """A crude English stem, enough to match "reported" with "reports"."""
-    for suffix in ("ing", "ed", "es", "s"):
-        if word.endswith(suffix) and len(word) - len(suffix) >= 3:
-            return word[: -len(suffix)]
-    return word
-
-
 def _word_evidence(d: SegmentedDocument, p: _Pair, chrf: float, read: _Reading | None
                    ) -> WordEvidence:
     """What the reference says of each word of a parallel pair's candidate.
@@ -683,7 +684,7 @@ def _word_evidence(d: SegmentedDocument, p: _Pair, chrf: float, read: _Reading |
     stems: set[str] = set()
     for ref in p.refs:
         rt = [w.lower() for w in WORD.findall(normalize(ref))]
-        stems.update(_stem(w) for w in rt)
+        stems.update(inflection_stem(w) for w in rt)
         sm = difflib.SequenceMatcher(None, toks, rt, autojunk=False)
         for tag, i1, i2, _j1, _j2 in sm.get_opcodes():
             if tag == "equal":
@@ -699,7 +700,7 @@ def _word_evidence(d: SegmentedDocument, p: _Pair, chrf: float, read: _Reading |
     return WordEvidence(
         tuple(ms + m.start() for m in found), tuple(ms + m.end() for m in found),
         MappingProxyType({WORD_UNMATCHED: tuple(float(not x) for x in matched),
-                          WORD_ABSENT: tuple(float(_stem(t) not in stems) for t in toks),
+                          WORD_ABSENT: tuple(float(inflection_stem(t) not in stems) for t in toks),
                           WORD_CHRF: (chrf,) * len(found), WORD_LM_COND: tuple(cond)}))
 
 
@@ -724,35 +725,8 @@ def _ref_side(text: str, doc_id: str, done: dict[str, _Side]) -> _Side:
     side = done.get(text)
     if side is None:
         seg = segment(Document(id=doc_id, mt=text))
-        side = done[text] = _Side(seg, _line_spans(seg.norm))
+        side = done[text] = _Side(seg, line_spans(seg.norm))
     return side
-
-
-def _line_spans(norm: str) -> tuple[tuple[int, int], ...]:
-    """``[start, end)`` of each line's stripped text (``(s, s)`` when blank), trailing blanks dropped."""
-    spans: list[tuple[int, int]] = []
-    pos = 0
-    for raw in norm.split("\n"):
-        content = raw.strip()
-        s = pos + (len(raw) - len(raw.lstrip())) if content else pos
-        spans.append((s, s + len(content)))
-        pos += len(raw) + 1
-    while spans and spans[-1][0] == spans[-1][1]:
-        spans.pop()
-    return tuple(spans)
-
-
-def _count(lines: Sequence[tuple[int, int]]) -> int:
-    return sum(1 for s, e in lines if e > s)
-
-
-def _pair_lines(a: Sequence[tuple[int, int]], b: Sequence[tuple[int, int]]) -> list[tuple[int, int]] | None:
-    """Line index pairs: all lines when the counts agree, else the non-blank ones, else None."""
-    if len(a) == len(b):
-        return [(k, k) for k in range(len(a))]
-    na = [k for k, (s, e) in enumerate(a) if e > s]
-    nb = [k for k, (s, e) in enumerate(b) if e > s]
-    return list(zip(na, nb)) if len(na) == len(nb) else None
 
 
 def _require_pairing(d: SegmentedDocument, mt: _Side, refs: Sequence[_Side],
@@ -761,8 +735,8 @@ def _require_pairing(d: SegmentedDocument, mt: _Side, refs: Sequence[_Side],
     for k, p in enumerate(pairing):
         if p is None:
             where = d.doc.origin or d.doc.id
-            err = (f"{where}: reference {k + 1} has {_count(refs[k].lines)} non-blank lines but the "
-                   f"text has {_count(mt.lines)}; parallel mode pairs line k with line k. Give a "
+            err = (f"{where}: reference {k + 1} has {count_lines(refs[k].lines)} non-blank lines but the "
+                   f"text has {count_lines(mt.lines)}; parallel mode pairs line k with line k. Give a "
                    "line-aligned reference, or use mode='comparable' (or 'auto')")
             raise InputError(err)
 
@@ -819,7 +793,7 @@ def _combine(chrf: float, similarity: float) -> float:
 
 # --- helpers: word diff ---------------------------------------------------------------------
 
-_TOKEN = re.compile(r"\w+(?:'\w+)*|[^\w\s]")
+_TOKEN = re.compile(rf"{WORD.pattern}|[^\w\s]")  # the words of ``WORD``, and each punctuation mark
 _WORDLIKE = re.compile(r"\w")
 
 
