@@ -51,6 +51,7 @@ from mtqa.io import (
     iter_json_lines,
     iter_records,
     load_text,
+    lone_surrogate,
     read_text,
     write_text_atomic,
 )
@@ -750,6 +751,11 @@ def read_results(path: Path) -> Iterator[DocumentReport | BadRecord]:
         whole = None  # JSONL: one result per line
     if isinstance(whole, dict) and isinstance(whole.get("documents"), list):
         for k, doc in enumerate(whole["documents"]):
+            hit = lone_surrogate(doc)
+            if hit is not None:
+                yield BadRecord(str(path), f"{path}: document {k}: field {hit[0]!r} holds a lone "
+                                           f"surrogate \\u{ord(hit[1]):04x}, not Unicode text")
+                continue
             try:
                 yield document_from_dict(doc)
             except InputError as exc:

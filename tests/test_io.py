@@ -253,3 +253,22 @@ def test_a_failed_write_leaves_the_previous_output(tmp_path: Path, monkeypatch: 
     assert code == 2 and "the disk is full" in stderr
     assert out.read_text(encoding="utf-8") == "previous\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt", "report.json"]  # no temp left
+
+
+def test_written_files_get_the_usual_mode(tmp_path: Path) -> None:
+    import os
+    import stat
+
+    from mtqa.io import write_text_atomic
+
+    old = os.umask(0o022)
+    try:
+        new, kept = tmp_path / "new.json", tmp_path / "kept.json"
+        kept.write_text("x", encoding="utf-8")
+        kept.chmod(0o600)
+        write_text_atomic(new, "{}\n")
+        write_text_atomic(kept, "{}\n")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(new.stat().st_mode) == 0o644
+    assert stat.S_IMODE(kept.stat().st_mode) == 0o600 and kept.read_text(encoding="utf-8") == "{}\n"
