@@ -546,6 +546,11 @@ def _refuse_overlaps(inputs: Sequence[Path], out: Path, store: Path, csv_out: Pa
                     err = (f"{path}: {flag} is the input file {source}: writing it would destroy "
                            f"the input; give another path")
                     raise InputError(err)
+            if (html_dir is not None and src.parent == _real(html_dir)
+                    and src.suffix.lower() == ".html"):
+                err = (f"{html_dir}: --html is the directory of the input file {source}, which "
+                       f"a page or index.html could overwrite; write them elsewhere")
+                raise InputError(err)
 
 
 def _check_out(out: Path) -> None:

@@ -614,6 +614,9 @@ def test_out_over_an_input_is_refused(tmp_path: Path, monkeypatch: pytest.Monkey
     _refused(["x.jsonl", "-o", "r.jsonl", "--csv", "x.jsonl"], "--csv is the input file", tmp_path)
     _refused(["x.jsonl", "-o", "r.jsonl", "--store", "./x.jsonl"], "--store is the input file", tmp_path)
     _refused(["x.jsonl", "-o", "r.jsonl", "--csv", "r.jsonl"], "name the same file", tmp_path)
+    _write(tmp_path / "index.html", "<html><body><p>An article.</p></body></html>")
+    _refused(["index.html", "-o", "r.jsonl", "--html", "."], "--html is the directory of the input",
+             tmp_path)
     assert src.read_text(encoding="utf-8") == before
 
 
