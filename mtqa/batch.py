@@ -261,9 +261,15 @@ def default_store(out: Path) -> Path:
 
 
 def _damaged(path: Path, exc: sqlite3.Error) -> ConfigError:
-    full = " (the disk is full)" if "full" in str(exc).lower() else ""
-    err = (f"{path}: the result store cannot be used: {exc}{full}. Move the file away or delete "
-           f"it to start afresh (its results are scored again), or give another --store")
+    why = str(exc)
+    if "locked" in why.lower():
+        err = (f"{path}: the result store is locked by another process ({why}); wait for it to "
+               f"finish, or give another --store")
+    elif "full" in why.lower():
+        err = f"{path}: cannot write the result store: {why}; free some space and run again"
+    else:
+        err = (f"{path}: the result store cannot be used: {why}. Move the file away or delete "
+               f"it to start afresh (its results are scored again), or give another --store")
     return ConfigError(err)
 
 
