@@ -50,6 +50,7 @@ from mtqa.io import (
     iter_json_lines,
     iter_records,
     load_text,
+    lone_surrogate,
     read_text,
     write_text_atomic,
 )
@@ -260,9 +261,15 @@ def default_store(out: Path) -> Path:
 
 
 def _damaged(path: Path, exc: sqlite3.Error) -> ConfigError:
-    full = " (the disk is full)" if "full" in str(exc).lower() else ""
-    err = (f"{path}: the result store cannot be used: {exc}{full}. Move the file away or delete "
-           f"it to start afresh (its results are scored again), or give another --store")
+    why = str(exc)
+    if "locked" in why.lower():
+        err = (f"{path}: the result store is locked by another process ({why}); wait for it to "
+               f"finish, or give another --store")
+    elif "full" in why.lower():
+        err = f"{path}: cannot write the result store: {why}; free some space and run again"
+    else:
+        err = (f"{path}: the result store cannot be used: {why}. Move the file away or delete "
+               f"it to start afresh (its results are scored again), or give another --store")
     return ConfigError(err)
 
 
@@ -545,6 +552,11 @@ def _refuse_overlaps(inputs: Sequence[Path], out: Path, store: Path, csv_out: Pa
                     err = (f"{path}: {flag} is the input file {source}: writing it would destroy "
                            f"the input; give another path")
                     raise InputError(err)
+            if (html_dir is not None and src.parent == _real(html_dir)
+                    and src.suffix.lower() == ".html"):
+                err = (f"{html_dir}: --html is the directory of the input file {source}, which "
+                       f"a page or index.html could overwrite; write them elsewhere")
+                raise InputError(err)
 
 
 def _check_out(out: Path) -> None:
@@ -750,6 +762,11 @@ def read_results(path: Path) -> Iterator[DocumentReport | BadRecord]:
         whole = None  # JSONL: one result per line
     if isinstance(whole, dict) and isinstance(whole.get("documents"), list):
         for k, doc in enumerate(whole["documents"]):
+            hit = lone_surrogate(doc)
+            if hit is not None:
+                yield BadRecord(str(path), f"{path}: document {k}: field {hit[0]!r} holds a lone "
+                                           f"surrogate \\u{ord(hit[1]):04x}, not Unicode text")
+                continue
             try:
                 yield document_from_dict(doc)
             except InputError as exc:

@@ -15,8 +15,8 @@ import json
 import logging
 import os
 import re
+import secrets
 import stat
-import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from types import MappingProxyType
@@ -32,6 +32,7 @@ __all__ = [
     "iter_records",
     "load",
     "load_text",
+    "lone_surrogate",
     "read_bytes",
     "read_text",
     "record_to_document",
@@ -190,17 +191,16 @@ def write_text_atomic(path: Path, text: str) -> None:
     if not path.parent.is_dir():
         err = f"{path}: cannot write: the directory {path.parent} does not exist"
         raise InputError(err)
-    tmp: str | None = None
+    tmp: Path | None = None
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        # NOTE: not tempfile.mkstemp: its 0600 would need os.umask() to widen, which is
+        # process-wide and racy under threads; O_EXCL with 0666 lets the kernel apply the umask
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
         if info is not None:
             os.chmod(tmp, stat.S_IMODE(info.st_mode))
-        else:  # NOTE: mkstemp makes 0600; a new output gets the usual umask-based mode
-            umask = os.umask(0o022)
-            os.umask(umask)
-            os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
         tmp = None
     except OSError as exc:
@@ -280,21 +280,25 @@ def record_to_document(record: Mapping[str, object], where: str, default_id: str
                     meta=MappingProxyType(meta), origin=where)  # type: ignore[arg-type]
 
 
-def _surrogate_field(value: object, path: str = "") -> tuple[str, str] | None:
-    """``(field, character)`` of the first lone surrogate in parsed JSON, or None."""
+def lone_surrogate(value: object, path: str = "") -> tuple[str, str] | None:
+    """``(field, character)`` of the first lone surrogate in parsed JSON, or None.
+
+    JSON may escape one (``"\\ud800"``); the string it gives is not Unicode text and cannot be
+    written as UTF-8.
+    """
     if isinstance(value, str):
         found = _SURROGATE.search(value)
         return (path or "value", found.group()) if found else None
     if isinstance(value, dict):
         for k, v in value.items():
-            hit = _surrogate_field(k, f"{path}.{k}" if path else "(a key)")
+            hit = lone_surrogate(k, f"{path}.{k}" if path else "(a key)")
             if hit is None:
-                hit = _surrogate_field(v, f"{path}.{k}" if path else str(k))
+                hit = lone_surrogate(v, f"{path}.{k}" if path else str(k))
             if hit is not None:
                 return hit
     elif isinstance(value, list):
         for i, v in enumerate(value):
-            hit = _surrogate_field(v, f"{path}[{i}]")
+            hit = lone_surrogate(v, f"{path}[{i}]")
             if hit is not None:
                 return hit
     return None
@@ -323,7 +327,7 @@ def iter_json_lines(path: Path, text: str) -> Iterator[tuple[str, dict[str, obje
         if not isinstance(record, dict):
             yield BadRecord(where, f"{where}: expected a JSON object, got {type(record).__name__}")
             continue
-        hit = _surrogate_field(record)
+        hit = lone_surrogate(record)
         if hit is not None:
             field, char = hit
             err = (f"{where}: field {field!r} holds a lone surrogate \\u{ord(char):04x}, which is "

@@ -614,6 +614,9 @@ def test_out_over_an_input_is_refused(tmp_path: Path, monkeypatch: pytest.Monkey
     _refused(["x.jsonl", "-o", "r.jsonl", "--csv", "x.jsonl"], "--csv is the input file", tmp_path)
     _refused(["x.jsonl", "-o", "r.jsonl", "--store", "./x.jsonl"], "--store is the input file", tmp_path)
     _refused(["x.jsonl", "-o", "r.jsonl", "--csv", "r.jsonl"], "name the same file", tmp_path)
+    _write(tmp_path / "index.html", "<html><body><p>An article.</p></body></html>")
+    _refused(["index.html", "-o", "r.jsonl", "--html", "."], "--html is the directory of the input",
+             tmp_path)
     assert src.read_text(encoding="utf-8") == before
 
 
@@ -801,3 +804,13 @@ def test_read_only_output_directory_exits_2(tmp_path: Path, monkeypatch: pytest.
     monkeypatch.setattr(P, "open", denied)
     _refused([str(HILL), "-o", str(tmp_path / "r.jsonl")], "r.jsonl.partial: cannot write: "
              "Permission denied", tmp_path)
+
+
+def test_gate_on_check_json_with_a_lone_surrogate_is_an_error(tmp_path: Path) -> None:
+    out = tmp_path / "r.jsonl"
+    run_batch([HILL], out, STRUCTURE)
+    doc = json.loads(out.read_text(encoding="utf-8"))
+    doc["id"] = "x\ud800"
+    report = _write(tmp_path / "report.json", json.dumps({"schema": "mtqa.report/1", "documents": [doc]}))
+    result = runner.invoke(app, ["gate", str(report)])
+    assert result.exit_code == 2 and "lone surrogate \\ud800" in result.stdout

@@ -139,3 +139,67 @@ def test_identical_hypotheses_are_checked_once_and_reported_under_each_id() -> N
     assert [r.id for r in reports] == [f"{r.seg_id}:{r.system}" for r in rows]
     assert dataclasses.replace(reports[4], id=reports[0].id) == reports[0]
     assert reports[5].ref == (elsewhere,) and reports[5].reference != reports[0].reference
+
+
+# -- issue 15: every bad MQM file is an InputError naming file and line ------------------------
+
+_GOOD = ('{"doc_id": "d", "seg_id": 1, "system": "s1", "hypothesis": "Hello world.", '
+         '"reference": "Hi world.", "mqm": 1.0, "errors": [{"start": 0, "end": 5, '
+         '"severity": "Major", "category": "Fluency", "side": "target"}]}')
+BAD_MQM = [
+    ("binary", b"\x00\x01\x02\x03binary", ": binary data"),
+    ("latin1", '{"hypothesis": "caf\xe9"}\n'.encode("latin1"), ":1: not UTF-8"),
+    ("empty", b"", ": empty input"),
+    ("array-line", f"{_GOOD}\n[1, 2]\n".encode(), ":2: not an MQM record: expected a JSON object"),
+    ("error-not-object", _GOOD.replace('"errors": [{', '"errors": [5, {').encode(),
+     ":1: not an MQM record: errors[0] must be a JSON object"),
+    ("errors-not-list", _GOOD.replace('"errors": [{', '"errors": {"x": [{').replace("}]}", "}]}}").encode(),
+     ":1: not an MQM record: field 'errors' must be a list"),
+    ("offsets-beyond-text", _GOOD.replace('"end": 5', '"end": 99').encode(),
+     ":1: not an MQM record: errors[0]: offsets 0-99 are outside the hypothesis"),
+    ("offsets-reversed", _GOOD.replace('"start": 0', '"start": 9').encode(), "outside the hypothesis"),
+    ("offset-string", _GOOD.replace('"start": 0', '"start": "0"').encode(), "must be integers"),
+    ("negative-mqm", _GOOD.replace('"mqm": 1.0', '"mqm": -3').encode(), "an MQM penalty is 0"),
+    ("nan-mqm", _GOOD.replace('"mqm": 1.0', '"mqm": NaN').encode(), "'mqm' must be a finite number"),
+    ("bool-mqm", _GOOD.replace('"mqm": 1.0', '"mqm": true').encode(), "'mqm' must be a finite number"),
+    ("null-hypothesis", _GOOD.replace('"hypothesis": "Hello world."', '"hypothesis": null').encode(),
+     "'hypothesis' must be a string, not null"),
+    ("missing-system", _GOOD.replace('"system": "s1", ', "").encode(), "'system' must be"),
+    ("bad-side", _GOOD.replace('"side": "target"', '"side": 3').encode(), "side must be"),
+]
+
+
+@pytest.mark.parametrize(("data", "message"), [c[1:] for c in BAD_MQM], ids=[c[0] for c in BAD_MQM])
+def test_bad_mqm_files_are_input_errors_naming_file_and_line(data: bytes, message: str,
+                                                             tmp_path: Path) -> None:
+    path = tmp_path / "m.jsonl"
+    path.write_bytes(data)
+    with pytest.raises(InputError) as info:
+        load_mqm(path)
+    assert str(info.value).startswith(str(path)) and message in str(info.value)
+
+
+def test_good_mqm_line_and_unlocated_errors_load(tmp_path: Path) -> None:
+    path = tmp_path / "m.jsonl"
+    path.write_text(_GOOD.replace('"errors": [{', '"errors": [{"start": null, "end": null}, {')
+                    + "\n", encoding="utf-8")
+    [r] = load_mqm(path)
+    assert (r.seg_id, r.mqm, [(e.start, e.end, e.severity) for e in r.errors]) == ("1", 1.0, [(0, 5, "major")])
+
+
+@pytest.mark.parametrize("case", ["all-human", "binary"])
+def test_evaluate_command_exits_2_without_traceback(case: str, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from mtqa.cli import app
+
+    path = tmp_path / "m.jsonl"
+    if case == "all-human":
+        path.write_text(_GOOD.replace('"s1"', '"ref-A"') + "\n", encoding="utf-8")
+    else:
+        path.write_bytes(b"\x00\x01binary")
+    result = CliRunner().invoke(app, ["evaluate", str(path), "--checkers", "structure", "--samples", "2"])
+    assert result.exit_code == 2, result.exception
+    assert f"error: {path}" in result.stderr
+    if case == "all-human":
+        assert "--include-human" in result.stderr

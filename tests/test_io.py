@@ -253,3 +253,101 @@ def test_a_failed_write_leaves_the_previous_output(tmp_path: Path, monkeypatch: 
     assert code == 2 and "the disk is full" in stderr
     assert out.read_text(encoding="utf-8") == "previous\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt", "report.json"]  # no temp left
+
+
+def test_written_files_get_the_usual_mode(tmp_path: Path) -> None:
+    import os
+    import stat
+
+    from mtqa.io import write_text_atomic
+
+    old = os.umask(0o022)
+    try:
+        new, kept = tmp_path / "new.json", tmp_path / "kept.json"
+        kept.write_text("x", encoding="utf-8")
+        kept.chmod(0o600)
+        write_text_atomic(new, "{}\n")
+        write_text_atomic(kept, "{}\n")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(new.stat().st_mode) == 0o644
+    assert stat.S_IMODE(kept.stat().st_mode) == 0o600 and kept.read_text(encoding="utf-8") == "{}\n"
+
+
+# -- fuzz: load -> check -> render never lets anything but mtqa's input errors escape ----------
+
+hypothesis = pytest.importorskip("hypothesis")
+st = hypothesis.strategies
+_NASTY = st.sampled_from(["\u2028", "\u2029", "\u0085", "\x1b]0;x\x07", "\x9b", "\r", "\t", "\x00",
+                          "\ud800", "😀", "中文", "=HYPERLINK(1)", '"', "\\", "\n", " "])
+_TEXT = st.lists(st.one_of(st.text(max_size=20), _NASTY), max_size=12).map("".join)
+_VALUE = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), _TEXT,
+                   st.lists(_TEXT, max_size=3))
+_RECORD = st.fixed_dictionaries({"mt": st.one_of(_TEXT, _VALUE)},
+                                optional={"id": _VALUE, "ref": _VALUE, "src": _VALUE, "extra": _VALUE})
+
+
+def _strict(text: str) -> object:
+    import json
+
+    def refuse(name: str) -> object:
+        raise ValueError(name)
+
+    return json.loads(text, parse_constant=refuse)
+
+
+@pytest.fixture(scope="module")
+def structure_checker() -> object:
+    from mtqa.config import Settings
+    from mtqa.pipeline import Checker
+
+    with Checker(Settings(checkers=("structure",))) as checker:
+        yield checker
+
+
+@hypothesis.settings(max_examples=60, deadline=None,
+                     suppress_health_check=[hypothesis.HealthCheck.function_scoped_fixture])
+@hypothesis.given(records=st.lists(st.one_of(_RECORD, _VALUE), min_size=1, max_size=4),
+                  junk=st.binary(max_size=64), suffix=st.sampled_from([".jsonl", ".csv", ".txt"]))
+def test_fuzz_load_check_render(records: list[object], junk: bytes, suffix: str,
+                                structure_checker: object, tmp_path_factory: pytest.TempPathFactory) -> None:
+    import csv as csv_module
+    import io as io_module
+    import json
+
+    from mtqa.render.csv import render_csv
+    from mtqa.render.html import render_html
+    from mtqa.render.json import render_json, render_jsonl_line
+    from mtqa.render.terminal import render_terminal
+    from mtqa.types import BatchRow, Report
+
+    path = tmp_path_factory.mktemp("fuzz") / f"in{suffix}"
+    if suffix == ".jsonl":
+        data = "\n".join(json.dumps(r, ensure_ascii=bool(i % 2)) for i, r in enumerate(records))
+        path.write_bytes(data.encode("utf-8", "surrogatepass") + b"\n" + junk)
+    elif suffix == ".csv":
+        buf = io_module.StringIO(newline="")
+        writer = csv_module.writer(buf)
+        writer.writerow(["id", "mt"])
+        writer.writerows([[str(r), str(r.get("mt") if isinstance(r, dict) else r)] for r in records])
+        path.write_bytes(buf.getvalue().encode("utf-8", "surrogatepass") + junk)
+    else:
+        path.write_bytes(str(records[0]).encode("utf-8", "surrogatepass") + junk)
+    try:
+        items = list(load(path))
+    except InputError as exc:
+        assert str(path) in str(exc)
+        return
+    docs = [i for i in items if isinstance(i, Document)]
+    for bad in (i for i in items if isinstance(i, BadRecord)):
+        assert str(path) in bad.message
+    report = structure_checker.check_many(docs)  # type: ignore[attr-defined]
+    assert isinstance(report, Report)
+    for d, doc in zip(report.documents, docs):
+        assert all(doc.mt[s.start : s.end] == s.text for s in d.spans)
+        _strict(render_jsonl_line(d))
+    _strict(render_json(report))
+    render_html(report).encode("utf-8")
+    text = render_terminal(report, color=False)
+    assert not [c for c in text if (ord(c) < 32 and c not in "\n\t") or 0x7F <= ord(c) <= 0x9F]
+    render_csv([BatchRow(origin=d.id, id=d.id, score=d.score) for d in report.documents]).encode()

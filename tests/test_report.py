@@ -127,3 +127,53 @@ def test_settings_round_trip() -> None:
         Settings.from_dict({"batch": 3})
     with pytest.raises(ConfigError, match="unknown checker"):
         Settings(checkers=("spelling",))
+
+
+# -- issue 15: renderers on hostile text ------------------------------------------------------
+
+HOSTILE_ID = "\x1b]0;pwned\x07\x1b[31mred\x9b2J"
+HOSTILE_MT = "Text with \x1b[2J a clear-screen and \x9b31m a C1 sequence.\rOverwritten."
+
+
+def _hostile_report() -> object:
+    with Checker(STRUCTURE_ONLY) as checker:
+        return checker.check_many([Document(id=HOSTILE_ID, mt=HOSTILE_MT)])
+
+
+@pytest.mark.parametrize("which", ["terminal", "gate"])
+def test_terminal_output_carries_no_control_characters(which: str) -> None:
+    from mtqa.render.terminal import render_gate, render_terminal
+    from mtqa.types import BadRecord
+
+    report = _hostile_report()
+    text = (render_terminal(report, color=False) if which == "terminal"  # type: ignore[arg-type]
+            else render_gate(report, [BadRecord("x", "x:1: bad \x1b[8m hidden")], color=False))  # type: ignore[arg-type]
+    assert not {c for c in text if (ord(c) < 32 and c not in "\n\t") or 0x7F <= ord(c) <= 0x9F}
+    assert "\\x1b]0;pwned\\x07" in text
+
+
+def test_safe_text_keeps_newlines_tabs_and_unicode() -> None:
+    from mtqa.render.terminal import safe_text
+
+    assert safe_text("a\tb\nc — 中文 😀") == "a\tb\nc — 中文 😀"
+    assert safe_text("\x1b[0m\x00\x7f\x85\r") == "\\x1b[0m\\x00\\x7f\\x85\\x0d"
+
+
+def test_json_report_is_strict_json_with_separators_escaped() -> None:
+    import math
+
+    from mtqa.render.json import render_json, render_jsonl_line, to_json
+
+    with Checker(STRUCTURE_ONLY) as checker:
+        report = checker.check_many([Document(id="a\u2028b", mt="One\u2029two\u0085three.",
+                                              meta={"x": math.nan, "y": [math.inf]})])
+    for text in (render_json(report), render_jsonl_line(report.documents[0])):
+        assert not set(text) & {"\u2028", "\u2029", "\u0085"}
+
+        def refuse(name: str) -> object:
+            raise ValueError(name)
+
+        data = json.loads(text, parse_constant=refuse)
+        doc = data["documents"][0] if "documents" in data else data
+        assert doc["id"] == "a\u2028b" and doc["meta"] == {"x": None, "y": [None]}
+    assert to_json({"s": "\ud800"}) == '{"s": "\\ud800"}'  # a lone surrogate cannot be UTF-8
