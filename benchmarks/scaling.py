@@ -10,6 +10,7 @@ three times and the fastest run is shown, since the machine may be shared.
     python benchmarks/scaling.py                               # 100 KB, 1 MB, 5 MB, 20 MB
     python benchmarks/scaling.py --sizes 100k,1m               # quicker
     python benchmarks/scaling.py --checkers fluency --sizes 20k,100k   # the LM, on its own
+    python benchmarks/scaling.py --text lines --sizes 100k,1m  # 'Hello world.' lines; or dots
     python benchmarks/scaling.py --isolation                   # Harper in-process or in a worker
 
 ``--isolation`` measures what a process boundary around Harper would cost (the alternative to
@@ -40,8 +41,15 @@ def parse_size(text: str) -> int:
     return int(float(text[:-1]) * _UNITS[text[-1]]) if text[-1] in _UNITS else int(text)
 
 
-def build_text(size: int) -> str:
-    """Seed paragraphs, repeated in order, up to ``size`` UTF-8 bytes (whole paragraphs)."""
+def build_text(size: int, kind: str = "seed") -> str:
+    """Seed paragraphs, repeated in order, up to ``size`` UTF-8 bytes (whole paragraphs).
+
+    ``kind="lines"``: one short line repeated; ``"dots"``: one line of full stops.
+    """
+    if kind == "lines":
+        return "Hello world.\n" * (size // 13)
+    if kind == "dots":
+        return "." * size
     paras = [p for path in SEEDS for p in path.read_text("utf-8").split("\n") if p.strip()]
     out: list[str] = []
     n, i = 0, 0
@@ -56,14 +64,14 @@ def build_text(size: int) -> str:
     return "\n\n".join(out)
 
 
-def run_one(size: int, checkers: tuple[str, ...]) -> dict[str, float]:
+def run_one(size: int, checkers: tuple[str, ...], kind: str) -> dict[str, float]:
     """Check one ``size``-byte document in this process; seconds per stage and peak RSS."""
     from mtqa.config import Settings
     from mtqa.pipeline import Checker
     from mtqa.segment import segment
     from mtqa.types import Document
 
-    text = build_text(size)
+    text = build_text(size, kind)
     repeats = max(1, min(3, 2_000_000 // size))  # small sizes: the fastest of a few runs
     best: dict[str, float] = {}
     with Checker(Settings(checkers=checkers)) as checker:
@@ -88,11 +96,12 @@ def run_one(size: int, checkers: tuple[str, ...]) -> dict[str, float]:
     return out
 
 
-def scaling(sizes: list[int], checkers: tuple[str, ...], timeout: float) -> None:
+def scaling(sizes: list[int], checkers: tuple[str, ...], kind: str, timeout: float) -> None:
     """Run every size in a fresh process and print seconds per MB and their ratios."""
     rows = []
     for size in sizes:
-        cmd = [sys.executable, __file__, "--one", str(size), "--checkers", ",".join(checkers)]
+        cmd = [sys.executable, __file__, "--one", str(size), "--checkers", ",".join(checkers),
+               "--text", kind]
         t0 = time.perf_counter()
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
@@ -177,17 +186,19 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--sizes", default="100k,1m,5m,20m")
     ap.add_argument("--checkers", default="structure,grammar")
+    ap.add_argument("--text", choices=("seed", "lines", "dots"), default="seed",
+                    help="seed paragraphs, 'Hello world.' lines or one line of dots")
     ap.add_argument("--timeout", type=float, default=3600.0, help="seconds per size")
     ap.add_argument("--isolation", action="store_true")
     ap.add_argument("--one", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
     checkers = tuple(c for c in args.checkers.split(",") if c)
     if args.one is not None:
-        print(json.dumps(run_one(args.one, checkers)))
+        print(json.dumps(run_one(args.one, checkers, args.text)))
     elif args.isolation:
         isolation()
     else:
-        scaling([parse_size(s) for s in args.sizes.split(",")], checkers, args.timeout)
+        scaling([parse_size(s) for s in args.sizes.split(",")], checkers, args.text, args.timeout)
 
 
 if __name__ == "__main__":
