@@ -80,20 +80,31 @@ def merge_findings(mt: str, findings: Sequence[Finding], *,
     """
     def cluster(items: Sequence[Finding]) -> list[list[Finding]]:
         out: list[list[Finding]] = []
+        reach = 0  # the furthest end in the last cluster
         for f in sorted(items, key=lambda f: (f.start, f.end)):
-            if out and f.start < max(g.end for g in out[-1]):
+            if out and f.start < reach:
                 out[-1].append(f)
+                reach = max(reach, f.end)
             else:
                 out.append([f])
+                reach = f.end
         return out
 
     valid = [f for f in findings if f.end > f.start]
     # NOTE: evidence never joins two findings into one span: long diff stretches would chain
     # neighbouring garbles together. It attaches to the spans it overlaps, or stands alone.
     clusters = cluster([f for f in valid if f.category not in EVIDENCE])
+    # clusters are disjoint and in order: those a finding can overlap are found by bisection
+    first = [c[0].start for c in clusters]
+    reach = [max(g.end for g in c) for c in clusters]
     loose = []
     for f in (f for f in valid if f.category in EVIDENCE):
-        hits = [c for c in clusters if any(f.start < g.end and g.start < f.end for g in c)]
+        i = bisect.bisect_left(first, f.end)
+        near: list[list[Finding]] = []
+        while i > 0 and reach[i - 1] > f.start:
+            i -= 1
+            near.append(clusters[i])
+        hits = [c for c in reversed(near) if any(f.start < g.end and g.start < f.end for g in c)]
         for c in hits:
             c.append(f)
         if not hits:
@@ -177,9 +188,11 @@ def calibrate_findings(findings: Sequence[Finding], model: SpanModel,
     findings outside a calibrated sentence are returned unchanged.
     """
     out: list[Finding] = []
+    starts = [s for s, _t, _e in expected_at]  # sentences: in order, disjoint
     for f in findings:
         key = f"{f.checker}:{f.category}"
-        expected = next((e for s, t, e in expected_at if s <= f.start < t), None)
+        i = bisect.bisect_right(starts, f.start) - 1
+        expected = expected_at[i][2] if i >= 0 and f.start < expected_at[i][1] else None
         if f.checker not in SPAN_CHECKERS or key not in model.groups or expected is None:
             out.append(f)
             continue

@@ -20,11 +20,17 @@ from syntok import segmenter as _syntok
 from mtqa.normalize import normalize
 from mtqa.types import Document, Kind, SegmentedDocument, Sentence
 
-__all__ = ["CAPTION_WINDOW", "label_boilerplate", "paragraphs", "segment", "sentences"]
+__all__ = ["CAPTION_MAX_WORDS", "CAPTION_WINDOW", "CHROME_MAX_WORDS", "DISCLAIMER_MAX_WORDS",
+           "label_boilerplate", "paragraphs", "segment", "sentences"]
 
 _LINE = re.compile(r"[^\n]+")
 #: how many paragraphs before or after a photo caption its reworded repeat may stand
 CAPTION_WINDOW = 5
+#: the longest caption, navigation line and disclaimer sentence, in words: a longer line is
+#: article text, whatever it starts with ("PICTURED:", "Read more") or says ("pictured")
+CAPTION_MAX_WORDS = 80
+CHROME_MAX_WORDS = 40
+DISCLAIMER_MAX_WORDS = 80
 
 
 def paragraphs(norm: str) -> list[tuple[int, int]]:
@@ -134,10 +140,11 @@ def _paragraph_label(text: str, index: int, words: int) -> str | None:
 
     Every rule here matches the whole line; a disclaimer is decided per sentence (``segment``).
     """
-    if _PICTURED.match(text):
+    if _PICTURED.match(text) and words <= CAPTION_MAX_WORDS:
         return "photo caption"
     # NOTE: chrome items are labels, not sentences: "Tags were found on the birds." is body
-    if (_CHROME.match(text) and not _SENT_END.search(text)) or _UPDATED.match(text):
+    if (_CHROME.match(text) and not _SENT_END.search(text) and words <= CHROME_MAX_WORDS
+            ) or _UPDATED.match(text):
         return "site chrome"
     if words <= 16 and not _END_PUNCT.search(text) and _CREDIT.match(text):
         return "photo credit"
@@ -175,7 +182,8 @@ def label_boilerplate(norm: str, paras: Sequence[tuple[int, int]]) -> list[str |
             0 <= j < len(labels) and labels[j] in ("photo credit", "photo caption")
             for j in (i - 1, i + 1)
         )
-        if near_credit and (_DATE_END.search(text) or _PHOTO_WORDS.search(text)):
+        if (near_credit and counts[i] <= CAPTION_MAX_WORDS
+                and (_DATE_END.search(text) or _PHOTO_WORDS.search(text))):
             labels[i] = "photo caption"
         elif _PHOTO_WORDS.search(text) and _DATE_END.search(text) and counts[i] <= 60:
             labels[i] = "photo caption"
@@ -192,7 +200,8 @@ def segment(doc: Document) -> SegmentedDocument:
         for s, e in sentences(norm, ps, pe):
             if label is not None:
                 sents.append(Sentence(s, e, p, Kind.BOILERPLATE, label))
-            elif _DISCLAIMER.search(norm[s:e]):
+            elif _DISCLAIMER.search(norm[s:e]) and (
+                    len(_WORD.findall(norm[s:e])) <= DISCLAIMER_MAX_WORDS):
                 # NOTE: per sentence, never per paragraph: a one-line article ending on "This
                 # article was automatically translated." keeps its other sentences as body
                 sents.append(Sentence(s, e, p, Kind.BOILERPLATE, "disclaimer"))

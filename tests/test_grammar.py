@@ -666,3 +666,12 @@ def test_broken_join_and_occurrences_match_the_plain_definitions() -> None:
     assert _broken_join(ctx, text.index("lower")) is False  # a new paragraph
     assert ctx.occurrences("Zed") == 2 and ctx.occurrences("zed") == 1
     assert ctx.occurrences("x-ray") == 2 and ctx.occurrences("ray") == 2
+
+
+def test_lone_surrogate_reaches_the_backend_as_a_replacement_character(
+    harper_checker: GrammarChecker,
+) -> None:
+    # found by tests/test_fuzz.py: a JSON "\ud800" in mt made the grammar checker raise
+    text = "The minister said teh talks \ud800 would resume. He go home."
+    result = harper_checker.check([seg(text)])[0]
+    assert {text[f.start:f.end] for f in result.findings} == {"teh", "go"}

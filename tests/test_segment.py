@@ -144,3 +144,36 @@ def test_duplicate_caption_far_from_its_caption_is_body() -> None:
     assert {s.why for s in near.sentences if s.paragraph == 2} == {"duplicate caption"}
     far = segment(Document(id="f", mt="\n".join(["Headline", caption, *filler, repeat])))
     assert {s.kind for s in far.sentences if s.paragraph == len(far.paragraphs) - 1} == {Kind.BODY}
+
+
+GARBLE = ("The talks were successful. even as protests went on in the during the war. "
+          "中国政府表示支持 the deal. ")
+LONG_BODY = " ".join(["Officials in the capital said the talks with the delegation would resume "
+                      "next week after a pause of several days."] * 5)
+# siblings of the disclaimer bypass: a rule that labels a whole line by how it starts or what it
+# mentions must not swallow an article-length line
+SWALLOW_CASES = [
+    ("pictured-prefix", f"PICTURED: {GARBLE}{LONG_BODY}"),
+    ("chrome-prefix", f"Read more {GARBLE}{LONG_BODY} and more"),
+    ("tags-prefix", f"Tags {GARBLE}{LONG_BODY} and more"),
+    # one run-on sentence of 90 words: over DISCLAIMER_MAX_WORDS, so it is text, not a disclaimer
+    ("disclaimer-phrase", "Officials said that " + ", ".join(["the talks with the delegation "
+                          "would resume next week"] * 10) + " and that the minister does not "
+                          "necessarily reflect the cabinet, as protests went on in the during the war."),
+]
+
+
+@pytest.mark.parametrize("line", [c[1] for c in SWALLOW_CASES], ids=[c[0] for c in SWALLOW_CASES])
+def test_long_lines_are_not_swallowed_as_boilerplate(line: str) -> None:
+    sd = segment(Document(id="x", mt=f"Headline\n{line}"))
+    body = " ".join(sd.text(s) for s in sd.body)
+    assert "in the during the" in body
+
+
+def test_caption_beside_a_credit_is_bounded() -> None:
+    credit = "AP Photo/Jane Roe"
+    caption = "The minister, pictured in Kyiv, arrives for talks on September 2, 2022."
+    article = f"The minister was pictured in Kyiv. {LONG_BODY} {GARBLE}"
+    sd = segment(Document(id="x", mt=f"Headline\n{credit}\n{caption}\n{credit}\n{article}"))
+    assert {s.why for s in sd.sentences if s.paragraph == 2} == {"photo caption"}
+    assert {s.kind for s in sd.sentences if s.paragraph == 4} == {Kind.BODY}
