@@ -88,6 +88,7 @@ def run_one(size: int, checkers: tuple[str, ...], kind: str) -> dict[str, float]
             wall, cpu = time.perf_counter() - t0, time.process_time() - c0
             # NOTE: CPU seconds, so that other work on a shared machine does not count; the
             # checkers' shares come from their wall-clock timings, scaled to the CPU total
+            # (approximate under a varying load: "rest" may then come out slightly negative)
             scale = cpu / wall if wall > 0 else 1.0
             out = {f"{k}_s": v * scale for k, v in checker.timings.items()
                    if not k.endswith(".load")}
@@ -120,10 +121,10 @@ def _run_size(size: int, checkers: tuple[str, ...], kind: str,
 def scaling(sizes: list[int], checkers: tuple[str, ...], kind: str, timeout: float,
             jobs: int) -> None:
     """Run every size in a fresh process and print CPU seconds per MB and their ratios."""
-    with ThreadPoolExecutor(max_workers=jobs) as pool:
-        results = list(pool.map(lambda n: _run_size(n, checkers, kind, timeout), sizes))
+    pool = ThreadPoolExecutor(max_workers=jobs)
+    results = pool.map(lambda n: _run_size(n, checkers, kind, timeout), sizes)
     first: dict[str, float] | None = None
-    for size, row in zip(sizes, results):
+    for size, row in zip(sizes, results):  # printed in order, each as soon as it is there
         if isinstance(row, str):
             print(f"{size / 1e6:8.2f} MB  {row}", flush=True)
             continue
@@ -135,6 +136,7 @@ def scaling(sizes: list[int], checkers: tuple[str, ...], kind: str, timeout: flo
         print(f"{mb:8.2f} MB  total {row['total_s'] / mb:7.2f} CPU s/MB  ratio {ratio:4.2f}  "
               f"peak RSS {row['peak_rss_mb']:7.0f} MB  | CPU s/MB: {stages}  "
               f"(check: {row['wall']:.0f} s wall, {row['total_s']:.0f} s CPU)", flush=True)
+    pool.shutdown()
 
 
 # --- Harper in-process or behind a process boundary -------------------------------------------
