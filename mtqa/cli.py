@@ -167,6 +167,13 @@ def _build_settings(config: Path | None = None, no_lm: bool = False, **given: ob
     return settings.without("fluency") if no_lm else settings
 
 
+def _error(message: str) -> None:
+    """An ``error:`` line on stderr; control characters from user text are shown as ``\\xNN``."""
+    from mtqa.render.terminal import safe_text
+
+    typer.echo(f"error: {safe_text(message)}", err=True)
+
+
 def _one_line(exc: BaseException) -> str:
     text = " ".join(str(exc).split())
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
@@ -184,7 +191,7 @@ def _guarded(func: Callable[..., None]) -> Callable[..., None]:
         except (typer.Exit, typer.Abort, typer.TyperException):
             raise
         except MtqaError as exc:
-            typer.echo(f"error: {exc}", err=True)
+            _error(str(exc))
             raise typer.Exit(EXIT_INPUT_ERROR) from exc
         except KeyboardInterrupt:
             typer.echo("interrupted", err=True)
@@ -238,6 +245,14 @@ def _load_documents(mt: Path, refs: list[Path], max_bytes: int) -> tuple[list[Do
     return docs, bad
 
 
+def _same_file(a: Path, b: Path) -> bool:
+    """Whether two paths name one file (symlinks, ``./`` and ``..`` resolved)."""
+    try:
+        return a.exists() and a.samefile(b)
+    except OSError:
+        return a.resolve() == b.resolve()
+
+
 def _emit(text: str, out: Path | None) -> None:
     """Print ``text``, or write it to ``out`` whole (temp file + rename); a write error exits 2."""
     if out is None:
@@ -248,7 +263,7 @@ def _emit(text: str, out: Path | None) -> None:
     try:
         write_text_atomic(out, text)
     except MtqaError as exc:
-        typer.echo(f"error: {exc}", err=True)
+        _error(str(exc))
         raise typer.Exit(EXIT_INPUT_ERROR) from exc
     typer.echo(f"wrote {out}", err=True)
 
@@ -292,9 +307,12 @@ def check(
     """Check MT (optionally against --ref) and print a report with the bad spans highlighted."""
     from mtqa.pipeline import Checker
 
+    if out is not None and any(_same_file(out, p) for p in (mt, *(ref or []))):
+        err = f"{out}: --out names an input file; it would be overwritten (write elsewhere)"
+        raise InputError(err)
     docs, bad = _load_documents(mt, list(ref or []), settings.max_bytes)
     for b in bad:
-        typer.echo(f"error: {b.message}", err=True)
+        _error(b.message)
     with Checker(settings) as checker:
         report = checker.check_many(docs)
     _emit(_render(report, fmt, out), out)

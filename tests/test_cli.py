@@ -215,3 +215,23 @@ def test_help_shows_defaults_from_settings() -> None:
 def test_closed_choice_rejects_unknown_value() -> None:
     result = runner.invoke(app, ["check", str(HILL), "--ref-mode", "bogus"])
     assert result.exit_code == 2 and "bogus" in result.stderr
+
+
+def test_check_refuses_to_write_over_its_input(tmp_path: Path) -> None:
+    article = tmp_path / "a.txt"
+    article.write_text("The talks were successful. even as protests went on.\n", encoding="utf-8")
+    result = runner.invoke(app, ["check", str(article), "--checkers", "structure",
+                                 "--format", "json", "-o", str(tmp_path / "." / "a.txt")])
+    assert result.exit_code == 2
+    assert "--out names an input file" in result.stderr
+    assert article.read_text(encoding="utf-8").startswith("The talks were successful.")
+
+
+def test_error_lines_do_not_pass_control_sequences_to_the_terminal(tmp_path: Path) -> None:
+    article = tmp_path / "a.txt"
+    article.write_text("The talks were successful.\n", encoding="utf-8")
+    # an OSC sequence (set the window title) and an ESC colour code in a value the error echoes
+    result = runner.invoke(app, ["check", str(article), "--checkers", "x\x1b]0;owned\x07\x1b[31m"])
+    assert result.exit_code == 2
+    assert "error:" in result.stderr and "\\x1b" in result.stderr
+    assert "\x1b" not in result.stderr and "\x07" not in result.stderr
