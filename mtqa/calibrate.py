@@ -48,6 +48,7 @@ from mtqa.checkers.reference import (
     WORD_UNMATCHED,
     ReferenceChecker,
 )
+from mtqa.config import read_config_text
 from mtqa.errors import ConfigError
 from mtqa.normalize import WORD, normalize
 from mtqa.types import CheckResult, Kind, SegmentedDocument, Severity, WordEvidence
@@ -626,10 +627,7 @@ def load_calibration(path: Path | None = None) -> Calibration:
         text = resources.files("mtqa").joinpath("data/calibration.json").read_text("utf-8")
         where = "mtqa/data/calibration.json"
     else:
-        try:
-            text = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"{path}: cannot read the calibration file: {exc}") from exc
+        text = read_config_text(path, "calibration file")
         where = str(path)
     try:
         d = json.loads(text)

@@ -25,7 +25,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from mtqa.errors import ConfigError
+from mtqa.errors import ConfigError, InputError
 from mtqa.types import JSONValue
 
 __all__ = [
@@ -37,7 +37,12 @@ __all__ = [
     "Settings",
     "check_device",
     "load_settings",
+    "read_config_text",
 ]
+
+#: settings, policy and calibration files larger than this are refused (the shipped calibration
+#: file is under 1 MB)
+_CONFIG_MAX_BYTES = 64 * 1024 * 1024
 
 #: every checker mtqa knows, in the order they run
 CHECKERS: tuple[str, ...] = ("structure", "fluency", "grammar", "reference")
@@ -264,12 +269,25 @@ def check_device(device: str) -> None:
         raise ConfigError(err)
 
 
-def _from_toml(path: Path) -> dict[str, object]:
+def read_config_text(path: Path, what: str) -> str:
+    """The UTF-8 text of a settings, policy or calibration file (regular files only: a FIFO or a
+    device would block or never end); any problem is a ConfigError naming the file."""
+    from mtqa.io import read_bytes
+
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as exc:
-        err = f"{path}: cannot read the configuration file: {exc}"
+        return read_bytes(path, max_bytes=_CONFIG_MAX_BYTES).decode("utf-8-sig")
+    except InputError as exc:
+        err = f"cannot read the {what}: {exc}"
         raise ConfigError(err) from exc
+    except UnicodeDecodeError as exc:
+        err = f"{path}: cannot read the {what}: not UTF-8 text ({exc.reason} at byte {exc.start})"
+        raise ConfigError(err) from exc
+
+
+def _from_toml(path: Path) -> dict[str, object]:
+    text = read_config_text(path, "configuration file")
+    try:
+        data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         err = f"{path}: invalid TOML: {exc}"
         raise ConfigError(err) from exc

@@ -15,7 +15,7 @@ from importlib import resources
 from pathlib import Path
 
 from mtqa.aggregate import count_words
-from mtqa.config import CHECKERS
+from mtqa.config import CHECKERS, read_config_text
 from mtqa.errors import ConfigError
 from mtqa.types import DocumentReport, Kind, Reason, Severity, Verdict
 
@@ -144,11 +144,7 @@ def load_policy(path: Path | None = None) -> Policy:
         where = "default policy"
     else:
         where = str(path)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            err = f"{path}: cannot read the policy file: {exc}"
-            raise ConfigError(err) from exc
+        text = read_config_text(path, "policy file")
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:

@@ -200,3 +200,23 @@ def test_choices_and_defaults_agree_with_the_checkers() -> None:
     assert defaults.batch_size == FluencyChecker.BATCH_SIZE
     assert defaults.grammar_backend == GrammarChecker.DEFAULT_BACKEND
     assert defaults.ref_mode == reference.ReferenceChecker.MODE
+
+
+@pytest.mark.parametrize("option", ["--config", "--policy", "--calibration"])
+def test_settings_files_that_are_fifos_are_refused_not_waited_on(tmp_path: Path,
+                                                                  option: str) -> None:
+    import os
+    import subprocess
+    import sys
+
+    fifo = tmp_path / "settings.toml"
+    os.mkfifo(fifo)
+    article = tmp_path / "a.txt"
+    article.write_text("The talks were successful.\n", encoding="utf-8")
+    # a subprocess with a timeout: on the bug, opening the FIFO blocks forever
+    proc = subprocess.run([sys.executable, "-c", "from mtqa.cli import main; main()", "check",
+                           str(article), "--checkers",
+                           "structure", option, str(fifo)], capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 2, proc.stderr
+    assert "not a regular file" in proc.stderr and str(fifo) in proc.stderr
