@@ -82,6 +82,8 @@ BatchSizeOpt = Annotated[
 ]
 ThreadsOpt = Annotated[Optional[int], typer.Option(help="CPU threads for the LM.")]  # noqa: UP007
 DeviceOpt = Annotated[str, typer.Option(help="cpu or cuda.")]
+PrecisionOpt = Annotated[Optional[str], typer.Option(  # noqa: UP007
+    help="LM weights: auto (bf16 where the CPU has native bf16, else fp32), fp32 or bf16.")]
 RefModeOpt = Annotated[str, typer.Option(help="auto, parallel or comparable.")]
 LtUrlOpt = Annotated[Optional[str], typer.Option(  # noqa: UP007
     help="LanguageTool server URL for grammar checks.")]
@@ -163,6 +165,7 @@ def check(
     lm_model: LmModelOpt = None,
     batch_size: BatchSizeOpt = _DEFAULTS.batch_size,
     threads: ThreadsOpt = None,
+    precision: PrecisionOpt = None,
     device: DeviceOpt = _DEFAULTS.device,
     ref_mode: RefModeOpt = _DEFAULTS.ref_mode,
     languagetool_url: LtUrlOpt = None,
@@ -174,7 +177,7 @@ def check(
     """Check MT (optionally against --ref) and print a report with the bad spans highlighted."""
     try:
         settings = _settings(config, checkers, no_lm, policy, calibration, lm_model=lm_model,
-                             batch_size=batch_size, threads=threads, device=device,
+                             batch_size=batch_size, threads=threads, device=device, precision=precision,
                              ref_mode=ref_mode, languagetool_url=languagetool_url)
         docs, bad = _load_documents(mt, list(ref or []), settings.max_bytes)
         for b in bad:
@@ -238,6 +241,7 @@ def batch(
     lm_model: LmModelOpt = None,
     batch_size: BatchSizeOpt = _DEFAULTS.batch_size,
     threads: ThreadsOpt = None,
+    precision: PrecisionOpt = None,
     device: DeviceOpt = _DEFAULTS.device,
     ref_mode: RefModeOpt = _DEFAULTS.ref_mode,
     languagetool_url: LtUrlOpt = None,
@@ -252,7 +256,7 @@ def batch(
 
     try:
         settings = _settings(config, checkers, no_lm, policy, calibration, lm_model=lm_model,
-                             batch_size=batch_size, threads=threads, device=device,
+                             batch_size=batch_size, threads=threads, device=device, precision=precision,
                              ref_mode=ref_mode, languagetool_url=languagetool_url)
         with _progress(not quiet and sys.stderr.isatty()) as on_progress:
             summary = run_batch(inputs, out, settings, store=store, csv_out=csv_out,
@@ -318,6 +322,7 @@ def evaluate(
     lm_model: LmModelOpt = None,
     batch_size: BatchSizeOpt = _DEFAULTS.batch_size,
     threads: ThreadsOpt = None,
+    precision: PrecisionOpt = None,
     calibration: CalibrationOpt = None,
     config: ConfigOpt = None,
 ) -> None:
@@ -332,7 +337,7 @@ def evaluate(
         raise typer.Exit(EXIT_INPUT_ERROR)
     try:
         settings = _settings(config, checkers, no_lm, None, calibration, lm_model=lm_model,
-                             batch_size=batch_size, threads=threads)
+                             batch_size=batch_size, threads=threads, precision=precision)
         if not reference:
             settings = settings.without("reference")
         records = [r for r in ev.load_mqm(data, limit=limit)

@@ -8,6 +8,9 @@ This is the only module that reads environment variables:
 - ``LTP_JAR_DIR_PATH``: an unpacked LanguageTool to start locally (language_tool_python's variable;
   it reads ``LTP_PATH``, its download cache, itself)
 - ``MTQA_DEVICE``: ``cpu`` or ``cuda``
+- ``MTQA_PRECISION``: ``auto``, ``fp32`` or ``bf16``: the language model's weight type (``auto``:
+  bf16 on CUDA and on CPUs with native bfloat16, AVX512-BF16 or AMX-BF16, for the native backend;
+  fp32 elsewhere; see ``mtqa.models.resolve_precision``)
 - ``MTQA_CALIBRATION``: a calibration file (default: the one shipped, ``models/calibration.json``)
 
 A ``Settings`` is plain data: ``to_dict()``/``from_dict()`` round-trip through JSON, so a service or
@@ -26,7 +29,7 @@ from pathlib import Path
 from mtqa.errors import ConfigError
 from mtqa.types import JSONValue
 
-__all__ = ["CHECKERS", "LM_BACKENDS", "Settings", "load_settings"]
+__all__ = ["CHECKERS", "LM_BACKENDS", "PRECISIONS", "Settings", "load_settings"]
 
 #: every checker mtqa knows, in the order they run
 CHECKERS: tuple[str, ...] = ("structure", "fluency", "grammar", "reference")
@@ -34,6 +37,8 @@ CHECKERS: tuple[str, ...] = ("structure", "fluency", "grammar", "reference")
 #: transformers import), ``transformers`` is ``AutoModelForCausalLM``, ``auto`` native where it
 #: applies (``mtqa.models.load_lm``)
 LM_BACKENDS: tuple[str, ...] = ("auto", "native", "transformers")
+#: the language model's weight type: ``auto`` resolves to one of the others where the model loads
+PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16")
 
 _ENV = {
     "MTQA_LM_MODEL": "lm_model",
@@ -42,6 +47,7 @@ _ENV = {
     "LTP_JAR_DIR_PATH": "languagetool_jar_dir",
     "MTQA_DEVICE": "device",
     "MTQA_LM_BACKEND": "lm_backend",
+    "MTQA_PRECISION": "precision",
     "MTQA_CALIBRATION": "calibration",
 }
 
@@ -59,6 +65,8 @@ class Settings:
     device: str = "cpu"
     #: one of LM_BACKENDS
     lm_backend: str = "auto"
+    #: one of PRECISIONS
+    precision: str = "auto"
     # grammar
     grammar_backend: str = "auto"
     language: str = "en-US"
@@ -90,6 +98,9 @@ class Settings:
             raise ConfigError(err)
         if self.lm_backend not in LM_BACKENDS:
             err = f"lm_backend must be one of {', '.join(LM_BACKENDS)}, not {self.lm_backend!r}"
+            raise ConfigError(err)
+        if self.precision not in PRECISIONS:
+            err = f"precision must be one of {', '.join(PRECISIONS)}, not {self.precision!r}"
             raise ConfigError(err)
         if self.ref_mode not in ("auto", "parallel", "comparable"):
             err = f"ref_mode must be auto, parallel or comparable, not {self.ref_mode!r}"

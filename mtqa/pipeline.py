@@ -39,7 +39,7 @@ def _checker_kwargs(name: str, s: Settings) -> dict[str, object]:
     if name == "fluency":
         return {"lm_model": s.lm_model, "cache_dir": cache_dir,
                 "batch_size": s.batch_size, "threads": s.threads, "device": s.device,
-                "backend": s.lm_backend}
+                "backend": s.lm_backend, "precision": s.precision}
     if name == "grammar":
         return {"backend": s.grammar_backend, "language": s.language,
                 "languagetool_url": s.languagetool_url,
@@ -48,7 +48,8 @@ def _checker_kwargs(name: str, s: Settings) -> dict[str, object]:
     if name == "reference":
         # NOTE: the reference checker reads pairs with the LM whenever the LM runs at all
         return {"embedder": s.embedder, "mode": s.ref_mode, "lm": "fluency" in s.checkers,
-                "lm_model": s.lm_model, "cache_dir": cache_dir, "lm_backend": s.lm_backend, "device": s.device}
+                "lm_model": s.lm_model, "cache_dir": cache_dir, "lm_backend": s.lm_backend, "device": s.device,
+                "lm_precision": s.precision}
     return {}
 
 
