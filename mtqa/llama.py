@@ -157,19 +157,23 @@ class _Layer(nn.Module):
         h = F.rms_norm(x, (s.hidden_size,), self.post_norm, s.rms_norm_eps)
         # the gate in the weights' type: its product is the down projection's input, rounded
         # to that type anyway (one conversion of the widest activations less)
-        w = self.gate_up.weight
-        gate, up = F.linear(h.to(w.dtype), w).chunk(2, dim=-1)
+        gate, up = _product(self.gate_up, h, out=None).chunk(2, dim=-1)
         out: torch.Tensor = x + _product(self.down, F.silu(gate) * up)
         return out, kv
 
 
-def _product(linear: nn.Linear, x: torch.Tensor) -> torch.Tensor:
-    """``linear(x)`` with ``x`` rounded to the weight's type, the result in float32.
-
-    (Both conversions are no-ops for float32 weights.)
+def _product(linear: nn.Linear, x: torch.Tensor,
+             out: torch.dtype | None = torch.float32) -> torch.Tensor:
+    """``linear(x)`` with ``x`` rounded to the weight's type, the result in ``out`` (None: the
+    weight's type). Both conversions are no-ops for float32 weights; a module without a weight
+    tensor (int8 dynamic quantisation) runs its own forward.
     """
     w = linear.weight
-    return F.linear(x.to(w.dtype), w).float()
+    if not isinstance(w, torch.Tensor):
+        y: torch.Tensor = linear(x)
+    else:
+        y = F.linear(x.to(w.dtype), w)
+    return y if out is None else y.to(out)
 
 
 def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

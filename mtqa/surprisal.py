@@ -141,7 +141,9 @@ def score_sequences(
     out: list[list[float]] = [[] for _ in seqs]
     with torch.inference_mode():
         for members in batches([len(seqs[i][0]) for i in order], max_rows, max_tokens):
-            picked_order = [order[k] for k in members]
+            picked_order = [order[k] for k in members if len(seqs[order[k]][0]) > seqs[order[k]][1]]
+            if not picked_order:  # nothing to score in this pass
+                continue
             ids, mask = _padded([seqs[i][0] for i in picked_order], device)
             rows: list[int] = []
             cols: list[int] = []

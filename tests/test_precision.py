@@ -207,11 +207,9 @@ def test_default_model_in_bf16_is_batch_invariant_and_close_to_fp32() -> None:
     bf16 = FluencyChecker(precision="bf16")
     fp32 = FluencyChecker(precision="fp32")
     assert "|prec:bf16|" in bf16.signature and "|prec:fp32|" in fp32.signature
-    auto = FluencyChecker()
-    assert f"|prec:{resolve_precision('auto', 'native')}|" in auto.signature
     abc, hill = read(ABC), read(HILL)
-    texts = [abc[:3000], hill[:2500], "A short one.", "Another short text, a bit longer.",
-             hill[-900:], abc[-1500:], "The minister said on Tuesday that talks would resume."]
+    texts = [abc[:1500], hill[:1200], "A short one.", "Another short text, a bit longer.",
+             hill[-700:], abc[-900:], "The minister said on Tuesday that talks would resume."]
     docs = [segment(Document(f"d{i}", t)) for i, t in enumerate(texts)]
     model, tokenizer = bf16._require()
     one = FluencyChecker(model=model, tokenizer=tokenizer, batch_size=1)
