@@ -1,22 +1,26 @@
-"""LM speed of the fluency checker on this machine, per backend and precision, and cold start.
+"""LM speed on this machine in float32 and bfloat16, one run, and cold start.
 
-    python benchmarks/lm_speed.py [--threads 2] [--docs 16]
-        [--runs native:fp32,transformers:fp32,native:bf16,native:int8] [--references 32]
+    python benchmarks/lm_speed.py [--threads 2] [--docs 16] [--sentences 500] [--rounds 2]
+        [--references 32] [--skip-cold]
 
-Printed for each backend (mtqa's own Llama forward, or transformers) and precision: tokens/s
-of batch scoring (real news text: WMT21 zh-en hypotheses joined into ~500-token documents, plus
-the seed pair), the same run's fp32 GEMM FLOP/s measured with ``torch.matmul`` (2048^3) right
-before and after, efficiency = tokens/s x 2 x parameters / GEMM FLOP/s, whether batch size 1
-and the default give the same spans, and whether the spans change against the first run
-(character agreement on the documents and the seed pair). Then the cold start: a fresh
-``python -c`` that loads the cached model (default backend) and scores the ABC seed, timed from
-process start to its report, with its peak RSS (``resource.getrusage``, run first). Then the
-reading the reference checker adds (native fp32): the MQM translations of ``--references``
-references read plainly and after their references (``score_continuations``: each reference
-read once, the translations of all of them in shared passes), as tokens/s and the ratio of the
-two times; and the vocabulary projection alone, blocked (``mtqa.surprisal.HEAD_BLOCK``) against
-writing out whole rows of logits, on the same hidden states, interleaved over 5 rounds. Other
-processes on the machine depress these figures: the load average is printed.
+Printed, fp32 and bf16 interleaved within the run (the machine may be shared: the load average
+is printed, and ratios within one run are the figures that carry):
+- GEMM GFLOP/s of ``torch.matmul`` in each precision: 2048^3, and the model's own shapes (2048
+  rows through its q/k/v, o, gate/up, down and vocabulary-block projections, FLOP-weighted);
+- tokens/s of the fluency checker's LM reading in each precision (real news text: WMT21 zh-en
+  hypotheses joined into ~500-token documents, plus the seed pair; medians of ``--rounds``),
+  with efficiency = tokens/s x 2 x parameters / the 2048^3 GEMM rate of that precision;
+- bf16 against fp32: per-token surprisal differences, flagged-character Jaccard, whether the
+  seed spans are identical, and whether batch size 1 gives the same floats (batch invariance);
+- a warm check of the seed pair with its reference (``mtqa check seeds/000_* --ref
+  seeds/002_*``: every checker), seconds, in each precision;
+- a batch of the first ``--sentences`` sentences of ``roundtrip_bnc_dev.jsonl``, one document
+  each, through ``Checker.check_many`` (every checker available), in each precision, and the
+  ratio; with the fluency checker's share of it;
+- cold start: a fresh process that loads the cached model (``precision=auto``) and scores the
+  ABC seed, from process start to its report, and its peak RSS;
+- the reading the reference checker adds (``--references``): MQM translations read plainly and
+  after their references, and the vocabulary projection blocked against whole rows.
 """
 
 from __future__ import annotations
@@ -40,6 +44,8 @@ from mtqa.segment import segment  # noqa: E402
 from mtqa.types import CheckResult, Document, SegmentedDocument  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "mqm_2021_zhen.jsonl"  # ../shared/data from the repository root, as CI lays it out
+BNC = ROOT.parent / "shared" / "data" / "roundtrip_bnc_dev.jsonl"
+PRECISIONS = ("fp32", "bf16")
 SEEDS = ("000_df5d74dac48ad764.txt", "002_98c53f21e16ae677.txt")
 
 COLD = """
@@ -57,7 +63,8 @@ res = checker.check([doc])[0]
 t2 = time.perf_counter()
 # NOTE: VmHWM, not ru_maxrss: ru_maxrss survives exec and would report the parent's peak
 hwm = [l for l in open("/proc/self/status") if l.startswith("VmHWM")][0].split()[1]
-print(f"REPORT fluency={res.doc_score:.1f} spans={len(res.findings)} load={t1 - t0:.2f}s "
+print(f"REPORT fluency={res.doc_score:.1f} spans={len(res.findings)} {checker.precision} "
+      f"load={t1 - t0:.2f}s "
       f"score={t2 - t1:.2f}s peak_rss={int(hwm) / 1024:.0f}MB")
 """
 
@@ -84,20 +91,29 @@ def news_docs(n_docs: int) -> list[SegmentedDocument]:
     return docs
 
 
-def gemm_flops(threads: int) -> float:
+def gemm_rates(threads: int, rounds: int = 3) -> dict[str, dict[str, float]]:
+    """GFLOP/s of ``torch.matmul`` per precision: 2048^3 and the model's shapes (2048 rows),
+    precisions interleaved, best of ``rounds``."""
     import torch
 
     torch.set_num_threads(threads)
-    n = 2048
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    for _ in range(3):
-        a @ b
-    best = 0.0
-    for _ in range(3):
-        t = time.perf_counter()
-        for _ in range(5):
+    shapes = {"2048^3": [(2048, 2048, 2048)],
+              "model": [(2048, 576, 960), (2048, 576, 576), (2048, 576, 3072), (2048, 1536, 576),
+                        (2048, 576, 2048)]}
+    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
+    mats = {(name, p): [(torch.randn(m, k).to(dt), torch.randn(k, n).to(dt)) for m, k, n in sh]
+            for name, sh in shapes.items() for p, dt in dtypes.items()}
+    best: dict[str, dict[str, float]] = {p: {} for p in dtypes}
+    for _ in range(rounds):
+        for (name, p), pairs in mats.items():
+            flops = sum(2 * a.shape[0] * a.shape[1] * b.shape[1] for a, b in pairs)
+            a, b = pairs[0]
             a @ b
-        best = max(best, 5 * 2 * n**3 / (time.perf_counter() - t))
+            t = time.perf_counter()
+            for a, b in pairs:
+                a @ b
+            rate = flops / (time.perf_counter() - t) / 1e9
+            best[p][name] = max(best[p].get(name, 0.0), rate)
     return best
 
 
@@ -187,89 +203,158 @@ def continuations(n_refs: int, threads: int, cache_dir: Path | None) -> None:
           f"medians of 5 interleaved); max |difference| {diff:.1e} nats", flush=True)
 
 
+def cold_start(threads: int, cache_dir: Path | None) -> None:
+    cache = str(cache_dir) if cache_dir else "-"
+    t = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-c", COLD, cache, str(threads)], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    report, wall = "", 0.0
+    assert proc.stdout is not None
+    for out_line in proc.stdout:
+        if out_line.startswith("REPORT"):
+            wall, report = time.perf_counter() - t, out_line.strip()
+            break
+    _, err = proc.communicate()
+    exited = time.perf_counter() - t
+    print(f"cold start: {wall:.2f}s from process start to report ({exited:.2f}s to exit); "
+          f"{report[7:] if report else err[-500:]}", flush=True)
+
+
+def same_spans(x: CheckResult, y: CheckResult) -> bool:
+    return ([(f.start, f.end, f.severity) for f in x.findings]
+            == [(f.start, f.end, f.severity) for f in y.findings])
+
+
+def lm_reading(docs: list[SegmentedDocument], args: argparse.Namespace,
+               gemm: dict[str, dict[str, float]]) -> None:
+    """Tokens/s per precision (interleaved rounds), bf16 against fp32, batch invariance."""
+    checkers = {p: FluencyChecker(cache_dir=args.cache_dir, threads=args.threads, precision=p)
+                for p in PRECISIONS}
+    params = sum(p.numel() for p in checkers["fp32"]._require()[0].parameters())
+    for c in checkers.values():
+        c.score_words(docs[:1])  # warm-up
+    times: dict[str, list[float]] = {p: [] for p in PRECISIONS}
+    words = {}
+    for _ in range(args.rounds):
+        for p, c in checkers.items():
+            t = time.perf_counter()
+            words[p] = c.score_words(docs)
+            times[p].append(time.perf_counter() - t)
+    tokens = sum(len(w.token_surprisal) for w in words["fp32"])
+    tps = {}
+    for p in PRECISIONS:
+        dt = float(np.median(times[p]))
+        tps[p] = tokens / dt
+        eff = tps[p] * 2 * params / (gemm[p]["2048^3"] * 1e9)
+        print(f"LM reading {p}: {tokens} tokens in {dt:.1f}s (median of {args.rounds}): "
+              f"{tps[p]:.0f} tokens/s; efficiency {eff:.2f} of the {p} 2048^3 GEMM rate "
+              f"({params / 1e6:.0f}M parameters)", flush=True)
+    print(f"LM reading bf16/fp32 speed ratio {tps['bf16'] / tps['fp32']:.2f}")
+    a = np.concatenate([w.token_surprisal for w in words["fp32"]])
+    b = np.concatenate([w.token_surprisal for w in words["bf16"]])
+    d = np.abs(a - b)
+    res = {p: [checkers[p].analyse(x, w) for x, w in zip(docs, words[p])] for p in PRECISIONS}
+    seeds = [k for k, x in enumerate(docs) if x.doc.id in SEEDS]
+    same = all(same_spans(res["fp32"][k], res["bf16"][k]) for k in seeds)
+    moved = sum(not same_spans(x, y) for x, y in zip(res["fp32"], res["bf16"]))
+    dscore = max(abs((x.doc_score or 0) - (y.doc_score or 0)) for x, y in zip(*res.values()))
+    print(f"bf16 vs fp32 token surprisal |difference|: mean {d.mean():.4f}, p99 "
+          f"{np.quantile(d, .99):.3f}, max {d.max():.3f} nats (mean surprisal {a.mean():.3f} vs "
+          f"{b.mean():.3f}); flagged-character Jaccard {agreement(docs, res['fp32'], res['bf16']):.3f}; "
+          f"seed spans {'identical' if same else 'DIFFER'}; spans differ in {moved}/{len(docs)} "
+          f"documents; max |doc fluency difference| {dscore:.2f}", flush=True)
+    model, tokenizer = checkers["bf16"]._require()
+    single = FluencyChecker(model=model, tokenizer=tokenizer, batch_size=1)
+    sub = [k for k, x in enumerate(docs) if x.doc.id in SEEDS or k < 4]
+    ones = single.score_words([docs[k] for k in sub])
+    moved = sum(list(words["bf16"][k].token_surprisal) != list(w.token_surprisal)
+                for k, w in zip(sub, ones))
+    print(f"bf16 batch 1 vs {FluencyChecker.BATCH_SIZE}: token surprisals differ (any float) in "
+          f"{moved}/{len(sub)} documents", flush=True)
+    for c in checkers.values():
+        c.close()
+
+
+def pipeline_runs(args: argparse.Namespace) -> None:
+    """Warm seed-pair check with its reference, and the sentence batch, per precision."""
+    from mtqa.config import Settings
+    from mtqa.io import load, read_text
+    from mtqa.pipeline import Checker
+    from mtqa.types import Document as Doc
+
+    seeds = ROOT / "seeds"
+    ref = read_text(seeds / SEEDS[1])
+    pair = [d for d in load(seeds / SEEDS[0], ref=(ref,)) if isinstance(d, Doc)]
+    sentences = []
+    with BNC.open(encoding="utf-8") as fh:
+        for raw in fh:
+            sentences.append(Doc(f"s{len(sentences)}", json.loads(raw)["text"]))
+            if len(sentences) == args.sentences:
+                break
+    checkers = {p: Checker(Settings(precision=p, threads=args.threads)) for p in PRECISIONS}
+    pair_times: dict[str, list[float]] = {p: [] for p in PRECISIONS}
+    for c in checkers.values():
+        c.check_many(pair)  # loads every checker
+    for _ in range(3):
+        for p, c in checkers.items():
+            t = time.perf_counter()
+            c.check_many(pair)
+            pair_times[p].append(time.perf_counter() - t)
+    for p in PRECISIONS:
+        print(f"warm seed-pair check with its reference, {p}: {np.median(pair_times[p]):.2f}s "
+              f"(median of 3; {', '.join(f'{x:.2f}' for x in pair_times[p])})", flush=True)
+    batch: dict[str, float] = {}
+    for p, c in checkers.items():
+        before = dict(getattr(c, "timings", {}) or {})
+        t = time.perf_counter()
+        c.check_many(sentences)
+        batch[p] = time.perf_counter() - t
+        after = dict(getattr(c, "timings", {}) or {})
+        lm = after.get("fluency", 0.0) - before.get("fluency", 0.0)
+        print(f"{len(sentences)} BNC sentences, one document each, {p}: {batch[p]:.1f}s "
+              f"({len(sentences) / batch[p]:.1f} documents/s; fluency checker {lm:.1f}s)",
+              flush=True)
+    print(f"sentence batch fp32/bf16 time ratio {batch['fp32'] / batch['bf16']:.2f}")
+    for c in checkers.values():
+        c.close()
+
+
 def main() -> None:
     global DATA  # noqa: PLW0603 - the file the readers below open
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--docs", type=int, default=16)
-    ap.add_argument("--batch-size", type=int, default=FluencyChecker.BATCH_SIZE)
-    ap.add_argument("--runs", default="native:fp32,transformers:fp32,native:bf16,native:int8",
-                    help="backend:precision, comma-separated; the first is the reference")
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--sentences", type=int, default=500)
     ap.add_argument("--cache-dir", type=Path)
+    ap.add_argument("--skip-cold", action="store_true")
     ap.add_argument("--references", type=int, default=32,
                     help="MQM references whose translations are read after them (0: skip)")
     ap.add_argument("--data", type=Path, default=DATA, help="the WMT21 zh-en MQM file (default: ../shared/data/ beside the repository)")
     args = ap.parse_args()
     DATA = args.data
     print(f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores; threads {args.threads}")
-    cache = str(args.cache_dir) if args.cache_dir else "-"
-    for run in (1, 2):
-        t = time.perf_counter()
-        proc = subprocess.Popen([sys.executable, "-c", COLD, cache, str(args.threads)], cwd=ROOT,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                env={**os.environ, "HF_HUB_OFFLINE": "1"})
-        report, wall = "", 0.0
-        assert proc.stdout is not None
-        for out_line in proc.stdout:
-            if out_line.startswith("REPORT"):
-                wall, report = time.perf_counter() - t, out_line.strip()
-                break
-        _, err = proc.communicate()
-        exited = time.perf_counter() - t
-        print(f"cold start {run}: {wall:.2f}s from process start to report ({exited:.2f}s to "
-              f"exit); {report[7:] if report else err[-500:]}", flush=True)
-    # NOTE: measured before this process loads torch, so the children's ru_maxrss (which a
-    # child inherits from its parent across fork/exec) is the cold-start process's own peak.
-    child = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    print(f"peak RSS of the cold-start process (getrusage): {child:.0f} MB")
-    docs = news_docs(args.docs)
-    results: dict[str, list[CheckResult]] = {}
-    params = 0
-    first = ""
-    for run in args.runs.split(","):
-        backend, prec = run.split(":")
-        first = first or run
-        checker = FluencyChecker(cache_dir=args.cache_dir, threads=args.threads, precision=prec,
-                                 batch_size=args.batch_size, backend=backend)
-        model, _ = checker._require()
-        # NOTE: int8 modules hide their weights from parameters(); count the unquantised model
-        params = params or sum(p.numel() for p in model.parameters())
-        checker.check(docs[:1])  # warm-up
-        # NOTE: GEMM measured right before and after, since other load on the machine varies
-        before = gemm_flops(args.threads)
-        t = time.perf_counter()
-        words = checker.score_words(docs)
-        dt = time.perf_counter() - t
-        after = gemm_flops(args.threads)
-        flops = (before + after) / 2
-        results[run] = [checker.analyse(d, w) for d, w in zip(docs, words)]
-        tokens = sum(len(w.token_surprisal) for w in words)
-        tps = tokens / dt
-        eff = tps * 2 * params / flops
-        line = (f"{run:18s} {tokens} tokens in {dt:.1f}s: {tps:.0f} tokens/s; fp32 GEMM "
-                f"{before / 1e9:.0f}/{after / 1e9:.0f} GFLOP/s before/after; efficiency {eff:.2f}")
-        if run != first:
-            base = results[first]
-            seeds = [(d, x, y) for d, x, y in zip(docs, base, results[run]) if d.doc.id in SEEDS]
-            same = all([(f.start, f.end, f.severity) for f in x.findings]
-                       == [(f.start, f.end, f.severity) for f in y.findings] for _, x, y in seeds)
-            dscore = max(abs((x.doc_score or 0) - (y.doc_score or 0)) for x, y in zip(base, results[run]))
-            line += (f"; flagged-character Jaccard vs {first} {agreement(docs, base, results[run]):.3f}, "
-                     f"seed spans {'identical' if same else 'DIFFER'}, max |doc score diff| {dscore:.2f}")
-        # batching must not change results (STYLE rule 10): the seeds and 4 documents one by one
-        sub = [k for k, d in enumerate(docs) if d.doc.id in SEEDS or k < 4]
-        model, tokenizer = checker._require()
-        single = FluencyChecker(model=model, tokenizer=tokenizer, precision=prec, batch_size=1)
-        ones = single.check([docs[k] for k in sub])
-        moved = sum([(f.start, f.end, f.severity) for f in results[run][k].findings]
-                    != [(f.start, f.end, f.severity) for f in r.findings] for k, r in zip(sub, ones))
-        line += f"; batch 1 vs {args.batch_size}: spans differ in {moved}/{len(sub)} documents"
-        print(line, flush=True)
-        checker.close()
+    if not args.skip_cold:
+        cold_start(args.threads, args.cache_dir)
+        # NOTE: measured before this process loads torch, so the children's ru_maxrss (which a
+        # child inherits from its parent across fork/exec) is the cold-start process's own peak.
+        child = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+        print(f"peak RSS of the cold-start process (getrusage): {child:.0f} MB", flush=True)
+    gemm = gemm_rates(args.threads)
+    for p in PRECISIONS:
+        print(f"GEMM {p}: 2048^3 {gemm[p]['2048^3']:.0f} GFLOP/s, the model's shapes "
+              f"{gemm[p]['model']:.0f} GFLOP/s", flush=True)
+    print(f"GEMM bf16/fp32 ratio: 2048^3 {gemm['bf16']['2048^3'] / gemm['fp32']['2048^3']:.2f}, "
+          f"model shapes {gemm['bf16']['model'] / gemm['fp32']['model']:.2f}")
+    if args.docs:
+        lm_reading(news_docs(args.docs), args, gemm)
+    if args.sentences:
+        pipeline_runs(args)
     if args.references:
         continuations(args.references, args.threads, args.cache_dir)
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"peak RSS of this process (each run's model loaded in turn): {rss:.0f} MB")
+    print(f"peak RSS of this process (both precisions' models loaded): {rss:.0f} MB")
     print(f"load average {os.getloadavg()[0]:.2f}")
 
 

@@ -26,7 +26,8 @@ from typing import TYPE_CHECKING, Annotated, Optional
 import typer
 
 from mtqa.batch import CHUNK_SIZE
-from mtqa.config import GRAMMAR_BACKENDS, LM_BACKENDS, REF_MODES, Settings, load_settings
+from mtqa.config import (GRAMMAR_BACKENDS, LM_BACKENDS, PRECISIONS, REF_MODES, Settings,
+                         load_settings)
 from mtqa.errors import ConfigError, InputError, MtqaError
 from mtqa.types import BadRecord, Document, DocumentReport, Report
 from mtqa.version import __version__
@@ -82,6 +83,7 @@ def _choices(name: str, values: tuple[str, ...]) -> type[enum.Enum]:
 RefMode = _choices("RefMode", REF_MODES)
 LmBackend = _choices("LmBackend", LM_BACKENDS)
 GrammarBackend = _choices("GrammarBackend", GRAMMAR_BACKENDS)
+Precision = _choices("Precision", PRECISIONS)
 
 
 def _version(value: bool) -> None:
@@ -134,6 +136,9 @@ _SETTINGS_OPTIONS: tuple[inspect.Parameter, ...] = (
             help=f"cpu, cuda or cuda:N (default: {_default('device')})."),
     _option("lm_backend", Optional[LmBackend], "--lm-backend",  # noqa: UP007
             help=f"How the LM runs (default: {_default('lm_backend')})."),
+    _option("precision", Optional[Precision], "--precision",  # noqa: UP007
+            help=f"LM weights (default: {_default('precision')}: bf16 where the CPU has native "
+                 "bf16 or on CUDA, else fp32)."),
     _option("grammar_backend", Optional[GrammarBackend], "--grammar-backend",  # noqa: UP007
             help=f"Grammar backend (default: {_default('grammar_backend')}: LanguageTool when "
                  "reachable, else Harper)."),

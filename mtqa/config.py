@@ -8,6 +8,9 @@ This is the only module that reads environment variables:
 - ``LTP_JAR_DIR_PATH``: an unpacked LanguageTool to start locally (language_tool_python's variable;
   it reads ``LTP_PATH``, its download cache, itself)
 - ``MTQA_DEVICE``: ``cpu`` or ``cuda``
+- ``MTQA_PRECISION``: ``auto``, ``fp32`` or ``bf16``: the language model's weight type (``auto``:
+  bf16 on CUDA and on CPUs with native bfloat16, AVX512-BF16 or AMX-BF16, for the native backend;
+  fp32 elsewhere; see ``mtqa.models.resolve_precision``)
 - ``MTQA_CALIBRATION``: a calibration file (default: the one shipped, ``models/calibration.json``)
 
 A ``Settings`` is plain data: ``to_dict()``/``from_dict()`` round-trip through JSON, so a service or
@@ -33,6 +36,7 @@ __all__ = [
     "DEVICES",
     "GRAMMAR_BACKENDS",
     "LM_BACKENDS",
+    "PRECISIONS",
     "REF_MODES",
     "Settings",
     "check_device",
@@ -58,6 +62,9 @@ GRAMMAR_BACKENDS: tuple[str, ...] = ("auto", "languagetool", "harper")
 REF_MODES: tuple[str, ...] = ("auto", "parallel", "comparable")
 #: where the models run; ``cuda:N`` names one GPU
 DEVICES: tuple[str, ...] = ("cpu", "cuda")
+#: the language model's weight type: ``auto`` resolves to bf16 on CPUs with native bf16 (and on
+#: CUDA), else fp32 (``mtqa.models.resolve_precision``)
+PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16")
 
 _DEVICE = re.compile(r"cuda(?::\d+)?")
 #: fields that hold several names; a string is read as a comma-separated list, like the CLI flags
@@ -72,6 +79,7 @@ _ENV = {
     "LTP_JAR_DIR_PATH": "languagetool_jar_dir",
     "MTQA_DEVICE": "device",
     "MTQA_LM_BACKEND": "lm_backend",
+    "MTQA_PRECISION": "precision",
     "MTQA_CALIBRATION": "calibration",
 }
 
@@ -95,6 +103,8 @@ class Settings:
     device: str = "cpu"
     #: one of LM_BACKENDS
     lm_backend: str = "auto"
+    #: one of PRECISIONS
+    precision: str = "auto"
     # grammar
     #: one of GRAMMAR_BACKENDS
     grammar_backend: str = "auto"
@@ -222,6 +232,10 @@ def _validate(s: Settings) -> None:
         err = f"device must be cpu, cuda or cuda:N, not {s.device!r}"
         raise ConfigError(err)
     _choice("lm_backend", s.lm_backend, LM_BACKENDS)
+    _choice("precision", s.precision, PRECISIONS)
+    if s.ref_lm is not None and not isinstance(s.ref_lm, bool):
+        err = f"ref_lm must be true or false (or left out), not {s.ref_lm!r}"
+        raise ConfigError(err)
     _choice("grammar_backend", s.grammar_backend, GRAMMAR_BACKENDS)
     _choice("ref_mode", s.ref_mode, REF_MODES)
     if s.languagetool_url is not None:

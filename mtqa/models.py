@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
-from mtqa.config import LM_BACKENDS
+from mtqa.config import LM_BACKENDS, PRECISIONS
 from mtqa.errors import CheckerUnavailable, ConfigError
 
 if TYPE_CHECKING:
@@ -43,7 +43,9 @@ __all__ = [
     "find_bundled_gguf",
     "backend_tokenizer",
     "load_lm",
+    "native_bf16",
     "prefix_token_id",
+    "resolve_precision",
 ]
 
 logger = logging.getLogger(__name__)
@@ -74,6 +76,7 @@ class LoadedLM:
     gives ids and character offsets). ``prefix_id`` is the token put before every text.
     ``weights_sha`` is the first 12 hex digits of the sha256 of the weights file(s) that
     produced ``model`` (for the bundled model, of the GGUF file), for signatures.
+    ``precision`` is the weight type it runs in (``fp32`` or ``bf16``; ``auto`` resolved).
     """
 
     model: torch.nn.Module
@@ -83,6 +86,7 @@ class LoadedLM:
     weights_sha: str
     path: Path
     backend: str
+    precision: str = "fp32"
 
 
 def default_cache_dir() -> Path:
@@ -118,6 +122,41 @@ def find_bundled_gguf() -> Path | None:
     return None
 
 
+def native_bf16(device: str = "cpu") -> bool:
+    """Whether ``device`` computes bfloat16 matrix products natively.
+
+    CUDA: ``torch.cuda.is_bf16_supported()``. CPU: the AVX512-BF16 or AMX-BF16 instructions, as
+    torch reports them (``torch.cpu.get_capabilities()``), else as ``/proc/cpuinfo`` lists them.
+    Without them torch emulates bfloat16, slower than float32.
+    """
+    import torch
+
+    if device.startswith("cuda"):
+        return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    try:
+        caps = torch.cpu.get_capabilities()  # type: ignore[attr-defined,unused-ignore]
+        return bool(caps.get("avx512_bf16") or caps.get("amx_bf16"))
+    except (AttributeError, RuntimeError):
+        pass
+    try:
+        flags = Path("/proc/cpuinfo").read_text(encoding="ascii", errors="replace").split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_precision(precision: str, backend: str, device: str = "cpu") -> str:
+    """The weight type ``precision`` (``PRECISIONS``) means for a model run by ``backend``.
+
+    ``auto`` is bf16 for the native backend on a device with native bfloat16 (``native_bf16``),
+    whose results do not depend on batch composition (``mtqa.surprisal``), and fp32 elsewhere:
+    transformers' bf16 is not covered by that guarantee, and emulated bf16 is slow.
+    """
+    if precision != "auto":
+        return precision
+    return "bf16" if backend == "native" and native_bf16(device) else "fp32"
+
+
 def load_lm(
     lm_model: str | None = None,
     *,
@@ -126,6 +165,7 @@ def load_lm(
     offline: bool = True,
     checker: str = "fluency",
     backend: str = "auto",
+    precision: str = "auto",
 ) -> LoadedLM:
     """Load a causal LM and its fast tokenizer, converting the bundled GGUF once if needed.
 
@@ -137,13 +177,19 @@ def load_lm(
         checker: the checker name used in ``CheckerUnavailable``.
         backend: one of ``BACKENDS``. ``auto`` runs Llama-architecture models with safetensors
             weights (the default model among them) natively and any other through transformers.
+        precision: one of ``PRECISIONS`` (``resolve_precision``); transformers models in bf16
+            are converted whole (``model.to(torch.bfloat16)``).
 
     Raises:
         CheckerUnavailable: the model (or a package needed to load it) is not available here.
-        ConfigError: ``backend`` is unknown, or ``native`` was asked for a model it cannot run.
+        ConfigError: ``backend`` or ``precision`` is unknown, or ``native`` was asked for a model
+            it cannot run.
     """
     if backend not in BACKENDS:
         err = f"{checker}: backend must be one of {', '.join(BACKENDS)}, not {backend!r}"
+        raise ConfigError(err)
+    if precision not in PRECISIONS:
+        err = f"{checker}: precision must be one of {', '.join(PRECISIONS)}, not {precision!r}"
         raise ConfigError(err)
     started = time.perf_counter()
     if lm_model is None or lm_model == DEFAULT_LM:
@@ -155,22 +201,27 @@ def load_lm(
         err = f"{checker}: the native backend cannot run {name}: {why}; use backend 'auto'"
         raise ConfigError(err)
     model: torch.nn.Module
-    if backend == "transformers" or why is not None:
+    used = "transformers" if backend == "transformers" or why is not None else "native"
+    resolved = resolve_precision(precision, used, device)
+    if used == "transformers":
+        import torch
+
         hf_model, hf_tokenizer = _from_pretrained(str(path), device, checker)
         model = cast("torch.nn.Module", hf_model)
+        if resolved == "bf16":
+            model = model.to(torch.bfloat16)
         tokenizer = _fast_tokenizer(path, hf_tokenizer, checker)
-        used = "transformers"
     else:
-        model = _load_native(path, device, checker)
+        model = _load_native(path, device, checker, resolved)
         tokenizer = _fast_tokenizer(path, None, checker)
-        used = "native"
     prefix = prefix_token_id(tokenizer, _special_tokens(path))
     if prefix is None:
         err = f"the tokenizer of {name} has no {PREFIX_TOKEN}, BOS or EOS token"
         raise CheckerUnavailable(checker, err)
-    logger.info("loaded %s (%s, %s) in %.1fs", name, sha, used, time.perf_counter() - started)
+    logger.info("loaded %s (%s, %s, %s) in %.1fs", name, sha, used, resolved,
+                time.perf_counter() - started)
     return LoadedLM(model=model, tokenizer=tokenizer, prefix_id=prefix, name=name,
-                    weights_sha=sha, path=path, backend=used)
+                    weights_sha=sha, path=path, backend=used, precision=resolved)
 
 
 class ModelPool:
@@ -184,21 +235,24 @@ class ModelPool:
     """
 
     def __init__(self) -> None:
-        self._models: dict[tuple[str, str | None, str, str], LoadedLM] = {}
+        self._models: dict[tuple[str, str | None, str, str, str], LoadedLM] = {}
         self._lock = threading.Lock()
 
     def lm(self, lm_model: str | None = None, *, cache_dir: Path | None = None,
-           device: str = "cpu", backend: str = "auto", checker: str = "fluency") -> LoadedLM:
+           device: str = "cpu", backend: str = "auto", checker: str = "fluency",
+           precision: str = "auto") -> LoadedLM:
         """``load_lm(...)``, once per set of arguments for the life of the pool.
 
         Raises:
             CheckerUnavailable: the model cannot be loaded here (nothing is kept then).
         """
-        key = (lm_model or DEFAULT_LM, str(cache_dir) if cache_dir else None, device, backend)
+        key = (lm_model or DEFAULT_LM, str(cache_dir) if cache_dir else None, device, backend,
+               precision)
         with self._lock:
             if key not in self._models:
                 self._models[key] = load_lm(lm_model, cache_dir=cache_dir, device=device,
-                                            backend=backend, checker=checker)
+                                            backend=backend, checker=checker,
+                                            precision=precision)
             return self._models[key]
 
     def __len__(self) -> int:
@@ -249,14 +303,15 @@ def _native_unsupported(path: Path) -> str | None:
     return None
 
 
-def _load_native(path: Path, device: str, checker: str) -> torch.nn.Module:
+def _load_native(path: Path, device: str, checker: str, precision: str = "fp32"
+                 ) -> torch.nn.Module:
     try:
         from mtqa.llama import load_llama
     except ImportError as exc:
         err = f"torch is not installed ({exc}); install mtqa's dependencies"
         raise CheckerUnavailable(checker, err) from exc
     try:
-        model = load_llama(path, _weight_files(path))
+        model = load_llama(path, _weight_files(path), precision)
     except (OSError, ValueError) as exc:
         err = f"cannot load the language model from {path} ({exc})"
         raise CheckerUnavailable(checker, err) from exc

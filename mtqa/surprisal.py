@@ -4,7 +4,17 @@
 given position on, each predicted from every token before it. Sequences are sorted by length
 and cut into batches of at most ``max_rows`` rows and ``max_tokens`` padded positions, padded at
 the end (so causal attention alone keeps padding out of every real position), and the results
-come back in input order. ``score_continuations`` scores texts given a context (the reference
+come back in input order.
+
+Batch invariance: with bfloat16 weights (``mtqa.llama``) a sequence's numbers are the same
+floats whichever other sequences share its forward pass, and for any ``max_rows``. Every row of
+a pass is padded to ``padded_length`` of its own length (a pass only holds rows of one padded
+length), so the shapes a row meets depend on the row alone but for the number of rows, and the
+number of rows does not change a row's result in oneDNN's bfloat16 matrix products (measured
+for 1-3,000 rows on the model's shapes) nor in the attention kernel, whose blocking does change
+with the sequence length (hence the row's own length). In float32, MKL picks its matrix-product
+kernel by the number of rows, so results agree up to rounding (~1e-7 relative), not bit for
+bit. ``tests/test_precision.py`` checks both. ``score_continuations`` scores texts given a context (the reference
 checker reads a translation after its reference): a context that several items share is read
 once when the model can continue from a cache (``mtqa.llama``).
 
@@ -21,7 +31,9 @@ if TYPE_CHECKING:
 
     from mtqa.llama import Cache
 
-__all__ = ["HEAD_CHUNK", "batches", "score_continuations", "score_sequences"]
+__all__ = [
+    "HEAD_CHUNK", "batches", "padded_length", "score_continuations", "score_sequences", "surprisal",
+]
 
 #: hidden states turned into vocabulary logits at once (bounds peak memory)
 HEAD_CHUNK = 512
@@ -32,26 +44,40 @@ HEAD_CHUNK = 512
 HEAD_BLOCK = 2048
 
 
+def padded_length(n: int) -> int:
+    """The length a sequence of ``n`` tokens is padded to: the next multiple of 8 up to 64, then
+    of an eighth of the power of two at or below ``n`` (at most 1/8 of padding: 100 -> 104,
+    300 -> 320, 1000 -> 1024)."""
+    step = 8 if n <= 64 else 1 << (n.bit_length() - 4)
+    return -(-n // step) * step
+
+
 def batches(lengths: Sequence[int], max_rows: int, max_tokens: int) -> list[list[int]]:
     """Consecutive runs of ``lengths`` (sorted longest first) for one forward pass each.
 
-    A run ends before a sequence that would make it longer than ``max_rows`` rows or its padded
-    size (rows x the first, longest one) larger than ``max_tokens``.
+    A run holds sequences of one ``padded_length``; it ends before a sequence of another, or one
+    that would make it longer than ``max_rows`` rows or its padded size (rows x the padded
+    length) larger than ``max_tokens``.
     """
     out: list[list[int]] = []
+    width = 0
     for k, n in enumerate(lengths):
-        if out and len(out[-1]) < max_rows and (len(out[-1]) + 1) * lengths[out[-1][0]] <= max_tokens:
+        mine = padded_length(n)
+        if out and mine == width and len(out[-1]) < max_rows and (len(out[-1]) + 1) * width <= max_tokens:
             out[-1].append(k)
         else:
             out.append([k])
+            width = mine
     return out
 
 
 def _padded(seqs: Sequence[Sequence[int]], device: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Token ids and attention mask of ``seqs``, padded at the end to the longest."""
+    """Token ids and attention mask of ``seqs``, padded at the end to ``padded_length`` of the
+    longest."""
     import torch
 
-    ids = torch.zeros((len(seqs), max(len(s) for s in seqs)), dtype=torch.long)
+    width = padded_length(max(len(s) for s in seqs))
+    ids = torch.zeros((len(seqs), width), dtype=torch.long)
     mask = torch.zeros_like(ids)
     for r, seq in enumerate(seqs):
         ids[r, : len(seq)] = torch.tensor(list(seq))
@@ -65,7 +91,9 @@ def surprisal(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor
     A plain linear head (no bias: Llama's) is applied block by block over the vocabulary and
     the blocks' log-normalisers combined, the target's logit taken as one dot product; the
     result equals ``logsumexp(logits) - logits[target]`` up to float rounding (~1e-5 nats).
-    Any other head is called whole on each chunk.
+    With bfloat16 weights the rows are rounded to bfloat16 for the products (as the decoder's
+    are) and the log-normaliser is taken in float32. Any other head is called whole on each
+    chunk.
     """
     import torch
 
@@ -77,6 +105,7 @@ def surprisal(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor
         rows, wanted = hidden[c : c + HEAD_CHUNK], targets[c : c + HEAD_CHUNK]
         if blocked:
             assert weight is not None  # noqa: S101 - checked above
+            rows = rows.to(weight.dtype)
             norms = [torch.logsumexp((rows @ weight[v : v + HEAD_BLOCK].T).float(), dim=1)
                      for v in range(0, weight.shape[0], HEAD_BLOCK)]
             lse = torch.logsumexp(torch.stack(norms, dim=1), dim=1)
@@ -112,7 +141,9 @@ def score_sequences(
     out: list[list[float]] = [[] for _ in seqs]
     with torch.inference_mode():
         for members in batches([len(seqs[i][0]) for i in order], max_rows, max_tokens):
-            picked_order = [order[k] for k in members]
+            picked_order = [order[k] for k in members if len(seqs[order[k]][0]) > seqs[order[k]][1]]
+            if not picked_order:  # nothing to score in this pass
+                continue
             ids, mask = _padded([seqs[i][0] for i in picked_order], device)
             rows: list[int] = []
             cols: list[int] = []
@@ -150,9 +181,10 @@ def _continue(decoder: torch.nn.Module, head: torch.nn.Module, cache: Cache,
         picked = [order[k] for k in run]
         rows = [r for _, r in picked]
         ids, mask = _padded([items[i][1] for i, _ in picked], device)
-        n = max(lengths[r] for r in rows)
+        # the cache keeps its padded width (the contexts' own padded_length), so that the
+        # shapes of the pass do not depend on which contexts share it
         index = torch.tensor(rows, device=cache[0][0].device)
-        past = tuple((k[index, :, :n], v[index, :, :n]) for k, v in cache)
+        past = tuple((k[index], v[index]) for k, v in cache)
         hidden = decoder(ids, mask, past=past, past_lengths=[lengths[r] for r in rows]
                          ).last_hidden_state
         # the first token of each is predicted by its context's last position

@@ -56,7 +56,7 @@ logger = logging.getLogger(__name__)
 _WORD = re.compile(r"\S+")
 _LEXICAL = re.compile(r"[^\W_]")
 _OPENING = frozenset("\"'“‘«‹([{")
-_PRECISIONS = ("fp32", "bf16", "int8")
+_PRECISIONS = ("auto", "fp32", "bf16", "int8")
 _NO_FEATURES: Mapping[str, float] = MappingProxyType({})
 
 
@@ -133,7 +133,9 @@ class FluencyChecker(BaseChecker):
     #: 1024 holds most news articles whole (1.5x the tokens/s of 512, which re-reads context)
     WINDOW: ClassVar[int] = 1024
     CONTEXT: ClassVar[int] = 256
-    PRECISION: ClassVar[str] = "fp32"
+    #: ``auto``: bf16 for the native backend where the device has native bfloat16, else fp32
+    #: (``mtqa.models.resolve_precision``); ``int8`` quantises the decoder (not batch-invariant)
+    PRECISION: ClassVar[str] = "auto"
     #: unigram frequency given to words wordfreq does not know (its English list stops at 1e-8)
     UNKNOWN_FREQ: ClassVar[float] = 1e-8
     #: fluency: each word costs max(0, z0 - PENALTY_FROM), z0 its standardised excess (below);
@@ -220,22 +222,27 @@ class FluencyChecker(BaseChecker):
             torch.set_num_threads(threads)
         self.batch_size = batch_size
         self.device = device
-        self.precision = precision
         self.window = window
         self.context = context
         from mtqa.models import backend_tokenizer, load_lm, prefix_token_id
 
         if model is None or tokenizer is None:
-            # NOTE: fp32 leaves the model as loaded, so a lent copy (``language_model``, the
-            # owner's pool's) is read as it is; bf16 and int8 convert it, so they load their own
-            lm = language_model if language_model is not None and precision == "fp32" else load_lm(
-                lm_model, cache_dir=cache_dir, device=device, checker=self.name, backend=backend)
+            # NOTE: auto, fp32 and bf16 are applied where the model loads (the owner's pool), so
+            # a lent copy (``language_model``) is read as it is; int8 converts it, so it loads
+            # its own
+            if language_model is not None and precision != "int8":
+                lm = language_model
+            else:
+                lm = load_lm(lm_model, cache_dir=cache_dir, device=device, checker=self.name,
+                             backend=backend, precision="fp32" if precision == "int8" else precision)
             model, fast, prefix = lm.model, lm.tokenizer, lm.prefix_id
             self.model_name, self.weights_sha, self.backend = lm.name, lm.weights_sha, lm.backend
+            self.precision = "int8" if precision == "int8" else lm.precision
         else:
             from mtqa.llama import LlamaLM
 
             self.backend = "native" if isinstance(model, LlamaLM) else "transformers"
+            model, self.precision = _injected_precision(model, precision)
             fast = backend_tokenizer(tokenizer, self.name)
             config = getattr(model, "config", None)
             self.model_name = str(getattr(config, "name_or_path", "") or "injected")
@@ -247,7 +254,7 @@ class FluencyChecker(BaseChecker):
                 err = "the tokenizer has no <|endoftext|>, BOS or EOS token"
                 raise CheckerUnavailable(self.name, err)
             prefix = found
-        module = _apply_precision(model, precision)
+        module = _apply_precision(model, "int8") if self.precision == "int8" else model
         module.eval()
         self._model: torch.nn.Module | None = module.to(device)
         self._tokenizer: Tokenizer | None = fast
@@ -258,10 +265,12 @@ class FluencyChecker(BaseChecker):
         """The checker ``settings`` describe, reading the pool's copy of the language model."""
         cache_dir = Path(settings.cache_dir) if settings.cache_dir else None
         lm = models.lm(settings.lm_model, cache_dir=cache_dir, device=settings.device,
-                       backend=settings.lm_backend, checker=cls.name)
+                       backend=settings.lm_backend, checker=cls.name,
+                       precision=settings.precision)
         return cls(lm_model=settings.lm_model, cache_dir=cache_dir,
                    batch_size=settings.batch_size, threads=settings.threads,
-                   device=settings.device, backend=settings.lm_backend, language_model=lm)
+                   device=settings.device, precision=settings.precision,
+                   backend=settings.lm_backend, language_model=lm)
 
     # --- public API -------------------------------------------------------------------------
 
@@ -540,6 +549,28 @@ def _word_classes(sd: SegmentedDocument, ws: WordScores) -> tuple[NDArray[np.boo
     starts[1:] = sent[1:] != sent[:-1]
     opening = np.array([sd.doc.mt[a] in _OPENING for a in ws.start], dtype=bool)
     return punct, first, starts, opening
+
+
+def _injected_precision(model: torch.nn.Module, precision: str) -> tuple[torch.nn.Module, str]:
+    """An injected model in ``precision``, and the precision's name: ``auto`` keeps the model
+    as given; another weight type converts a copy of a native model (the caller's stays as it
+    is) and a transformers model in place."""
+    import copy
+
+    import torch
+
+    from mtqa.llama import DTYPES, LlamaLM, cast_weights, precision_of
+
+    if isinstance(model, LlamaLM):
+        if precision in ("auto", "int8") or precision == model.precision:
+            return model, model.precision if precision == "auto" else precision
+        return cast_weights(copy.deepcopy(model), precision), precision
+    if precision == "auto":
+        dtype = next((p.dtype for p in model.parameters()), torch.float32)
+        return model, precision_of(dtype) if dtype in DTYPES.values() else "fp32"
+    if precision == "int8":
+        return model, precision
+    return model.to(DTYPES[precision]), precision
 
 
 def _apply_precision(model: torch.nn.Module, precision: str) -> torch.nn.Module:

@@ -194,6 +194,7 @@ class ReferenceChecker(BaseChecker):
         lm_model: str | None = None,
         cache_dir: Path | None = None,
         lm_backend: str = "auto",
+        lm_precision: str = "auto",
         language_model: LoadedLM | None = None,
     ) -> None:
         """Build the checker; the embedding model is loaded here, once.
@@ -211,7 +212,8 @@ class ReferenceChecker(BaseChecker):
             lm: read parallel pairs with a language model this checker loads (and frees on
                 ``close()``). When it cannot be loaded the checker runs without it, says so in
                 its signature (``lm:none``) and logs a warning.
-            lm_model, cache_dir, lm_backend: which language model (as the fluency checker's).
+            lm_model, cache_dir, lm_backend, lm_precision: which language model (as the fluency
+                checker's).
             language_model: a loaded model to read with instead (lent by the owner's
                 ``mtqa.models.ModelPool``, so the fluency checker's copy; tests).
 
@@ -239,7 +241,8 @@ class ReferenceChecker(BaseChecker):
 
             try:
                 self._lm = load_lm(lm_model, cache_dir=cache_dir, device=device or "cpu",
-                                   backend=lm_backend, checker=self.name)
+                                   backend=lm_backend, checker=self.name,
+                                   precision=lm_precision)
             except CheckerUnavailable as exc:
                 logger.warning("reference: reading pairs without the language model: %s",
                                exc.reason)
@@ -266,7 +269,7 @@ class ReferenceChecker(BaseChecker):
             try:
                 language_model = models.lm(settings.lm_model, cache_dir=cache_dir,
                                            device=settings.device, backend=settings.lm_backend,
-                                           checker=cls.name)
+                                           checker=cls.name, precision=settings.precision)
             except CheckerUnavailable as exc:
                 logger.warning("reference: reading pairs without the language model: %s",
                                exc.reason)
@@ -276,7 +279,7 @@ class ReferenceChecker(BaseChecker):
     @property
     def signature(self) -> str:
         """Settings that change the numbers; sacreBLEU's own signatures come with each result."""
-        lm = f"{self._lm.name}@{self._lm.weights_sha}" if self._lm is not None else "none"
+        lm = f"{self._lm.name}@{self._lm.weights_sha}/{self._lm.precision}" if self._lm else "none"
         return (f"reference|mode:{self.mode}|emb:{self.embedder_name}|thr:{self.threshold:g}"
                 f"|floor:{self.floor:g}|cter:{'yes' if self.comparable_ter else 'no'}"
                 f"|lm:{lm}|mtqa:{__version__}")
