@@ -141,7 +141,7 @@ class _Layer(nn.Module):
         s = self.spec
         b, t, _ = x.shape
         h = F.rms_norm(x, (s.hidden_size,), self.input_norm, s.rms_norm_eps)
-        q, k, v = _product(self.qkv, h).split(self.split, dim=-1)
+        q, k, v = torch.split(_product(self.qkv, h), list(self.split), dim=-1)
         q = _rotate(q.view(b, t, s.num_heads, s.head_dim).transpose(1, 2), cos, sin)
         k = _rotate(k.view(b, t, s.num_kv_heads, s.head_dim).transpose(1, 2), cos, sin)
         v = v.view(b, t, s.num_kv_heads, s.head_dim).transpose(1, 2)
