@@ -292,7 +292,9 @@ def pipeline_runs(args: argparse.Namespace) -> None:
             sentences.append(Doc(f"s{len(sentences)}", json.loads(raw)["text"]))
             if len(sentences) == args.sentences:
                 break
-    checkers = {p: Checker(Settings(precision=p, threads=args.threads)) for p in PRECISIONS}
+    cache = str(args.cache_dir) if args.cache_dir else None
+    checkers = {p: Checker(Settings(precision=p, threads=args.threads, cache_dir=cache))
+                for p in PRECISIONS}
     pair_times: dict[str, list[float]] = {p: [] for p in PRECISIONS}
     for c in checkers.values():
         c.check_many(pair)  # loads every checker
