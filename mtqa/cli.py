@@ -22,6 +22,7 @@ from mtqa import __version__
 from mtqa.batch import CHUNK_SIZE
 from mtqa.config import Settings, load_settings
 from mtqa.errors import ConfigError, InputError, MtqaError
+from mtqa.serve.options import ServeOptions
 from mtqa.types import BadRecord, Document, DocumentReport, Report
 
 __all__ = ["app", "main"]
@@ -369,6 +370,82 @@ def evaluate(
     text = (json.dumps(ev.evaluation_to_dict(result), ensure_ascii=False, sort_keys=True, indent=2)
             + "\n" if fmt is Format.json else ev.render_evaluation(result))
     _emit(text, out)
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Address to listen on (loopback by default).")] = (
+        ServeOptions.HOST),
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = ServeOptions.PORT,
+    policy_dir: Annotated[Optional[Path], typer.Option(  # noqa: UP007
+        help="Directory of TOML policies a request may name (file stem = name).",
+        exists=True, file_okay=False)] = None,
+    state_dir: Annotated[Optional[Path], typer.Option(  # noqa: UP007
+        help="Where jobs and their results are kept (SQLite); default: a temporary directory, "
+             "so jobs do not survive a restart.", file_okay=False)] = None,
+    token_file: Annotated[Optional[Path], typer.Option(  # noqa: UP007
+        help="File holding the bearer token requests must send (or env MTQA_SERVE_TOKEN).",
+        exists=True, dir_okay=False)] = None,
+    max_batch: Annotated[int, typer.Option(
+        help="Documents per micro-batch.")] = ServeOptions.MAX_BATCH,
+    max_wait_ms: Annotated[float, typer.Option(
+        help="Longest wait for a micro-batch to fill, ms.")] = ServeOptions.MAX_WAIT_MS,
+    max_queue: Annotated[int, typer.Option(
+        help="Documents waiting at most; beyond it, 429.")] = ServeOptions.MAX_QUEUE,
+    timeout: Annotated[float, typer.Option(
+        help="Seconds a request may wait for its answer; beyond it, 504.")] = ServeOptions.TIMEOUT,
+    max_body_bytes: Annotated[int, typer.Option(
+        help="Largest request body (jobs: --max-job-bytes).")] = ServeOptions.MAX_BODY_BYTES,
+    max_job_bytes: Annotated[int, typer.Option(
+        help="Largest job body.")] = ServeOptions.MAX_JOB_BYTES,
+    max_chars: Annotated[int, typer.Option(
+        help="Longest text field (mt, each ref, src), characters.")] = ServeOptions.MAX_CHARS,
+    max_items: Annotated[int, typer.Option(
+        help="Documents per /v1/check:batch request.")] = ServeOptions.MAX_ITEMS,
+    access_log: Annotated[bool, typer.Option(help="Log every request (uvicorn).")] = False,
+    checkers: ChecksOpt = None,
+    no_lm: NoLmOpt = False,
+    lm_model: LmModelOpt = None,
+    batch_size: BatchSizeOpt = _DEFAULTS.batch_size,
+    threads: ThreadsOpt = None,
+    device: DeviceOpt = _DEFAULTS.device,
+    ref_mode: RefModeOpt = _DEFAULTS.ref_mode,
+    languagetool_url: LtUrlOpt = None,
+    policy: PolicyOpt = None,
+    calibration: CalibrationOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Serve checks over HTTP (FastAPI on uvicorn): /v1/check, /v1/gate, /v1/jobs, probes."""
+    import mtqa.serve
+    from mtqa.config import serve_token
+
+    try:
+        settings = _settings(config, checkers, no_lm, policy, calibration, lm_model=lm_model,
+                             batch_size=batch_size, threads=threads, device=device,
+                             ref_mode=ref_mode, languagetool_url=languagetool_url)
+        token = serve_token() if token_file is None else _read_token(token_file)
+        options = ServeOptions(
+            host=host, port=port, max_batch=max_batch, max_wait_ms=max_wait_ms,
+            max_queue=max_queue, timeout=timeout, max_body_bytes=max_body_bytes,
+            max_job_bytes=max_job_bytes, max_chars=max_chars, max_items=max_items,
+            state_dir=state_dir, policy_dir=policy_dir, token=token, access_log=access_log)
+        typer.echo(f"mtqa serve: http://{host}:{port} (auth {'on' if token else 'off'})", err=True)
+        mtqa.serve.run(settings, options)
+    except MtqaError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(EXIT_INPUT_ERROR) from exc
+
+
+def _read_token(path: Path) -> str:
+    try:
+        token = path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        err = f"{path}: cannot read the token file: {exc}"
+        raise ConfigError(err) from exc
+    if not token:
+        err = f"{path}: the token file is empty"
+        raise ConfigError(err)
+    return token
 
 
 def main() -> None:

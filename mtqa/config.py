@@ -9,6 +9,8 @@ This is the only module that reads environment variables:
   it reads ``LTP_PATH``, its download cache, itself)
 - ``MTQA_DEVICE``: ``cpu`` or ``cuda``
 - ``MTQA_CALIBRATION``: a calibration file (default: the one shipped, ``models/calibration.json``)
+- ``MTQA_SERVE_TOKEN``: the bearer token ``mtqa serve`` requires (``serve_token``; not a Setting,
+  so it never reaches a signature, a store or a log)
 
 A ``Settings`` is plain data: ``to_dict()``/``from_dict()`` round-trip through JSON, so a service or
 a Ray worker can rebuild the same checker from it.
@@ -26,7 +28,7 @@ from pathlib import Path
 from mtqa.errors import ConfigError
 from mtqa.types import JSONValue
 
-__all__ = ["CHECKERS", "LM_BACKENDS", "Settings", "load_settings"]
+__all__ = ["CHECKERS", "LM_BACKENDS", "Settings", "load_settings", "serve_token"]
 
 #: every checker mtqa knows, in the order they run
 CHECKERS: tuple[str, ...] = ("structure", "fluency", "grammar", "reference")
@@ -156,3 +158,9 @@ def load_settings(
         merged.update(_from_toml(config_file))
     merged.update({k: v for k, v in (overrides or {}).items() if v is not None})
     return Settings.from_dict(merged)
+
+
+def serve_token(environ: Mapping[str, str] | None = None) -> str | None:
+    """The bearer token of ``mtqa serve`` from ``MTQA_SERVE_TOKEN``; None when unset or blank."""
+    value = (os.environ if environ is None else environ).get("MTQA_SERVE_TOKEN", "").strip()
+    return value or None
