@@ -429,7 +429,8 @@ def serve(
             max_queue=max_queue, timeout=timeout, max_body_bytes=max_body_bytes,
             max_job_bytes=max_job_bytes, max_chars=max_chars, max_items=max_items,
             state_dir=state_dir, policy_dir=policy_dir, token=token, access_log=access_log)
-        typer.echo(f"mtqa serve: http://{host}:{port} (auth {'on' if token else 'off'})", err=True)
+        typer.echo(f"mtqa serve: starting on http://{host}:{port} (auth "
+                   f"{'on' if token else 'off'})", err=True)
         mtqa.serve.run(settings, options)
     except MtqaError as exc:
         typer.echo(f"error: {exc}", err=True)

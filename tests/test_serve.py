@@ -111,6 +111,28 @@ def test_serve_bad_option_is_a_config_error(tmp_path: Path) -> None:
     assert "max-batch must be at least 1" in result.stderr
 
 
+def test_serve_port_in_use_and_bad_state_dir_exit_2(tmp_path: Path) -> None:
+    import socket
+
+    from typer.testing import CliRunner
+
+    from mtqa.cli import app
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = str(busy.getsockname()[1])
+        result = CliRunner().invoke(app, ["serve", *STRUCTURE, "--port", port])
+    assert result.exit_code == 2
+    assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "jobs.sqlite").write_text("not a database", encoding="utf-8")
+    result = CliRunner().invoke(app, ["serve", *STRUCTURE, "--state-dir", str(state)])
+    assert result.exit_code == 2
+    assert "jobs.sqlite: cannot use this file" in result.stderr
+
+
 # -- probes and info ---------------------------------------------------------------------------
 
 
@@ -465,26 +487,26 @@ def test_auth_off_by_default(client: httpx.Client) -> None:
     assert client.get("/v1/info").json()["auth"] is False
 
 
-def test_full_queue_is_429_with_retry_after(tmp_path: Path, abc_text: str) -> None:
+def test_full_queue_is_429_with_retry_after_and_not_ready(tmp_path: Path, abc_text: str) -> None:
     srv = ServerProcess(tmp_path / "q.log", *STRUCTURE, "--max-queue", "1", "--max-batch", "1")
     srv.start()
+    long_text = (abc_text + "\n") * 20  # about two seconds of structure checking
     try:
-        barrier = threading.Barrier(24)
-
-        def call(i: int) -> httpx.Response:
-            with srv.client() as c:
-                barrier.wait()
-                return c.post("/v1/check", json={"mt": f"{abc_text} {i}"})
-
-        with concurrent.futures.ThreadPoolExecutor(24) as pool:
-            responses = list(pool.map(call, range(24)))
-        codes = sorted({r.status_code for r in responses})
-        assert codes == [200, 429]
-        refused = next(r for r in responses if r.status_code == 429)
+        with concurrent.futures.ThreadPoolExecutor(2) as pool, srv.client() as c:
+            busy = pool.submit(c.post, "/v1/check", json={"mt": long_text})  # the worker runs it
+            time.sleep(0.5)
+            queued = pool.submit(c.post, "/v1/check", json={"mt": BROKEN})  # fills the queue
+            time.sleep(0.3)
+            refused = c.post("/v1/check", json={"mt": BROKEN})
+            ready = c.get("/readyz")
+            assert busy.result().status_code == 200 and queued.result().status_code == 200
+            after = c.get("/readyz")
+            metrics = c.get("/metrics").text
         _is_problem(refused, 429)
         assert int(refused.headers["retry-after"]) >= 1
-        with srv.client() as c:
-            assert 'mtqa_rejected_total{reason="queue_full"}' in c.get("/metrics").text
+        assert "queue is full" in _is_problem(ready, 503)["detail"]
+        assert after.status_code == 200
+        assert 'mtqa_rejected_total{reason="queue_full"} 1' in metrics
     finally:
         srv.terminate()
 
@@ -530,13 +552,13 @@ def test_sigterm_drains_in_flight_finish_new_get_503(tmp_path: Path, abc_text: s
 # -- fuzzing -----------------------------------------------------------------------------------
 
 
-def test_openapi_fuzzing_finds_no_server_error(server: ServerProcess) -> None:
+def test_openapi_fuzzing_finds_no_server_error(server: ServerProcess, tmp_path: Path) -> None:
     cli = Path(sys.executable).parent / "schemathesis"
     out = subprocess.run(
         [str(cli), "run", f"{server.url}/openapi.json", "--checks", "not_a_server_error",
          "--max-examples", "15", "--seed", "20", "--workers", "1", "--request-timeout", "60",
          "--phases", "examples,coverage,fuzzing"],
-        capture_output=True, text=True, timeout=600)
+        capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-2000:]
 
 
@@ -546,7 +568,7 @@ def test_openapi_fuzzing_finds_no_server_error(server: ServerProcess) -> None:
 @pytest.mark.model
 @pytest.mark.slow
 def test_default_checkers(tmp_path: Path) -> None:
-    srv = ServerProcess(tmp_path / "m.log", "--max-wait-ms", "5")
+    srv = ServerProcess(tmp_path / "m.log", "--max-wait-ms", "5", "--timeout", "900")
     srv.start(ready=False)
     try:
         with srv.client() as c:

@@ -10,6 +10,7 @@ are imported when the server starts, not before.
 from __future__ import annotations
 
 import logging
+import socket
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
@@ -40,6 +41,17 @@ def build_service(settings: Settings, options: ServeOptions) -> Service:
     if problems:
         err = "; ".join(problems)
         raise ConfigError(err)
+    if options.state_dir is not None:  # NOTE: fail now (exit 2), not in the server's start-up
+        from mtqa.batch import ResultStore
+        from mtqa.serve.jobs import JobStore
+
+        try:
+            options.state_dir.mkdir(parents=True, exist_ok=True)
+            ResultStore(options.state_dir / "results.sqlite").close()
+            JobStore(options.state_dir / "jobs.sqlite").close()
+        except OSError as exc:
+            err = f"{options.state_dir}: cannot keep the jobs here: {exc.strerror or exc}"
+            raise ConfigError(err) from exc
     checker = Checker(settings)
     policy_path = None if settings.policy is None else Path(settings.policy)
     policies = load_policies(checker.policy, policy_path, options.policy_dir)
@@ -60,6 +72,7 @@ def run(settings: Settings, options: ServeOptions) -> None:
     from mtqa.serve.app import create_app
 
     service = build_service(settings, options)
+    sock = _listen(options.host, options.port)
     app = create_app(service)
     config = uvicorn.Config(app, host=options.host, port=options.port, log_config=None,
                             access_log=options.access_log, lifespan="on",
@@ -85,4 +98,25 @@ def run(settings: Settings, options: ServeOptions) -> None:
 
     # NOTE: after its shutdown uvicorn re-raises the signal it caught, so the process ends as
     # a process killed by SIGTERM does (exit status 143 from a shell): the service stopped cleanly
-    _Server(config).run()
+    _Server(config).run(sockets=[sock])
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """A socket bound to ``host:port`` (uvicorn would exit 1, the gate's code, if it could not).
+
+    Raises:
+        ConfigError: the address cannot be used.
+    """
+    from mtqa.errors import ConfigError
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        family, kind, proto, _, address = infos[0]
+        sock = socket.socket(family, kind, proto)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+    except OSError as exc:
+        err = f"cannot listen on {host}:{port}: {exc.strerror or exc}; choose another --host/--port"
+        raise ConfigError(err) from exc
+    sock.set_inheritable(True)
+    return sock

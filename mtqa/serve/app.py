@@ -150,7 +150,7 @@ class Service:
         self.batcher = MicroBatcher(
             checker, max_batch=options.max_batch, max_wait=options.max_wait_ms / 1000.0,
             max_queue=options.max_queue, max_batch_chars=options.max_batch_chars,
-            warmup=[_WARMUP], on_batch=self.metrics.batch)
+            warmup=[_WARMUP], on_batch=self.metrics.batch, in_flight=lambda: self.inflight)
         self._tmp: Path | None = None
         self.state_dir = options.state_dir
         self.draining = False

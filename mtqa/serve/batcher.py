@@ -67,7 +67,8 @@ class MicroBatcher:
 
     def __init__(self, checker: CheckerLike, *, max_batch: int, max_wait: float, max_queue: int,
                  max_batch_chars: int, warmup: Sequence[Document] = (),
-                 on_batch: Callable[[int], None] | None = None) -> None:
+                 on_batch: Callable[[int], None] | None = None,
+                 in_flight: Callable[[], int] | None = None) -> None:
         self.checker = checker
         self.max_batch = max_batch
         self.max_wait = max_wait
@@ -75,6 +76,9 @@ class MicroBatcher:
         self.max_batch_chars = max_batch_chars
         self._warmup = list(warmup)
         self._on_batch = on_batch
+        #: requests in flight at the HTTP layer: the worker waits for more documents only while
+        #: a batch holds fewer (a lone request is not held back by max_wait)
+        self._in_flight = in_flight
         self._items: collections.deque[_Item] = collections.deque()
         self._background: collections.deque[_Background] = collections.deque()
         self._cond = threading.Condition()
@@ -183,6 +187,8 @@ class MicroBatcher:
             if not self._items:
                 left = until - time.monotonic()
                 if left <= 0 or self._stopping:
+                    break
+                if self._in_flight is not None and len(batch) >= self._in_flight():
                     break
                 self._cond.wait(left)
                 continue

@@ -100,7 +100,7 @@ class JobStore:
             self._db.execute("PRAGMA synchronous=NORMAL")
             with self._db:
                 self._db.executescript(_SCHEMA)
-        except sqlite3.DatabaseError as exc:
+        except (sqlite3.DatabaseError, OSError) as exc:
             err = f"{path}: cannot use this file as the mtqa jobs database: {exc}"
             raise ConfigError(err) from exc
 
