@@ -497,15 +497,18 @@ def test_full_queue_is_429_with_retry_after_and_not_ready(tmp_path: Path, abc_te
             time.sleep(0.5)
             queued = pool.submit(c.post, "/v1/check", json={"mt": BROKEN})  # fills the queue
             time.sleep(0.3)
-            refused = c.post("/v1/check", json={"mt": BROKEN})
+            key = {"Idempotency-Key": "refused-once"}
+            refused = c.post("/v1/check", json={"mt": BROKEN}, headers=key)
             ready = c.get("/readyz")
             assert busy.result().status_code == 200 and queued.result().status_code == 200
             after = c.get("/readyz")
+            retried = c.post("/v1/check", json={"mt": BROKEN}, headers=key)  # 429 is not kept
             metrics = c.get("/metrics").text
         _is_problem(refused, 429)
         assert int(refused.headers["retry-after"]) >= 1
         assert "queue is full" in _is_problem(ready, 503)["detail"]
         assert after.status_code == 200
+        assert retried.status_code == 200 and "idempotent-replayed" not in retried.headers
         assert 'mtqa_rejected_total{reason="queue_full"} 1' in metrics
     finally:
         srv.terminate()

@@ -1,10 +1,10 @@
 """``mtqa serve``: the HTTP service (FastAPI on uvicorn) for publishing pipelines.
 
-Modules: ``options`` (the service's settings; imports no web framework), ``app`` (routes and
-guards), ``batcher`` (the model-owning micro-batcher), ``jobs`` (async jobs in SQLite),
-``schemas`` (request bodies), ``policies`` (named gate policies), ``problems`` (RFC 9457 errors),
-``metrics`` (Prometheus text). Only ``mtqa.cli`` imports this package, and FastAPI and uvicorn
-are imported when the server starts, not before.
+Modules: ``options`` (the service's settings; imports no web framework), ``app`` (routes),
+``guard`` (auth, limits, draining, idempotency), ``batcher`` (the model-owning micro-batcher),
+``jobs`` (async jobs in SQLite), ``schemas`` (request bodies), ``policies`` (named gate
+policies), ``problems`` (RFC 9457 errors), ``metrics`` (Prometheus text). Only ``mtqa.cli``
+imports this package, and FastAPI and uvicorn are imported when the server starts, not before.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
-"""The FastAPI application of ``mtqa serve``: routes, guards (auth, limits, draining, idempotency),
-and the ``Service`` that owns the Checker's worker, the job thread and the stores.
+"""The FastAPI application of ``mtqa serve``: the routes, and the ``Service`` that owns the
+Checker's worker, the job thread and the stores (the guards in front are ``mtqa.serve.guard``).
 
 Every handler is ``async`` and only waits: checks go to the micro-batcher's single worker thread
 (``mtqa.serve.batcher``), never into Starlette's thread pool.
@@ -9,18 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import bisect
-import collections
 import contextlib
 import dataclasses
 import enum
-import hashlib
-import hmac
 import json
 import logging
 import shutil
 import tempfile
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +31,7 @@ from mtqa.gate import decide
 from mtqa.render.json import document_from_dict, document_to_dict, render_error_line, render_jsonl_line
 from mtqa.serve.batcher import (BatcherClosed, CheckerLike, DeadlineExceeded, MicroBatcher,
                                 QueueFull)
+from mtqa.serve.guard import Guard, Idempotency
 from mtqa.serve.jobs import Job, JobRunner, JobStore, document_of, request_sha256
 from mtqa.serve.metrics import Metrics
 from mtqa.serve.options import ServeOptions
@@ -47,10 +44,6 @@ __all__ = ["Offsets", "Service", "create_app"]
 
 logger = logging.getLogger(__name__)
 
-#: paths answered without a token (probes and the API description)
-OPEN_PATHS = frozenset({"/healthz", "/readyz", "/openapi.json", "/docs", "/docs/oauth2-redirect"})
-#: paths that do not count as work in flight (a drain does not wait for them)
-_PROBES = frozenset({"/healthz", "/readyz", "/metrics"})
 _WARMUP = Document(
     id="warm-up",
     mt="The talks in Geneva were successful, officials said on Monday. Both sides will meet again.",
@@ -58,12 +51,6 @@ _WARMUP = Document(
 )
 _JSONL_TYPES = ("application/x-ndjson", "application/jsonl", "application/x-jsonlines",
                 "text/plain")
-
-ASGIApp = Callable[[dict[str, Any], Callable[[], Awaitable[dict[str, Any]]],
-                    Callable[[dict[str, Any]], Awaitable[None]]], Awaitable[None]]
-Receive = Callable[[], Awaitable[dict[str, Any]]]
-Send = Callable[[dict[str, Any]], Awaitable[None]]
-
 
 class Offsets(str, enum.Enum):
     """How span offsets are counted in the answer."""
@@ -105,34 +92,6 @@ def _span_json(value: JSONValue) -> dict[str, JSONValue]:
     return value if isinstance(value, dict) else {}
 
 
-class _Idempotency:
-    """Answers by Idempotency-Key (in memory, the newest ``size``): a retried POST gets the first."""
-
-    def __init__(self, size: int) -> None:
-        self.size = size
-        self._entries: collections.OrderedDict[str, tuple[str, asyncio.Future[tuple[int, list[tuple[bytes, bytes]], bytes]]]] = collections.OrderedDict()
-
-    def lookup(self, key: str, fingerprint: str
-               ) -> asyncio.Future[tuple[int, list[tuple[bytes, bytes]], bytes]] | None | bool:
-        """The first answer's future; None when the key is new; False when it came with another body."""
-        entry = self._entries.get(key)
-        if entry is None:
-            return None
-        return entry[1] if entry[0] == fingerprint else False
-
-    def begin(self, key: str, fingerprint: str
-              ) -> asyncio.Future[tuple[int, list[tuple[bytes, bytes]], bytes]]:
-        fut: asyncio.Future[tuple[int, list[tuple[bytes, bytes]], bytes]] = (
-            asyncio.get_running_loop().create_future())
-        self._entries[key] = (fingerprint, fut)
-        while len(self._entries) > self.size:
-            self._entries.popitem(last=False)
-        return fut
-
-    def forget(self, key: str) -> None:
-        self._entries.pop(key, None)
-
-
 class Service:
     """Everything one server process owns: the Checker's worker, the job thread, the stores.
 
@@ -155,7 +114,7 @@ class Service:
         self.state_dir = options.state_dir
         self.draining = False
         self.inflight = 0
-        self.idempotency = _Idempotency(options.idempotency_entries)
+        self.idempotency = Idempotency(options.idempotency_entries)
         self.config_key = ""
         self.jobs: JobStore | None = None
         self.results: ResultStore | None = None
@@ -331,158 +290,6 @@ def _job_item(where: str, record: object, service: Service) -> Document | str:
         return f"{where}: {exc.detail}"
 
 
-class _Guard:
-    """Pure ASGI middleware: metrics, draining (503), bearer auth (401), body limits (413) and
-    Idempotency-Key replays, before FastAPI sees the request."""
-
-    def __init__(self, app: ASGIApp, service: Service) -> None:
-        self.app = app
-        self.service = service
-
-    async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        t0 = time.perf_counter()
-        status = [500]
-
-        async def send_status(message: dict[str, Any]) -> None:
-            if message["type"] == "http.response.start":
-                status[0] = message["status"]
-            await send(message)
-
-        work = scope["path"] not in _PROBES
-        self.service.inflight += work
-        try:
-            await self._handle(scope, receive, send_status)
-        finally:
-            self.service.inflight -= work
-            route = getattr(scope.get("route"), "path", None) or "unmatched"
-            self.service.metrics.request(scope["method"], route, status[0],
-                                         time.perf_counter() - t0)
-
-    async def _handle(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
-        service, path = self.service, scope["path"]
-        headers = {k.decode("latin-1").lower(): v for k, v in scope["headers"]}
-        if service.draining and path != "/healthz":
-            await _send(problem_response(503, "the server is shutting down; retry on another "
-                                              "instance", slug="shutting-down",
-                                         headers={"Retry-After": "1", "Connection": "close"}),
-                        scope, receive, send)
-            return
-        token = service.options.token
-        if token is not None and path not in OPEN_PATHS:
-            given = headers.get("authorization", b"")
-            scheme, _, value = given.partition(b" ")
-            if scheme.lower() != b"bearer" or not hmac.compare_digest(
-                    value.strip(), token.encode("utf-8")):
-                detail = ("missing bearer token: send 'Authorization: Bearer TOKEN'" if not given
-                          else "the bearer token is not valid")
-                await _send(problem_response(401, detail, slug="unauthorized",
-                                             headers={"WWW-Authenticate": 'Bearer realm="mtqa"'}),
-                            scope, receive, send)
-                return
-        if scope["method"] not in ("POST", "PUT", "PATCH"):
-            await self.app(scope, receive, send)
-            return
-        limit = (service.options.max_job_bytes if path == "/v1/jobs"
-                 else service.options.max_body_bytes)
-        body = await _read_body(headers, receive, limit)
-        if isinstance(body, Response):
-            await _send(body, scope, receive, send)
-            return
-        if body is None:
-            return  # the client went away
-        replay = _replayer(body)
-        key = headers.get("idempotency-key")
-        if key is None or path == "/v1/jobs":  # NOTE: jobs keep their keys in the jobs database
-            await self.app(scope, replay, send)
-            return
-        await self._idempotent(scope, replay, send, key.decode("latin-1"), body)
-
-    async def _idempotent(self, scope: dict[str, Any], receive: Receive, send: Send, key: str,
-                          body: bytes) -> None:
-        cache = self.service.idempotency
-        cache_key = f"{scope['method']} {scope['path']} {key}"
-        fingerprint = hashlib.sha256(scope.get("query_string", b"") + b"\0" + body).hexdigest()
-        first = cache.lookup(cache_key, fingerprint)
-        if first is False:
-            await _send(problem_response(
-                422, "this Idempotency-Key was used with a different request; use a new key",
-                slug="idempotency-key-reused"), scope, receive, send)
-            return
-        if first is not None and first is not True:
-            status, headers, content = await asyncio.shield(first)
-            await send({"type": "http.response.start", "status": status,
-                        "headers": [*headers, (b"idempotent-replayed", b"true")]})
-            await send({"type": "http.response.body", "body": content})
-            return
-        fut = cache.begin(cache_key, fingerprint)
-        start: dict[str, Any] = {}
-        chunks: list[bytes] = []
-
-        async def capture(message: dict[str, Any]) -> None:
-            if message["type"] == "http.response.start":
-                start.update(message)
-            elif message["type"] == "http.response.body":
-                chunks.append(message.get("body", b""))
-            await send(message)
-
-        try:
-            await self.app(scope, receive, capture)
-        finally:
-            status = int(start.get("status", 500))
-            # NOTE: refusals that a retry may get past (429, 5xx) are not remembered
-            if status >= 500 or status == 429 or not start:
-                cache.forget(cache_key)
-                fut.cancel()
-            else:
-                fut.set_result((status, list(start.get("headers", [])), b"".join(chunks)))
-
-
-async def _send(response: Response, scope: dict[str, Any], receive: Receive, send: Send) -> None:
-    await response(scope, receive, send)  # type: ignore[arg-type]
-
-
-async def _read_body(headers: Mapping[str, bytes], receive: Receive, limit: int
-                     ) -> bytes | Response | None:
-    """The whole body, at most ``limit`` bytes (Content-Length first, then as it streams in)."""
-    too_large = problem_response(413, f"the body is over this server's limit of {limit:,} bytes "
-                                      f"(--max-body-bytes / --max-job-bytes)", slug="body-too-large")
-    length = headers.get("content-length")
-    if length is not None:
-        if not length.strip().isdigit():
-            return problem_response(400, "Content-Length is not a number", slug="bad-body")
-        if int(length) > limit:
-            return too_large
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            return None
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            return too_large
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            return b"".join(chunks)
-
-
-def _replayer(body: bytes) -> Receive:
-    sent = [False]
-
-    async def receive() -> dict[str, Any]:
-        if not sent[0]:
-            sent[0] = True
-            return {"type": "http.request", "body": body, "more_body": False}
-        await asyncio.Event().wait()  # NOTE: like a client that keeps the connection open
-        return {"type": "http.disconnect"}
-
-    return receive
-
-
 _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"description": text, "content": {"application/problem+json": {}}}
     for code, text in [(401, "Missing or wrong bearer token."),
@@ -652,7 +459,7 @@ def create_app(service: Service) -> FastAPI:
             raise ProblemError(409, err, slug="job-not-finished")
         return StreamingResponse(_job_lines(service, job), media_type="application/x-ndjson")
 
-    app.add_middleware(_Guard, service=service)
+    app.add_middleware(Guard, service=service)
     return app
 
 
