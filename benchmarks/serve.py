@@ -229,13 +229,13 @@ def main() -> None:
                     for srv in (batched, single):
                         wall, lat = load(srv.url, items, k)
                         rates[srv.name] = len(items) / wall
-                        print(f"{kind:8} {k:7d} {srv.name:>14} {rates[srv.name]:8.1f} "
+                        print(f"{kind:8} {k:7d} {srv.name:>14} {rates[srv.name]:8.3g} "
                               f"{1000 * _pct(lat, .5):8.1f} {1000 * _pct(lat, .95):8.1f} "
                               f"{1000 * _pct(lat, .99):8.1f}")
                     t0 = time.perf_counter()
                     checker.check_many([Document(d["id"], d["mt"]) for d in items])
                     direct = len(items) / (time.perf_counter() - t0)
-                    print(f"{kind:8} {k:7d} {'check_many':>14} {direct:8.1f}   "
+                    print(f"{kind:8} {k:7d} {'check_many':>14} {direct:8.3g}   "
                           f"server/direct {rates['batched'] / direct:.2f}, micro-batcher gain "
                           f"x{rates['batched'] / rates['one-at-a-time']:.2f}")
                     if kind == "short" and k == 1 and not args.no_overhead:
