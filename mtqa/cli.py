@@ -29,6 +29,7 @@ from mtqa.batch import CHUNK_SIZE
 from mtqa.config import (GRAMMAR_BACKENDS, LM_BACKENDS, PRECISIONS, REF_MODES, Settings,
                          load_settings)
 from mtqa.errors import ConfigError, InputError, MtqaError
+from mtqa.serve.options import ServeOptions
 from mtqa.types import BadRecord, Document, DocumentReport, Report
 from mtqa.version import __version__
 
@@ -214,12 +215,16 @@ def _guarded(func: Callable[..., None]) -> Callable[..., None]:
     return wrapper
 
 
-def _checks_documents(*, gate: bool) -> Callable[[Callable[..., None]], Callable[..., None]]:
+def _checks_documents(*, gate: bool, policy: bool | None = None
+                      ) -> Callable[[Callable[..., None]], Callable[..., None]]:
     """Add the shared settings options (and, with ``gate``, --policy/--gate) to a command.
 
-    The command takes ``settings: Settings`` (and ``gate: bool``) instead of the flags.
+    The command takes ``settings: Settings`` (and ``gate: bool``) instead of the flags; with
+    ``policy`` (default: as ``gate``) it has --policy (into ``settings.policy``) without --gate.
     """
-    shared = _SETTINGS_OPTIONS + (_GATE_OPTIONS if gate else ())
+    policy = gate if policy is None else policy
+    gate_options = tuple(p for p in _GATE_OPTIONS if gate or (policy and p.name == "policy"))
+    shared = _SETTINGS_OPTIONS + gate_options
 
     def decorate(func: Callable[..., None]) -> Callable[..., None]:
         sig = inspect.signature(func, eval_str=True)
@@ -491,6 +496,66 @@ def evaluate(
     text = (json.dumps(ev.evaluation_to_dict(result), ensure_ascii=False, sort_keys=True, indent=2)
             + "\n" if fmt is Format.json else ev.render_evaluation(result))
     _emit(text, out)
+
+
+@app.command()
+@_checks_documents(gate=False, policy=True)
+def serve(
+    host: Annotated[str, typer.Option(help="Address to listen on (loopback by default).")] = (
+        ServeOptions.HOST),
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = ServeOptions.PORT,
+    policy_dir: Annotated[Optional[Path], typer.Option(  # noqa: UP007
+        help="Directory of TOML policies a request may name (file stem = name).",
+        exists=True, file_okay=False)] = None,
+    state_dir: Annotated[Optional[Path], typer.Option(  # noqa: UP007
+        help="Where jobs and their results are kept (SQLite); default: a temporary directory, "
+             "so jobs do not survive a restart.", file_okay=False)] = None,
+    token_file: Annotated[Optional[Path], typer.Option(  # noqa: UP007
+        help="File holding the bearer token requests must send (or env MTQA_SERVE_TOKEN).",
+        exists=True, dir_okay=False)] = None,
+    max_batch: Annotated[int, typer.Option(
+        help="Documents per micro-batch.")] = ServeOptions.MAX_BATCH,
+    max_wait_ms: Annotated[float, typer.Option(
+        help="Longest wait for a micro-batch to fill, ms.")] = ServeOptions.MAX_WAIT_MS,
+    max_queue: Annotated[int, typer.Option(
+        help="Documents waiting at most; beyond it, 429.")] = ServeOptions.MAX_QUEUE,
+    timeout: Annotated[float, typer.Option(
+        help="Seconds a request may wait for its answer; beyond it, 504.")] = ServeOptions.TIMEOUT,
+    max_body_bytes: Annotated[int, typer.Option(
+        help="Largest request body (jobs: --max-job-bytes).")] = ServeOptions.MAX_BODY_BYTES,
+    max_job_bytes: Annotated[int, typer.Option(
+        help="Largest job body.")] = ServeOptions.MAX_JOB_BYTES,
+    max_chars: Annotated[int, typer.Option(
+        help="Longest text field (mt, each ref, src), characters.")] = ServeOptions.MAX_CHARS,
+    max_items: Annotated[int, typer.Option(
+        help="Documents per /v1/check:batch request.")] = ServeOptions.MAX_ITEMS,
+    access_log: Annotated[bool, typer.Option(help="Log every request (uvicorn).")] = False,
+    *,
+    settings: Settings,
+) -> None:
+    """Serve checks over HTTP (FastAPI on uvicorn): /v1/check, /v1/gate, /v1/jobs, probes."""
+    import mtqa.serve
+    from mtqa.config import serve_token
+
+    token = serve_token() if token_file is None else _read_token(token_file)
+    options = ServeOptions(
+        host=host, port=port, max_batch=max_batch, max_wait_ms=max_wait_ms,
+        max_queue=max_queue, timeout=timeout, max_body_bytes=max_body_bytes,
+        max_job_bytes=max_job_bytes, max_chars=max_chars, max_items=max_items,
+        state_dir=state_dir, policy_dir=policy_dir, token=token, access_log=access_log)
+    typer.echo(f"mtqa serve: starting on http://{host}:{port} (auth "
+               f"{'on' if token else 'off'})", err=True)
+    mtqa.serve.run(settings, options)
+
+
+def _read_token(path: Path) -> str:
+    from mtqa.config import read_config_text
+
+    token = read_config_text(path, "token file").strip()
+    if not token:
+        err = f"{path}: the token file is empty"
+        raise ConfigError(err)
+    return token
 
 
 def main() -> None:

@@ -12,6 +12,8 @@ This is the only module that reads environment variables:
   bf16 on CUDA and on CPUs with native bfloat16, AVX512-BF16 or AMX-BF16, for the native backend;
   fp32 elsewhere; see ``mtqa.models.resolve_precision``)
 - ``MTQA_CALIBRATION``: a calibration file (default: the one shipped, ``models/calibration.json``)
+- ``MTQA_SERVE_TOKEN``: the bearer token ``mtqa serve`` requires (``serve_token``; not a Setting,
+  so it never reaches a signature, a store or a log)
 
 A ``Settings`` is plain data: ``to_dict()``/``from_dict()`` round-trip through JSON, so a service or
 a Ray worker can rebuild the same checker from it.
@@ -42,6 +44,7 @@ __all__ = [
     "check_device",
     "load_settings",
     "read_config_text",
+    "serve_token",
 ]
 
 #: settings, policy and calibration files larger than this are refused (the shipped calibration
@@ -334,3 +337,9 @@ def load_settings(
         merged.update(section)
     merged.update({k: v for k, v in (overrides or {}).items() if v is not None})
     return Settings.from_dict(merged)
+
+
+def serve_token(environ: Mapping[str, str] | None = None) -> str | None:
+    """The bearer token of ``mtqa serve`` from ``MTQA_SERVE_TOKEN``; None when unset or blank."""
+    value = (os.environ if environ is None else environ).get("MTQA_SERVE_TOKEN", "").strip()
+    return value or None

@@ -55,6 +55,15 @@ def test_layering(path: Path) -> None:
         assert not mtqa_imports & {"mtqa.pipeline", "mtqa.models"}
     if name in ("mtqa.types", "mtqa.errors"):
         assert mtqa_imports <= {"mtqa.types", "mtqa.errors"}
+    # the service sits on top: it uses the pipeline, batch store and renderers; only the CLI
+    # imports it, and the CLI only its framework-free options (FastAPI loads when serving)
+    serve = {m for m in mtqa_imports if m == "mtqa.serve" or m.startswith("mtqa.serve.")}
+    if name.startswith("mtqa.serve"):
+        assert "mtqa.cli" not in mtqa_imports
+    elif name == "mtqa.cli":
+        assert serve <= {"mtqa.serve", "mtqa.serve.options"}
+    else:
+        assert serve == set(), "nothing below the service imports it"
 
 
 #: a Metric's private methods and sacreBLEU's TER internals; only mtqa.ter may touch them, so a
