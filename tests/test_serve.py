@@ -487,10 +487,17 @@ def test_auth_off_by_default(client: httpx.Client) -> None:
     assert client.get("/v1/info").json()["auth"] is False
 
 
+#: a request that keeps the worker busy for seconds: structure checking is linear and fast
+#: (a few CPU seconds per MB), so the text is about 1 MB, and the limits let it in
+_LONG = 160
+_BIG = ("--max-chars", "2000000", "--max-body-bytes", "8000000")
+
+
 def test_full_queue_is_429_with_retry_after_and_not_ready(tmp_path: Path, abc_text: str) -> None:
-    srv = ServerProcess(tmp_path / "q.log", *STRUCTURE, "--max-queue", "1", "--max-batch", "1")
+    srv = ServerProcess(tmp_path / "q.log", *STRUCTURE, "--max-queue", "1", "--max-batch", "1",
+                        *_BIG)
     srv.start()
-    long_text = (abc_text + "\n") * 20  # about two seconds of structure checking
+    long_text = (abc_text + "\n") * _LONG  # seconds of structure checking
     try:
         with concurrent.futures.ThreadPoolExecutor(2) as pool, srv.client() as c:
             busy = pool.submit(c.post, "/v1/check", json={"mt": long_text})  # the worker runs it
@@ -527,9 +534,9 @@ def test_deadline_is_504(tmp_path: Path, abc_text: str) -> None:
 
 
 def test_sigterm_drains_in_flight_finish_new_get_503(tmp_path: Path, abc_text: str) -> None:
-    srv = ServerProcess(tmp_path / "d.log", *STRUCTURE)
+    srv = ServerProcess(tmp_path / "d.log", *STRUCTURE, *_BIG)
     srv.start()
-    long_text = (abc_text + "\n") * 20  # about two seconds of structure checking
+    long_text = (abc_text + "\n") * _LONG  # seconds of structure checking
     result: list[httpx.Response] = []
 
     def slow() -> None:
