@@ -223,11 +223,13 @@ def compare_engines(articles: list[dict[str, object]], words: int, settings: Set
         t0 = time.perf_counter()
         local = run_batch([inputs], root / "local" / "r.jsonl", settings, chunk_size=chunk_size)
         runs["local"] = time.perf_counter() - t0
+        print(f"local engine: {runs['local']:.1f}s", flush=True)
         sampler = _PeakMemory()
         t0 = time.perf_counter()
-        # NOTE: what mtqa.ray_engine starts on its own, done here once for both Ray runs
+        # NOTE: what mtqa.ray_engine does when it starts Ray itself (each run below does)
         ray.init(num_cpus=cores + 1, include_dashboard=False, logging_level="WARNING")
         startup = time.perf_counter() - t0
+        ray.shutdown()
         try:
             for actors in (1, 2):
                 t0 = time.perf_counter()
@@ -237,15 +239,17 @@ def compare_engines(articles: list[dict[str, object]], words: int, settings: Set
                 same = ((root / f"ray{actors}" / "r.jsonl").read_bytes()
                         == (root / "local" / "r.jsonl").read_bytes())
                 print(f"ray with {actors} actor(s): scored {summary.scored}, same JSONL as the "
-                      f"local engine: {same}")
+                      f"local engine: {same}", flush=True)
         finally:
-            ray.shutdown()
             pss, rss = sampler.stop()
     print(f"local engine: scored {local.scored}, errors {len(local.errors)}")
-    print(f"Ray start-up (ray.init, local instance): {startup:.1f}s")
+    print(f"Ray start-up (ray.init of a local instance, measured apart): {startup:.1f}s; each "
+          "Ray run below starts its own, and is shown with and without it")
     for name, wall in runs.items():
+        steady = wall - (0.0 if name == "local" else startup)
         print(f"  {name:16s} {wall:7.1f}s  {60 * n / wall:7.1f} articles/min  "
-              f"{runs['local'] / wall:5.2f} x local")
+              f"{runs['local'] / wall:5.2f} x local;  without the start-up "
+              f"{60 * n / steady:7.1f} articles/min  {runs['local'] / steady:5.2f} x local")
     print(f"peak memory of all Ray processes: PSS {pss / 2**30:.2f} GiB, RSS {rss / 2**30:.2f} GiB "
           "(RSS counts shared libraries once per process)")
 

@@ -272,6 +272,23 @@ def test_a_document_that_kills_its_worker_becomes_an_error_line(
     assert summary.scored == 8 and len(summary.errors) == 1
 
 
+@pytest.mark.slow
+@pytest.mark.model
+def test_ray_engine_with_the_language_model_matches_local(tmp_path: Path, ray_address: str) -> None:
+    paras = _paragraphs()
+    path = tmp_path / "in.jsonl"
+    path.write_text("".join(json.dumps({"id": f"d{i}", "mt": t}) + "\n"
+                            for i, t in enumerate(paras[:6])), encoding="utf-8")
+    settings = Settings(checkers=("structure", "fluency"))
+    local = run_batch([path], tmp_path / "local" / "r.jsonl", settings, chunk_size=3)
+    remote = run_batch([path], tmp_path / "ray" / "r.jsonl", settings, chunk_size=3,
+                       engine="ray", workers=2)
+    assert remote.scored == local.scored == 6
+    lines = (tmp_path / "ray" / "r.jsonl").read_text("utf-8").split("\n")
+    assert all(json.loads(x)["fluency"] is not None for x in lines if x)  # the LM ran in the actors
+    assert (tmp_path / "ray" / "r.jsonl").read_bytes() == (tmp_path / "local" / "r.jsonl").read_bytes()
+
+
 # -- without Ray ------------------------------------------------------------------------------
 
 NO_RAY_IMPORT = textwrap.dedent("""
