@@ -195,6 +195,10 @@ def _connect(ray: ModuleType, address: str | None, workers: int | None) -> tuple
     n = workers if workers is not None else max(1, cores // 2)
     # NOTE: Ray sets OMP_NUM_THREADS to an actor's CPUs, so this is also its torch threads
     per = max(1, cores // n)
+    if ray.is_initialized():
+        # NOTE: on a cluster joined, at most half its CPUs per actor, so the actors retrying a
+        # crashed batch fit beside one Ray has not yet released (a hang, seen on 4 CPUs)
+        per = max(1, min(per, cores // 2))
     if not ray.is_initialized():
         # NOTE: one logical CPU more than the actors take, for Ray Data's own tasks: without it
         # the actors can hold every CPU and starve them (seen on 2 cores)
@@ -244,6 +248,8 @@ class _RayEngine:
                 if size == 1:
                     logger.warning("%d documents came back from no worker; checking them one "
                                    "at a time", len(docs))
+                    if not _wait_for_cpus(self.ray, cpus):
+                        break  # NOTE: never hang on a pool Ray has not released: error lines
                 ds = _dataset(self.ray, docs, self.settings, self.parts, size, actors, cpus)
                 for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
                     yield _rows(batch, self.signature)
@@ -267,6 +273,18 @@ class _RayEngine:
         if self.started:
             self.ray.shutdown()
             self.started = False
+
+
+def _wait_for_cpus(ray: ModuleType, cpus: int, timeout: float = 120.0) -> bool:
+    """Whether the CPUs for one more actor are free within ``timeout`` (an old pool can linger)."""
+    deadline = time.monotonic() + timeout
+    while ray.available_resources().get("CPU", 0) < cpus:
+        if time.monotonic() > deadline:
+            logger.warning("no CPUs freed for a retry actor in %.0fs; the documents left become "
+                           "error lines (the next run tries them again)", timeout)
+            return False
+        time.sleep(0.5)
+    return True
 
 
 def _rows(batch: dict[str, np.ndarray], signature: str) -> Scored:
