@@ -14,6 +14,17 @@ Printed: articles/minute (with and without model loading), seconds per checker f
     python benchmarks/batch.py --checkers structure
     python benchmarks/batch.py                        # every checker available here
     python benchmarks/batch.py -n 40 --profile 25     # and the functions that take the time
+
+``--engine ray`` compares the engines instead, in one process on the same articles, each run
+with a fresh store: the local engine, Ray Data with 1 and with 2 actors (each run starts its
+own local Ray instance, as ``mtqa batch --engine ray`` does; ``ray.init``'s time is measured
+apart), then the local engine again (the machine's load drifts: ratios are to the mean of the
+two local runs). Printed: articles/minute (model loading included, as a batch pays it), with
+and without Ray's start-up, the ratio to the local engine (target for 2 actors on 2 cores: at
+least 0.85), the peak memory of every Ray process (PSS and RSS summed over the driver's
+descendants, sampled every 0.2 s), and whether each engine wrote the same JSONL.
+
+    python benchmarks/batch.py --engine ray --checkers structure,fluency
 """
 
 from __future__ import annotations
@@ -23,8 +34,10 @@ import cProfile
 import io
 import json
 import logging
+import os
 import pstats
 import tempfile
+import threading
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -71,6 +84,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=Settings().batch_size)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--engine", choices=("local", "ray"), default="local",
+                        help="ray: compare the local engine with Ray Data (1 and 2 actors).")
     parser.add_argument("--profile", type=int, default=0, metavar="N",
                         help="Profile the run (cProfile, which slows Python code more than "
                              "model code) and print the N functions with the most own time.")
@@ -81,6 +96,9 @@ def main() -> None:
     words = sum(len(str(a["mt"]).split()) for a in articles)
     settings = Settings(checkers=tuple(args.checkers.split(",")), batch_size=args.batch_size,
                         device=args.device, threads=args.threads)
+    if args.engine == "ray":
+        compare_engines(articles, words, settings, args.chunk_size)
+        return
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         inputs = root / "articles.jsonl"
@@ -137,6 +155,112 @@ def main() -> None:
         text = io.StringIO()
         pstats.Stats(profile, stream=text).sort_stats("tottime").print_stats(args.profile)
         print(text.getvalue())
+
+
+def _descendants(root: int) -> list[int]:
+    children: dict[int, list[int]] = defaultdict(list)
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children[int(fields[1])].append(int(stat.parent.name))
+    out, todo = [], [root]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def _memory(pids: list[int]) -> tuple[int, int]:
+    """(PSS, RSS) in bytes summed over ``pids`` (processes that are gone count 0)."""
+    pss = rss = 0
+    for pid in pids:
+        try:
+            for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
+                    pss += int(line.split()[1]) * 1024
+                elif line.startswith("Rss:"):
+                    rss += int(line.split()[1]) * 1024
+        except OSError:
+            continue
+    return pss, rss
+
+
+class _PeakMemory:
+    """Samples the memory of every process below this one (Ray's) in a thread."""
+
+    def __init__(self) -> None:
+        self.peak = (0, 0)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.2):
+            pss, rss = _memory(_descendants(os.getpid()))
+            self.peak = (max(self.peak[0], pss), max(self.peak[1], rss))
+
+    def stop(self) -> tuple[int, int]:
+        self._stop.set()
+        self._thread.join()
+        return self.peak
+
+
+def compare_engines(articles: list[dict[str, object]], words: int, settings: Settings,
+                    chunk_size: int) -> None:
+    """Local engine, then Ray Data with 1 and 2 actors, on the same articles; one process."""
+    import ray
+
+    n = len(articles)
+    cores = os.cpu_count() or 1
+    print(f"{n} articles, {words:,} words, checkers {','.join(settings.checkers)}, {cores} cores, "
+          f"ray {ray.__version__}")
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        inputs = root / "articles.jsonl"
+        inputs.write_text("".join(json.dumps(a, ensure_ascii=False) + "\n" for a in articles),
+                          encoding="utf-8")
+        runs: dict[str, float] = {}
+        t0 = time.perf_counter()
+        local = run_batch([inputs], root / "local" / "r.jsonl", settings, chunk_size=chunk_size)
+        runs["local"] = time.perf_counter() - t0
+        print(f"local engine: {runs['local']:.1f}s", flush=True)
+        sampler = _PeakMemory()
+        t0 = time.perf_counter()
+        # NOTE: what mtqa.ray_engine does when it starts Ray itself (each run below does)
+        ray.init(num_cpus=cores + 1, include_dashboard=False, logging_level="WARNING")
+        startup = time.perf_counter() - t0
+        ray.shutdown()
+        try:
+            for actors in (1, 2):
+                t0 = time.perf_counter()
+                summary = run_batch([inputs], root / f"ray{actors}" / "r.jsonl", settings,
+                                    chunk_size=chunk_size, engine="ray", workers=actors)
+                runs[f"ray, {actors} actor{'s' if actors > 1 else ''}"] = time.perf_counter() - t0
+                same = ((root / f"ray{actors}" / "r.jsonl").read_bytes()
+                        == (root / "local" / "r.jsonl").read_bytes())
+                print(f"ray with {actors} actor(s): scored {summary.scored}, same JSONL as the "
+                      f"local engine: {same}", flush=True)
+        finally:
+            pss, rss = sampler.stop()
+        # NOTE: the local engine once more, last: on a shared machine the load drifts, and the
+        # ratios are taken against the mean of the runs before and after the Ray runs
+        t0 = time.perf_counter()
+        run_batch([inputs], root / "local2" / "r.jsonl", settings, chunk_size=chunk_size)
+        runs["local, again"] = time.perf_counter() - t0
+    base = (runs["local"] + runs["local, again"]) / 2
+    print(f"local engine: scored {local.scored}, errors {len(local.errors)}")
+    print(f"Ray start-up (ray.init of a local instance, measured apart): {startup:.1f}s; each "
+          "Ray run below starts its own, and is shown with and without it")
+    for name, wall in runs.items():
+        steady = wall - (0.0 if name.startswith("local") else startup)
+        print(f"  {name:16s} {wall:7.1f}s  {60 * n / wall:7.1f} articles/min  "
+              f"{base / wall:5.2f} x local;  without the start-up "
+              f"{60 * n / steady:7.1f} articles/min  {base / steady:5.2f} x local")
+    print(f"peak memory of all Ray processes: PSS {pss / 2**30:.2f} GiB, RSS {rss / 2**30:.2f} GiB "
+          "(RSS counts shared libraries once per process)")
 
 
 if __name__ == "__main__":

@@ -398,6 +398,31 @@ def _score(checker: Checker, docs: list[Document]) -> list[DocumentReport | str]
     return [r for d in docs for r in _score(checker, [d])]
 
 
+def _report_json(report: DocumentReport) -> str:
+    """A report as the store keeps it (both engines write this)."""
+    return to_json(document_to_dict(report))
+
+
+#: (input position, stored report JSON or None, error message or None, seconds) per document
+Scored = list[tuple[int, str | None, str | None, float]]
+#: an engine checks the pending ``(position, document)`` pairs and yields each chunk it has
+#: checked, in any order (``_run`` commits each and writes the outputs in input order)
+Engine = Callable[[list[tuple[int, Document]]], Iterator[Scored]]
+
+
+def _local_engine(checker: Checker, chunk_size: int) -> Engine:
+    """Chunks of ``chunk_size`` checked in this process, in order."""
+    def score(pending: list[tuple[int, Document]]) -> Iterator[Scored]:
+        for start in range(0, len(pending), chunk_size):
+            chunk = pending[start : start + chunk_size]
+            c0 = time.perf_counter()
+            results = _score(checker, [doc for _, doc in chunk])
+            seconds = (time.perf_counter() - c0) / len(chunk)
+            yield [(i, None, r, seconds) if isinstance(r, str) else (i, _report_json(r), None, seconds)
+                   for (i, _), r in zip(chunk, results)]
+    return score
+
+
 def _counts(d: DocumentReport) -> tuple[int, int, int]:
     n = [0, 0, 0]
     for s in d.spans:
@@ -623,6 +648,9 @@ def run_batch(
     chunk_size: int = CHUNK_SIZE,
     checker: Checker | None = None,
     on_progress: ProgressCallback | None = None,
+    engine: str = "local",
+    address: str | None = None,
+    workers: int | None = None,
 ) -> BatchSummary:
     """Check every input and write JSONL (plus CSV and HTML when asked) to ``out``.
 
@@ -631,6 +659,8 @@ def run_batch(
         store: the SQLite result store (default: ``default_store(out)``).
         checker: a ready Checker to use and leave open (default: one built here and closed).
         on_progress: called with ``(documents done, total)`` after each chunk.
+        engine: ``local`` (this process) or ``ray`` (Ray Data actors: ``mtqa.ray_engine``,
+            ``address`` of the cluster, ``workers`` actors); the same outputs and store.
 
     Raises:
         MtqaError: a setting, policy, reference map or the store is unusable, an output would
@@ -640,6 +670,16 @@ def run_batch(
     if chunk_size < 1:
         err = f"chunk size must be at least 1, not {chunk_size}"
         raise ConfigError(err)
+    if engine not in ("local", "ray"):
+        err = f"engine must be 'local' or 'ray', not {engine!r}"
+        raise ConfigError(err)
+    if engine == "local" and (address is not None or workers is not None):
+        err = "--address and --workers apply to --engine ray only"
+        raise ConfigError(err)
+    if engine == "ray":
+        from mtqa.ray_engine import require_ray
+
+        require_ray()  # before anything is read or written: one clear error naming the install
     t0 = time.perf_counter()
     _check_out(out)
     store = store or default_store(out)
@@ -653,8 +693,15 @@ def run_batch(
             items = list(iter_inputs(inputs, ref_map=refs, max_bytes=settings.max_bytes))
             keys = [content_key(i) if isinstance(i, Document) else "" for i in items]
             with ResultStore(store) as db:
-                summary = _run(items, keys, db, checker, out, csv_out, html_dir, chunk_size,
-                               on_progress, t0)
+                if engine == "ray":
+                    from mtqa.ray_engine import run_on_ray  # NOTE: the only place ray is imported
+
+                    summary = run_on_ray(items, keys, db, checker, out, csv_out, html_dir,
+                                         chunk_size, on_progress, t0, address=address,
+                                         workers=workers)
+                else:
+                    summary = _run(items, keys, db, checker, out, csv_out, html_dir, chunk_size,
+                                   on_progress, t0)
         finally:
             if own:
                 checker.close()
@@ -679,7 +726,8 @@ def _readable(stored: dict[str, str], items: Sequence[Document | BadRecord], key
 
 def _run(items: list[Document | BadRecord], keys: list[str], db: ResultStore, checker: Checker,
          out: Path, csv_out: Path | None, html_dir: Path | None, chunk_size: int,
-         on_progress: ProgressCallback | None, t0: float) -> BatchSummary:
+         on_progress: ProgressCallback | None, t0: float,
+         engine: Engine | None = None) -> BatchSummary:
     config = db.config(config_signature(checker.settings, checker.calibration.fingerprint()))
     stored = db.get(config, [k for k in keys if k])
     _readable(stored, items, keys, db.path)
@@ -716,18 +764,14 @@ def _run(items: list[Document | BadRecord], keys: list[str], db: ResultStore, ch
         emit_ready()
         if on_progress is not None:
             on_progress(finished, len(items))
-        for start in range(0, len(pending), chunk_size):
-            chunk = pending[start : start + chunk_size]
-            c0 = time.perf_counter()
-            results = _score(checker, [doc for _, doc in chunk])
-            seconds = (time.perf_counter() - c0) / len(chunk)
+        docs = dict(pending)
+        for chunk in (engine or _local_engine(checker, chunk_size))(pending):
             rows = []
-            for (i, doc), result in zip(chunk, results):
-                if isinstance(result, str):
-                    failed[keys[i]] = result
+            for i, data, error, seconds in chunk:
+                if data is None:
+                    failed[keys[i]] = error or f"{docs[i].origin or docs[i].id}: checking failed"
                 else:
-                    data = to_json(document_to_dict(result))
-                    rows.append((keys[i], doc.id, data, seconds))
+                    rows.append((keys[i], docs[i].id, data, seconds))
                 finished += len(positions[keys[i]])
             db.put(config, rows)  # committed: a kill after this line loses none of this chunk
             stored.update({c: r for c, _, r, _ in rows})

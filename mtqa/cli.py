@@ -68,6 +68,13 @@ class Split(str, enum.Enum):
     held_out = "held-out"
 
 
+class Engine(str, enum.Enum):
+    """Where ``batch`` checks documents."""
+
+    local = "local"
+    ray = "ray"
+
+
 class Format(str, enum.Enum):
     """Output formats of ``check``."""
 
@@ -373,6 +380,12 @@ def batch(
     chunk_size: Annotated[int, typer.Option(
         help="Documents checked and committed together.")] = CHUNK_SIZE,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar, no table.")] = False,
+    engine: Annotated[Engine, typer.Option(
+        help="local: this process; ray: Ray Data actors (pip install 'mtqa[ray]').")] = Engine.local,
+    address: Annotated[Optional[str], typer.Option(  # noqa: UP007
+        help="Ray cluster address (ray start --head prints it; default: start Ray here).")] = None,
+    workers: Annotated[Optional[int], typer.Option(  # noqa: UP007
+        help="Ray actors, each with one Checker (default: one per 2 CPUs).", min=1)] = None,
     *,
     settings: Settings,
     gate: bool,
@@ -385,7 +398,8 @@ def batch(
         with _progress(not quiet and sys.stderr.isatty()) as on_progress:
             summary = run_batch(inputs, out, settings, store=store, csv_out=csv_out,
                                 html_dir=html_dir, ref_map=ref_map, chunk_size=chunk_size,
-                                on_progress=on_progress)
+                                on_progress=on_progress, engine=engine.value, address=address,
+                                workers=workers)
     except KeyboardInterrupt:
         typer.echo("interrupted: every finished chunk is kept in the store; run the same command "
                    "again to continue", err=True)

@@ -11,8 +11,9 @@ pip install -q --upgrade pip
 # 1. the CPU build of torch first: resolved later through a bare 'torch' requirement, pip
 #    would pull a multi-GB CUDA build.
 python -c "import torch" 2>/dev/null || pip install -q torch==2.13.0
-# 2. mtqa with its dependencies and the test tools
-pip install -q -e '.[dev]'
+# 2. mtqa with its dependencies, the test tools and the Ray engine (`batch --engine ray`; Ray
+#    Data needs no torch of its own, so the CPU build above stays)
+pip install -q -e '.[dev,ray]'
 # 3. Chromium for the HTML report's browser tests (Debian's package; Playwright drives it and
 #    never downloads a browser of its own). Without root or apt they skip and say why.
 if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then

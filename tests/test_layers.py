@@ -11,7 +11,7 @@ import pytest
 import mtqa
 
 PKG = Path(mtqa.__file__).resolve().parent
-HEAVY = ("torch", "transformers", "language_tool_python", "sentence_transformers")
+HEAVY = ("torch", "transformers", "language_tool_python", "sentence_transformers", "ray")
 #: modules that are torch code through and through; only imported from inside functions
 TORCH_MODULES = ("mtqa.llama",)
 
