@@ -12,11 +12,12 @@ standardised inputs ``x``, fitted with an L2 penalty on a document split of WMT2
 (``scripts/calibrate.py``). Its prediction is the *expected MQM penalty* of the unit (minor 1,
 major 5, minor punctuation 0.1, non-translation 25, as in the data), and the 0-100 score is
 
-    score = 100 * exp(-expected_penalty / SCORE_SCALE)        (SCORE_SCALE = 10)
+    score = 100 * exp(-ln 2 * (expected_penalty / SCORE_HALF) ** SCORE_SHAPE)
 
-so 90 means about 1 penalty point per sentence (one minor error), 70 about 3.6 (a major error
-in most sentences), 50 about 6.9 (more than one major error per sentence). A document's score is
-the same mapping of the mean expected penalty of its body sentences.
+monotone, 50 at SCORE_HALF points per sentence, chosen so that text people rate natural
+scores about 90 (README, "Scores", and ``benchmarks/roundtrip.py --gate``: the constants are
+set from the expected penalties of the BNC originals and the seeds, not fitted to MQM). A
+document's score is the same mapping of the mean expected penalty of its body sentences.
 
 The fitted parameters live in ``models/calibration.json`` (shipped in the package as
 ``mtqa/data/calibration.json``), with the data hash, the code version and the held-out figures.
@@ -44,13 +45,16 @@ if TYPE_CHECKING:
     from numpy.typing import NDArray
 
 __all__ = [
-    "SCORE_SCALE", "WORD_INPUTS", "Calibration", "UnitModel", "WordModel", "load_calibration",
+    "SCORE_HALF", "SCORE_SHAPE", "WORD_INPUTS", "Calibration", "UnitModel", "WordModel", "load_calibration",
     "penalty_to_score", "unit_features", "variant_for", "word_evidence_ready", "word_inputs",
 ]
 
 SCHEMA = "mtqa.calibration/1"
-#: penalty points at which the score falls to 100/e (about 37)
-SCORE_SCALE = 10.0
+#: the headline map from expected MQM penalty per sentence to 0-100 (``penalty_to_score``):
+#: 50 at SCORE_HALF points, flat near 0 and steepest around SCORE_HALF (SCORE_SHAPE > 1), so
+#: that text people rate natural lands near 90 and garbled text low (README, "Scores")
+SCORE_HALF = 5.1
+SCORE_SHAPE = 3.0
 #: structure categories MQM counts as non-translation or garbage
 _BLOCKING = frozenset({"untranslated", "mojibake"})
 #: categories that are evidence, not errors of their own: a diff against the reference
@@ -58,13 +62,15 @@ EVIDENCE = frozenset({"reference-mismatch"})
 
 
 def penalty_to_score(penalty: float) -> float:
-    """0-100 from an expected MQM penalty per sentence."""
-    return 100.0 * math.exp(-max(penalty, 0.0) / SCORE_SCALE)
+    """0-100 from an expected MQM penalty per sentence: 100 exp(-ln 2 (p / half) ** shape)."""
+    x = max(penalty, 0.0) / SCORE_HALF
+    return 100.0 * math.exp(-math.log(2.0) * x ** SCORE_SHAPE)
 
 
 def score_to_penalty(score: float) -> float:
     """The inverse of ``penalty_to_score`` (score in (0, 100])."""
-    return -SCORE_SCALE * math.log(max(score, 1e-9) / 100.0)
+    x = -math.log(min(max(score, 1e-9), 100.0) / 100.0) / math.log(2.0)
+    return float(SCORE_HALF * x ** (1.0 / SCORE_SHAPE))
 
 
 # --- raw features ------------------------------------------------------------------------------
@@ -602,7 +608,7 @@ class Calibration:
         return f"{self.version}:{hashlib.sha256(data.encode('utf-8')).hexdigest()[:12]}"
 
     def to_dict(self) -> dict[str, object]:
-        return {"schema": SCHEMA, "version": self.version, "score_scale": SCORE_SCALE,
+        return {"schema": SCHEMA, "version": self.version, "score_map": {"half": SCORE_HALF, "shape": SCORE_SHAPE},
                 "provenance": dict(self.provenance),
                 "spans": {k: m.to_dict() for k, m in sorted(self.spans.items())},
                 "words": {k: m.to_dict() for k, m in sorted(self.words.items())},
