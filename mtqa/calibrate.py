@@ -608,7 +608,8 @@ class Calibration:
         return f"{self.version}:{hashlib.sha256(data.encode('utf-8')).hexdigest()[:12]}"
 
     def to_dict(self) -> dict[str, object]:
-        return {"schema": SCHEMA, "version": self.version, "score_map": {"half": SCORE_HALF, "shape": SCORE_SHAPE},
+        return {"schema": SCHEMA, "version": self.version,
+                "score_map": {"half": SCORE_HALF, "shape": SCORE_SHAPE},
                 "provenance": dict(self.provenance),
                 "spans": {k: m.to_dict() for k, m in sorted(self.spans.items())},
                 "words": {k: m.to_dict() for k, m in sorted(self.words.items())},
