@@ -14,6 +14,7 @@ major 5, minor punctuation 0.1, non-translation 25, as in the data), and the 0-1
 
     score = 100 * exp(-ln 2 * (expected_penalty / SCORE_HALF) ** SCORE_SHAPE)
 
+up to SCORE_HALF and an exponential tail with the same slope above it (``penalty_to_score``):
 monotone, 50 at SCORE_HALF points per sentence, chosen so that text people rate natural
 scores about 90 (README, "Scores", and ``benchmarks/roundtrip.py --gate``: the constants are
 set from the expected penalties of the BNC originals and the seeds, not fitted to MQM). A
@@ -62,15 +63,30 @@ EVIDENCE = frozenset({"reference-mismatch"})
 
 
 def penalty_to_score(penalty: float) -> float:
-    """0-100 from an expected MQM penalty per sentence: 100 exp(-ln 2 (p / half) ** shape)."""
-    x = max(penalty, 0.0) / SCORE_HALF
-    return 100.0 * math.exp(-math.log(2.0) * x ** SCORE_SHAPE)
+    """0-100 from an expected MQM penalty per sentence.
+
+    ``100 exp(-ln 2 (p / SCORE_HALF) ** SCORE_SHAPE)`` up to SCORE_HALF (50 there), then an
+    exponential tail with the same slope, ``50 exp(-(p - SCORE_HALF) / tail)``, so that very bad
+    text keeps distinct scores (the curve alone would round to 0 above ~10 points).
+    """
+    p = max(penalty, 0.0)
+    if p <= SCORE_HALF:
+        return 100.0 * math.exp(-math.log(2.0) * (p / SCORE_HALF) ** SCORE_SHAPE)
+    return 50.0 * math.exp(-(p - SCORE_HALF) / _score_tail())
+
+
+def _score_tail() -> float:
+    """The tail's scale: the curve's slope at SCORE_HALF, 50 ln 2 SHAPE / HALF, continued."""
+    return SCORE_HALF / (math.log(2.0) * SCORE_SHAPE)
 
 
 def score_to_penalty(score: float) -> float:
     """The inverse of ``penalty_to_score`` (score in (0, 100])."""
-    x = -math.log(min(max(score, 1e-9), 100.0) / 100.0) / math.log(2.0)
-    return float(SCORE_HALF * x ** (1.0 / SCORE_SHAPE))
+    s = min(max(score, 1e-300), 100.0)
+    if s >= 50.0:
+        x = -math.log(s / 100.0) / math.log(2.0)
+        return float(SCORE_HALF * x ** (1.0 / SCORE_SHAPE))
+    return SCORE_HALF - _score_tail() * math.log(s / 50.0)
 
 
 # --- raw features ------------------------------------------------------------------------------
