@@ -12,11 +12,13 @@ standardised inputs ``x``, fitted with an L2 penalty on a document split of WMT2
 (``scripts/calibrate.py``). Its prediction is the *expected MQM penalty* of the unit (minor 1,
 major 5, minor punctuation 0.1, non-translation 25, as in the data), and the 0-100 score is
 
-    score = 100 * exp(-expected_penalty / SCORE_SCALE)        (SCORE_SCALE = 10)
+    score = 100 * exp(-ln 2 * (expected_penalty / SCORE_HALF) ** SCORE_SHAPE)
 
-so 90 means about 1 penalty point per sentence (one minor error), 70 about 3.6 (a major error
-in most sentences), 50 about 6.9 (more than one major error per sentence). A document's score is
-the same mapping of the mean expected penalty of its body sentences.
+up to SCORE_HALF and an exponential tail with the same slope above it (``penalty_to_score``):
+monotone, 50 at SCORE_HALF points per sentence, chosen so that text people rate natural
+scores about 90 (README, "Scores", and ``benchmarks/roundtrip.py --gate``: the constants are
+set from the expected penalties of the BNC originals and the seeds, not fitted to MQM). A
+document's score is the same mapping of the mean expected penalty of its body sentences.
 
 The fitted parameters live in ``models/calibration.json`` (shipped in the package as
 ``mtqa/data/calibration.json``), with the data hash, the code version and the held-out figures.
@@ -57,13 +59,16 @@ if TYPE_CHECKING:
     from numpy.typing import NDArray
 
 __all__ = [
-    "SCORE_SCALE", "WORD_INPUTS", "Calibration", "UnitModel", "WordModel", "load_calibration",
+    "SCORE_HALF", "SCORE_SHAPE", "WORD_INPUTS", "Calibration", "UnitModel", "WordModel", "load_calibration",
     "penalty_to_score", "unit_features", "variant_for", "word_evidence_ready", "word_inputs",
 ]
 
 SCHEMA = "mtqa.calibration/1"
-#: penalty points at which the score falls to 100/e (about 37)
-SCORE_SCALE = 10.0
+#: the headline map from expected MQM penalty per sentence to 0-100 (``penalty_to_score``):
+#: 50 at SCORE_HALF points, flat near 0 and steepest around SCORE_HALF (SCORE_SHAPE > 1), so
+#: that text people rate natural lands near 90 and garbled text low (README, "Scores")
+SCORE_HALF = 5.1
+SCORE_SHAPE = 3.5
 #: structure categories MQM counts as non-translation or garbage
 _BLOCKING = frozenset({"untranslated", "mojibake"})
 #: categories that are evidence, not errors of their own: a diff against the reference
@@ -71,13 +76,30 @@ EVIDENCE = frozenset({"reference-mismatch"})
 
 
 def penalty_to_score(penalty: float) -> float:
-    """0-100 from an expected MQM penalty per sentence."""
-    return 100.0 * math.exp(-max(penalty, 0.0) / SCORE_SCALE)
+    """0-100 from an expected MQM penalty per sentence.
+
+    ``100 exp(-ln 2 (p / SCORE_HALF) ** SCORE_SHAPE)`` up to SCORE_HALF (50 there), then an
+    exponential tail with the same slope, ``50 exp(-(p - SCORE_HALF) / tail)``, so that very bad
+    text keeps distinct scores (the curve alone would round to 0 above ~10 points).
+    """
+    p = max(penalty, 0.0)
+    if p <= SCORE_HALF:
+        return 100.0 * math.exp(-math.log(2.0) * (p / SCORE_HALF) ** SCORE_SHAPE)
+    return 50.0 * math.exp(-(p - SCORE_HALF) / _score_tail())
+
+
+def _score_tail() -> float:
+    """The tail's scale: the curve's slope at SCORE_HALF, 50 ln 2 SHAPE / HALF, continued."""
+    return SCORE_HALF / (math.log(2.0) * SCORE_SHAPE)
 
 
 def score_to_penalty(score: float) -> float:
     """The inverse of ``penalty_to_score`` (score in (0, 100])."""
-    return -SCORE_SCALE * math.log(max(score, 1e-9) / 100.0)
+    s = min(max(score, 1e-300), 100.0)
+    if s >= 50.0:
+        x = -math.log(s / 100.0) / math.log(2.0)
+        return float(SCORE_HALF * x ** (1.0 / SCORE_SHAPE))
+    return SCORE_HALF - _score_tail() * math.log(s / 50.0)
 
 
 # --- raw features ------------------------------------------------------------------------------
@@ -614,7 +636,8 @@ class Calibration:
         return f"{self.version}:{hashlib.sha256(data.encode('utf-8')).hexdigest()[:12]}"
 
     def to_dict(self) -> dict[str, object]:
-        return {"schema": SCHEMA, "version": self.version, "score_scale": SCORE_SCALE,
+        return {"schema": SCHEMA, "version": self.version,
+                "score_map": {"half": SCORE_HALF, "shape": SCORE_SHAPE},
                 "provenance": dict(self.provenance),
                 "spans": {k: m.to_dict() for k, m in sorted(self.spans.items())},
                 "words": {k: m.to_dict() for k, m in sorted(self.words.items())},

