@@ -22,6 +22,7 @@ from mtqa import __version__
 from mtqa.batch import CHUNK_SIZE
 from mtqa.config import Settings, load_settings
 from mtqa.errors import ConfigError, InputError, MtqaError
+from mtqa.render import MIN_CONFIDENCE
 from mtqa.types import BadRecord, Document, DocumentReport, Report
 
 __all__ = ["app", "main"]
@@ -127,7 +128,7 @@ def _emit(text: str, out: Path | None) -> None:
         typer.echo(f"wrote {out}", err=True)
 
 
-def _render(report: Report, fmt: Format, out: Path | None) -> str:
+def _render(report: Report, fmt: Format, out: Path | None, min_confidence: float = 0.0) -> str:
     if fmt is Format.json:
         from mtqa.render.json import render_json
 
@@ -135,10 +136,11 @@ def _render(report: Report, fmt: Format, out: Path | None) -> str:
     if fmt is Format.html:
         from mtqa.render.html import render_html
 
-        return render_html(report)
+        return render_html(report, min_confidence=min_confidence)
     from mtqa.render.terminal import render_terminal
 
-    return render_terminal(report, color=out is None and sys.stdout.isatty())
+    return render_terminal(report, color=out is None and sys.stdout.isatty(),
+                           min_confidence=min_confidence)
 
 
 def _exit_code(errors: int, failed: int, gate: bool) -> int:
@@ -170,6 +172,10 @@ def check(
     gate: GateOpt = True,
     calibration: CalibrationOpt = None,
     config: ConfigOpt = None,
+    min_confidence: Annotated[float, typer.Option(
+        "--min-confidence", min=0.0, max=1.0,
+        help="Hide spans under this confidence in text and HTML output (JSON keeps all).")
+    ] = MIN_CONFIDENCE,
 ) -> None:
     """Check MT (optionally against --ref) and print a report with the bad spans highlighted."""
     try:
@@ -183,7 +189,7 @@ def check(
 
         with Checker(settings) as checker:
             report = checker.check_many(docs)
-        _emit(_render(report, fmt, out), out)
+        _emit(_render(report, fmt, out, min_confidence), out)
     except MtqaError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(EXIT_INPUT_ERROR) from exc
