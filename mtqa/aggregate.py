@@ -205,7 +205,8 @@ def word_findings(mt: str, results: Sequence[CheckResult], model: WordModel,
     a reference the spans are the fluency checker's (``garbled`` major, ``unnatural-phrasing``
     minor); with one they are the reference checker's ``mistranslation``. A word inside one of
     the ``excused`` ranges (``consistent_tokens``) is never flagged. Each message names the
-    span's most likely wrong word and what the model read in it, nothing about the sentence.
+    span's most likely wrong word and what the model read in it, nothing about the sentence; a
+    span whose word nothing but its sentence's inputs raise is not reported.
     """
     fluency = next((r.words for r in results if r.checker == "fluency"), None)
     reference = next((r.words for r in results if r.checker == "reference"), None)
@@ -222,6 +223,9 @@ def word_findings(mt: str, results: Sequence[CheckResult], model: WordModel,
         inside = [j for j, (a, b) in enumerate(words) if s <= a and b <= e]
         best = max(inside, key=lambda j: prob[j])
         why = _word_reasons(model, x[best], share[best], mt[words[best][0]:words[best][1]])
+        if not why:
+            # NOTE: only the sentence's inputs raise this word: that is the sentence's evidence
+            continue
         severity = Severity.MAJOR if major else Severity.MINOR
         if model.side == "ref":
             out.append(Finding(start=s, end=e, category="mistranslation", severity=severity,
@@ -258,8 +262,8 @@ _REASONS = {
 
 
 def _word_reasons(model: WordModel, x: Sequence[float], share: Sequence[float], word: str) -> str:
-    """The two word-level inputs that raise a word's error probability most, in words; the
-    word's LM surprisal when none does. "Rare" is said only of a word under ``RARE_ZIPF``."""
+    """The two word-level inputs that raise a word's error probability most, in words ("" when
+    none does: the word is flagged for its sentence). "Rare" is said only under ``RARE_ZIPF``."""
     value = dict(zip(model.inputs, x))
     zipf, rel = value.get("zipf", 0.0), 10.0 * value.get("lm_rel", 0.0)
     values = {"w": word, "lm": 10.0 * value.get("lm", 0.0), "rel": rel,
@@ -272,8 +276,6 @@ def _word_reasons(model: WordModel, x: Sequence[float], share: Sequence[float], 
     ranked = sorted((c, n) for n, c in zip(model.inputs, share)
                     if n in _REASONS and c > 0 and true(n))
     said = list(dict.fromkeys(_REASONS[n].format(**values) for _c, n in reversed(ranked)))
-    if not said:
-        said = [f"the language model gives '{word}' {values['lm']:.0f} nats of surprisal"]
     return "; ".join(said[:2])
 
 

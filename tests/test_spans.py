@@ -76,7 +76,15 @@ def test_no_sentence_clause_in_word_messages() -> None:
     # a high expected penalty used to be said on every word of the sentence
     said = _reason("touted", lm=0.8, log_expected=3.0, log_expected_sq=9.0)
     assert "its sentence" not in said and "expected MQM penalty" not in said
-    assert "'touted'" in said
+    assert "the language model finds 'touted' surprising (8 nats)" in said
+
+
+def test_a_word_only_its_sentence_raises_has_no_reason() -> None:
+    # 'watch' (4 nats) in a sentence expected to hold errors: nothing about the word itself
+    model = load_calibration().words["free"]
+    lm = model.center[model.inputs.index("lm")]
+    assert _reason("watch", lm=lm - 0.1, lm_rel=0.0, log_expected=3.0,
+                   log_expected_sq=9.0) == ""
 
 
 def _structure_report(mt: str) -> Report:
