@@ -309,6 +309,10 @@ def consistent_tokens(sd: SegmentedDocument, refs: Sequence[str] = ()) -> list[t
     def name(m: re.Match[str]) -> bool:
         return m.group()[:1].isupper() and not initial(m)
 
+    def joined(u: re.Match[str], v: re.Match[str]) -> bool:
+        return mt[u.end():v.start()] in (" ", "-") and u.group()[:1].isupper() \
+            and v.group()[:1].isupper()
+
     mid_names = Counter(m.group() for m in toks if name(m))
     numbers = Counter(m.group() for m in toks if any(c.isdigit() for c in m.group()))
     out: list[tuple[int, int]] = []
@@ -326,12 +330,10 @@ def consistent_tokens(sd: SegmentedDocument, refs: Sequence[str] = ()) -> list[t
                               for i in range(max(k - 2, 0), k + 1)):
             ok = True
         if cap and not digit and not ok:
-            nxt = toks[k + 1] if k + 1 < len(toks) else None
-            prv = toks[k - 1] if k > 0 else None
-            def joined(u: re.Match[str] | None, lo: int, hi: int) -> bool:
-                return u is not None and mt[lo:hi] in (" ", "-") and u.group()[:1].isupper()
-            ok = (joined(nxt, b, nxt.start() if nxt else b) and not initial(m)) or (
-                prv is not None and joined(prv, prv.end(), a) and not initial(prv)) or bool(
+            # a run of capitalised words (its first word away from a sentence's start), or a
+            # designation: a capitalised word hyphened to a number
+            ok = (k + 1 < len(toks) and joined(m, toks[k + 1]) and not initial(m)) or (
+                k > 0 and joined(toks[k - 1], m) and not initial(toks[k - 1])) or bool(
                 re.match(r"-\d", mt[b:b + 2]))
         if ok:
             out.append((a, b))
