@@ -24,6 +24,8 @@ from __future__ import annotations
 import bisect
 import dataclasses
 import math
+import re
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from types import MappingProxyType
 
@@ -57,7 +59,7 @@ from mtqa.version import __version__
 
 __all__ = [
     "MQM_WEIGHTS", "PENALTY_SCALE", "aggregate", "calibrate_findings", "count_words",
-    "merge_findings", "penalty_score", "scoring_units", "word_findings",
+    "consistent_tokens", "merge_findings", "penalty_score", "scoring_units", "word_findings",
 ]
 
 MQM_WEIGHTS = {Severity.MINOR: 1.0, Severity.MAJOR: 5.0, Severity.CRITICAL: 25.0}
@@ -209,13 +211,17 @@ def calibrate_findings(findings: Sequence[Finding], model: SpanModel,
 
 
 def word_findings(mt: str, results: Sequence[CheckResult], model: WordModel,
-                  units: Sequence[tuple[int, int, float]]) -> list[Finding] | None:
+                  units: Sequence[tuple[int, int, float]],
+                  excused: Sequence[tuple[int, int]] = ()) -> list[Finding] | None:
     """The word model's spans as findings, or None when the evidence it reads is missing (the
     fluency checker's word surprisals; with ``side == "ref"``, the reference's LM reading).
 
     ``units`` holds ``(start, end, expected penalty)`` of each calibrated scoring unit. Without
     a reference the spans are the fluency checker's (``garbled`` major, ``unnatural-phrasing``
-    minor); with one they are the reference checker's ``mistranslation``.
+    minor); with one they are the reference checker's ``mistranslation``. A word inside one of
+    the ``excused`` ranges (``consistent_tokens``) is never flagged. Each message names the
+    span's most likely wrong word and what the model read in it, nothing about the sentence; a
+    span whose word nothing but its sentence's inputs raise is not reported.
     """
     fluency = next((r.words for r in results if r.checker == FluencyChecker.name), None)
     reference = next((r.words for r in results if r.checker == ReferenceChecker.name), None)
@@ -223,12 +229,18 @@ def word_findings(mt: str, results: Sequence[CheckResult], model: WordModel,
         return None
     words, x = word_inputs(mt, units, fluency, reference, model.side)
     prob = model.probabilities(x)
+    for j, (a, b) in enumerate(words):
+        if any(s <= a and b <= e for s, e in excused):
+            prob[j] = 0.0
     share = model.contributions(x)
     out = []
     for s, e, major, p in model.spans(mt, words, prob):
         inside = [j for j, (a, b) in enumerate(words) if s <= a and b <= e]
         best = max(inside, key=lambda j: prob[j])
         why = _word_reasons(model, x[best], share[best], mt[words[best][0]:words[best][1]])
+        if not why:
+            # NOTE: only the sentence's inputs raise this word: that is the sentence's evidence
+            continue
         severity = Severity.MAJOR if major else Severity.MINOR
         if model.side == "ref":
             out.append(Finding(start=s, end=e, category="mistranslation", severity=severity,
@@ -243,35 +255,104 @@ def word_findings(mt: str, results: Sequence[CheckResult], model: WordModel,
     return out
 
 
-#: what a word model input says when it raises a word's error probability most
+#: wordfreq Zipf frequency under which a word is called rare (about 1 use per million words;
+#: 'sanctions' is 3.95, 'rostrum' 2.56)
+RARE_ZIPF = 3.0
+
+#: what a word model input says when it raises a word's error probability most; the inputs
+#: that describe the sentence (its expected penalty, its chrF) are the sentence's, not the word's
 _REASONS = {
     "lm": "the language model finds '{w}' surprising ({lm:.0f} nats)",
-    "lm_rel": "'{w}' is more surprising than the rest of its sentence ({lm:.0f} nats)",
-    "log_expected": "its sentence is likely to hold errors (expected MQM penalty {e:.1f})",
-    "log_expected_sq": "its sentence is likely to hold errors (expected MQM penalty {e:.1f})",
+    "lm_rel": "'{w}' is {rel:.0f} nats more surprising than the average word of its sentence",
     "lm_cond": "'{w}' is unlikely after the reference ({cond:.0f} nats)",
     "lm_cond_rel": "'{w}' is less predictable after the reference than its sentence",
     "lm_cond_expected": "'{w}' is unlikely after the reference ({cond:.0f} nats)",
-    "lm_cond_neighbour": "the words around it are unlikely after the reference",
-    "unmatched": "it is outside the wording shared with the reference",
-    "unmatched_expected": "it is outside the wording shared with the reference",
-    "unmatched_neighbours": "the words around it differ from the reference",
+    "lm_cond_neighbour": "the words around '{w}' are unlikely after the reference",
+    "unmatched": "'{w}' is outside the wording shared with the reference",
+    "unmatched_expected": "'{w}' is outside the wording shared with the reference",
+    "unmatched_neighbours": "the words around '{w}' differ from the reference",
     "absent": "'{w}' is not in the reference",
-    "zipf": "'{w}' is a rare word",
-    "chrf": "its sentence is far from the reference (chrF {chrf:.0f})",
+    "zipf": "'{w}' is a rare word (wordfreq Zipf {z:.1f}, under {rare:.0f})",
 }
 
 
 def _word_reasons(model: WordModel, x: Sequence[float], share: Sequence[float], word: str) -> str:
-    """The two inputs that raise a word's error probability most, in words."""
+    """The two word-level inputs that raise a word's error probability most, in words ("" when
+    none does: the word is flagged for its sentence). "Rare" is said only under ``RARE_ZIPF``."""
     value = dict(zip(model.inputs, x))
-    values = {"w": word, "lm": 10.0 * value.get("lm", 0.0),
-              "cond": 10.0 * value.get("lm_cond", 0.0),
-              "e": math.expm1(value.get("log_expected", 0.0)),
-              "chrf": 100.0 * value.get("chrf", 0.0)}
-    ranked = sorted((c, n) for n, c in zip(model.inputs, share) if n in _REASONS and c > 0)
+    zipf, rel = value.get("zipf", 0.0), 10.0 * value.get("lm_rel", 0.0)
+    values = {"w": word, "lm": 10.0 * value.get("lm", 0.0), "rel": rel,
+              "cond": 10.0 * value.get("lm_cond", 0.0), "z": zipf, "rare": RARE_ZIPF}
+
+    def true(n: str) -> bool:
+        return ((n != "zipf" or zipf < RARE_ZIPF) and (n != "lm_rel" or rel >= 1.0)
+                and (n not in ("unmatched", "unmatched_expected", "absent") or value[n] > 0))
+
+    ranked = sorted((c, n) for n, c in zip(model.inputs, share)
+                    if n in _REASONS and c > 0 and true(n))
     said = list(dict.fromkeys(_REASONS[n].format(**values) for _c, n in reversed(ranked)))
-    return "; ".join(said[:2]) if said else "the word model's inputs taken together"
+    return "; ".join(said[:2])
+
+
+#: quoted stretches (straight or curly double quotes, within one paragraph)
+_QUOTE = re.compile(r"[\"\u201c][^\"\u201c\u201d\n]{1,400}[\"\u201d]")
+_TOKEN = re.compile(r"[^\W_]+(?:['\u2019][^\W_]+)*")
+
+
+def consistent_tokens(sd: SegmentedDocument, refs: Sequence[str] = ()) -> list[tuple[int, int]]:
+    """``[start, end)`` of the names, numbers and quoted words of ``sd.doc.mt`` that the text
+    uses consistently: ones it uses at least twice (names: capitalised away from a sentence's
+    start) or that a reference text holds. Two further kinds are names on their face: a run of
+    two or more capitalised words ("Karine Jean-Pierre") and a capitalised word hyphened to a
+    number ("Mohajer-6"). The word model never flags them (issue 19)."""
+    mt = sd.doc.mt
+    starts = sorted(s.start for s in sd.sentences)
+    quoted = [(m.start(), m.end()) for m in _QUOTE.finditer(mt)]
+    ref_words = {m.group() for r in refs for m in _TOKEN.finditer(r)}
+    ref_grams: set[str] = set()
+    for r in refs:
+        low = [m.group().lower() for m in _TOKEN.finditer(r)]
+        ref_grams.update(" ".join(low[i:i + 3]) for i in range(len(low) - 2))
+    toks = list(_TOKEN.finditer(mt))
+
+    def initial(m: re.Match[str]) -> bool:
+        k = bisect.bisect_right(starts, m.start()) - 1
+        line = mt.rfind("\n", 0, m.start()) + 1
+        begin = max(starts[k] if k >= 0 else 0, line)
+        return not mt[begin:m.start()].strip(" \t\"\u201c'(")
+
+    def name(m: re.Match[str]) -> bool:
+        return m.group()[:1].isupper() and not initial(m)
+
+    def joined(u: re.Match[str], v: re.Match[str]) -> bool:
+        return mt[u.end():v.start()] in (" ", "-") and u.group()[:1].isupper() \
+            and v.group()[:1].isupper()
+
+    mid_names = Counter(m.group() for m in toks if name(m))
+    numbers = Counter(m.group() for m in toks if any(c.isdigit() for c in m.group()))
+    out: list[tuple[int, int]] = []
+    for k, m in enumerate(toks):
+        w, a, b = m.group(), m.start(), m.end()
+        cap = w[:1].isupper()
+        digit = any(c.isdigit() for c in w)
+        in_quote = any(s <= a and b <= e for s, e in quoted)
+        ok = False
+        if digit:
+            ok = numbers[w] >= 2 or w in ref_words
+        elif cap and (mid_names[w] >= 2 or w in ref_words) and (not initial(m) or mid_names[w]):
+            ok = True
+        elif in_quote and any(" ".join(t.group().lower() for t in toks[i:i + 3]) in ref_grams
+                              for i in range(max(k - 2, 0), k + 1)):
+            ok = True
+        if cap and not digit and not ok:
+            # a run of capitalised words (its first word away from a sentence's start), or a
+            # designation: a capitalised word hyphened to a number
+            ok = (k + 1 < len(toks) and joined(m, toks[k + 1]) and not initial(m)) or (
+                k > 0 and joined(toks[k - 1], m) and not initial(toks[k - 1])) or bool(
+                re.match(r"-\d", mt[b:b + 2]))
+        if ok:
+            out.append((a, b))
+    return out
 
 
 class _UnitFindings:
@@ -344,8 +425,13 @@ def aggregate(
             variants.add(f"spans-{side}")
         word_model = calibration.words.get(side)
         if word_model is not None and unit_ranges:
-            found = word_findings(mt, results, word_model, unit_ranges)
+            excused = consistent_tokens(sd, sd.doc.ref)
+            found = word_findings(mt, results, word_model, unit_ranges, excused)
             if found is not None:
+                # NOTE: a spelling finding on a name the text uses consistently is no error
+                findings = [f for f in findings if not (
+                    f.checker == "grammar" and f.category == "spelling"
+                    and any(s <= f.start and f.end <= e for s, e in excused))]
                 # NOTE: the word model reads the LM surprisals the fluency checker's own spans
                 # come from (and, with a reference, the diff): its spans replace those
                 findings = [f for f in findings if f.checker != FluencyChecker.name] + found

@@ -30,6 +30,7 @@ from mtqa.config import (GRAMMAR_BACKENDS, LM_BACKENDS, PRECISIONS, REF_MODES, S
                          load_settings)
 from mtqa.errors import ConfigError, InputError, MtqaError
 from mtqa.serve.options import ServeOptions
+from mtqa.render import MIN_CONFIDENCE
 from mtqa.types import BadRecord, Document, DocumentReport, Report
 from mtqa.version import __version__
 
@@ -285,7 +286,7 @@ def _emit(text: str, out: Path | None) -> None:
     typer.echo(f"wrote {out}", err=True)
 
 
-def _render(report: Report, fmt: Format, out: Path | None) -> str:
+def _render(report: Report, fmt: Format, out: Path | None, min_confidence: float = 0.0) -> str:
     if fmt is Format.json:
         from mtqa.render.json import render_json
 
@@ -293,10 +294,11 @@ def _render(report: Report, fmt: Format, out: Path | None) -> str:
     if fmt is Format.html:
         from mtqa.render.html import render_html
 
-        return render_html(report)
+        return render_html(report, min_confidence=min_confidence)
     from mtqa.render.terminal import render_terminal
 
-    return render_terminal(report, color=out is None and sys.stdout.isatty())
+    return render_terminal(report, color=out is None and sys.stdout.isatty(),
+                           min_confidence=min_confidence)
 
 
 def _exit_code(errors: int, failed: int, gate: bool) -> int:
@@ -317,6 +319,10 @@ def check(
     fmt: Annotated[Format, typer.Option("--format", "-f", help="Output format.")] = Format.text,
     out: Annotated[Optional[Path], typer.Option(  # noqa: UP007
         "--out", "-o", help="Write the report here instead of stdout.")] = None,
+    min_confidence: Annotated[float, typer.Option(
+        "--min-confidence", min=0.0, max=1.0,
+        help="Hide spans under this confidence in text and HTML output (JSON keeps all).")
+    ] = MIN_CONFIDENCE,
     *,
     settings: Settings,
     gate: bool,
@@ -332,7 +338,7 @@ def check(
         _error(b.message)
     with Checker(settings) as checker:
         report = checker.check_many(docs)
-    _emit(_render(report, fmt, out), out)
+    _emit(_render(report, fmt, out, min_confidence), out)
     failed = sum(1 for d in report.documents if not d.verdict.passed)
     raise typer.Exit(_exit_code(len(bad), failed, gate))
 

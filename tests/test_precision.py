@@ -140,7 +140,7 @@ def test_a_pass_holds_one_padded_length() -> None:
 
 
 def test_precision_setting_from_env_toml_and_flags(tmp_path: Path) -> None:
-    assert Settings().precision == "auto"
+    assert Settings().precision == "fp32"  # the default until bf16 is validated (models/README.md)
     assert load_settings(environ={"MTQA_PRECISION": "bf16"}).precision == "bf16"
     toml = tmp_path / "mtqa.toml"
     toml.write_text('[mtqa]\nprecision = "fp32"\n', encoding="utf-8")

@@ -19,6 +19,7 @@ import re
 from collections.abc import Sequence
 from urllib.parse import quote
 
+from mtqa.render import hidden_spans
 from mtqa.types import (
     BatchRow,
     DocumentReport,
@@ -156,6 +157,7 @@ def _text(
     sentences: Sequence[tuple[int, int, str, str]],
     spans: Sequence[Span],
     prefix: str,
+    hidden: frozenset[int] = frozenset(),
 ) -> str:
     """``text`` with sentences as ``<span>`` and spans as ``<mark>`` (split at sentence edges).
 
@@ -164,11 +166,13 @@ def _text(
     cuts = {0, len(text)}
     for start, end, _, _ in sentences:
         cuts.update((start, end))
-    for s in spans:
-        cuts.update((s.start, s.end))
+    for i, s in enumerate(spans):
+        if i not in hidden:
+            cuts.update((s.start, s.end))
     points = sorted(c for c in cuts if 0 <= c <= len(text))
     # the most severe span wins where (hand-made) spans overlap; merged spans never do
-    order = sorted(range(len(spans)), key=lambda i: -spans[i].severity.rank)
+    order = sorted((i for i in range(len(spans)) if i not in hidden),
+                   key=lambda i: -spans[i].severity.rank)
     out: list[str] = []
     open_sent: int | None = None
     open_mark: int | None = None
@@ -273,7 +277,7 @@ def _reason_row(r: Reason, d: DocumentReport, prefix: str) -> str:
             f"<td>{spans or '—'}</td></tr>")
 
 
-def _header(d: DocumentReport, prefix: str) -> str:
+def _header(d: DocumentReport, prefix: str, hidden: frozenset[int] = frozenset()) -> str:
     v = d.verdict
     state = "pass" if v.passed else "fail"
     penalty = d.features.get("calibrated.expected_penalty")
@@ -284,7 +288,8 @@ def _header(d: DocumentReport, prefix: str) -> str:
              '<p class="figures">'
              f'<span>score <b class="score">{d.score:.1f}</b>/100{expected}</span>'
              f'<span>fluency <b class="fluency">{_num(d.fluency)}</b></span>'
-             f'<span>{len(d.spans)} span(s)</span>'
+             f'<span>{len(d.spans) - len(hidden)} span(s)'
+             f'{f" ({len(hidden)} hidden)" if hidden else ""}</span>'
              f'<span>policy <code>{_e(v.policy or "—")}</code></span></p>']
     title = d.meta.get("title")
     url = d.meta.get("url")
@@ -331,26 +336,31 @@ def _legend(d: DocumentReport) -> str:
             f'<span class="boilerplate">boilerplate (greyed, not scored)</span>{ref}</p>')
 
 
-def _span_table(d: DocumentReport, prefix: str) -> str:
-    if not d.spans:
-        return '<p class="nospans">No problems found.</p>'
+def _span_table(d: DocumentReport, prefix: str, hidden: frozenset[int] = frozenset(),
+                min_confidence: float = 0.0) -> str:
+    note = (f'<p class="hidden-spans">{len(hidden)} span(s) under confidence '
+            f"{min_confidence:g} hidden (the JSON report keeps every span).</p>" if hidden else "")
+    if len(d.spans) == len(hidden):
+        return '<p class="nospans">No problems found.</p>' + note
     rows = "".join(
         f'<tr><td><a href="#{prefix}-s{i}">#{i}</a></td><td>{s.severity.value}</td>'
         f"<td>{_e(s.category)}{'/' + _e(s.rule) if s.rule else ''}</td><td>{_e(s.checker)}</td>"
         f'<td class="num">{s.confidence:.2f}</td><td class="text">{_e(s.text)}</td>'
         f"<td>{_e(s.message)}</td></tr>"
-        for i, s in enumerate(d.spans))
-    return ('<table class="spanlist"><tr><th>#</th><th>severity</th><th>category/rule</th>'
+        for i, s in enumerate(d.spans) if i not in hidden)
+    return note + ('<table class="spanlist"><tr><th>#</th><th>severity</th><th>category/rule</th>'
             '<th>checker</th><th>confidence</th><th>text</th><th>message</th></tr>'
             f"{rows}</table>")
 
 
-def _document(d: DocumentReport, k: int) -> str:
+def _document(d: DocumentReport, k: int, min_confidence: float = 0.0) -> str:
     prefix = f"d{k}"
+    hidden = hidden_spans(d, min_confidence)
     r = d.reference
     mt_links, ref_links = _links(r)
     unsupported = set(r.unsupported) if r is not None else set()
-    mt_html = _text(d.mt, _mt_sentences(d, prefix, mt_links, unsupported), d.spans, prefix)
+    mt_html = _text(d.mt, _mt_sentences(d, prefix, mt_links, unsupported), d.spans, prefix,
+                    hidden)
     columns = [f'<article class="mt"><h2>Translation</h2><div class="text">{mt_html}</div></article>']
     if r is not None and d.ref:
         ref_html = _text(d.ref[0], _ref_sentences(r, prefix, ref_links), (), prefix)
@@ -360,13 +370,15 @@ def _document(d: DocumentReport, k: int) -> str:
         columns.append(f'<article class="ref"><h2>Reference</h2><div class="text">{_e(d.ref[0])}'
                        "</div></article>")
     layout = "two" if len(columns) == 2 else "one"
-    return (f'<section class="doc" id="{prefix}">{_header(d, prefix)}{_legend(d)}'
+    return (f'<section class="doc" id="{prefix}">{_header(d, prefix, hidden)}{_legend(d)}'
             f'<div class="cols {layout}">{"".join(columns)}</div>'
-            f"<h2>Spans</h2>{_span_table(d, prefix)}</section>")
+            f"<h2>Spans</h2>{_span_table(d, prefix, hidden, min_confidence)}</section>")
 
 
-def render_html(report: Report) -> str:
-    """The report as one self-contained HTML page (all documents, one section each)."""
+def render_html(report: Report, *, min_confidence: float = 0.0) -> str:
+    """The report as one self-contained HTML page (all documents, one section each); spans
+    under ``min_confidence`` are not marked or listed (a note says how many), unless a gate
+    reason names them."""
     docs = report.documents
     if len(docs) == 1:
         d = docs[0]
@@ -378,7 +390,7 @@ def render_html(report: Report) -> str:
         items = "".join(f'<li><a href="#d{k}">{_e(d.id)}</a> {d.score:.1f} '
                         f"{'PASS' if d.verdict.passed else 'FAIL'}</li>" for k, d in enumerate(docs))
         toc = f'<nav><h1>{len(docs)} documents</h1><ol start="0">{items}</ol></nav>'
-    body = toc + "".join(_document(d, k) for k, d in enumerate(docs))
+    body = toc + "".join(_document(d, k, min_confidence) for k, d in enumerate(docs))
     return _page(title, body, script=any(d.reference is not None for d in docs))
 
 

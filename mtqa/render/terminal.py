@@ -21,6 +21,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
+from mtqa.render import hidden_spans
 from mtqa.types import BadRecord, BatchSummary, DocumentReport, Kind, Reason, Report, Severity
 
 __all__ = ["SCORE_BANDS", "render_batch_summary", "render_gate", "render_terminal", "safe_text"]
@@ -87,7 +88,7 @@ def _reason(console: Console, d: DocumentReport, r: Reason) -> None:
         console.print(line)
 
 
-def _document(console: Console, d: DocumentReport) -> None:
+def _document(console: Console, d: DocumentReport, min_confidence: float = 0.0) -> None:
     verdict = "[bold green]PASS[/]" if d.verdict.passed else "[bold red]FAIL[/]"
     fluency = "—" if d.fluency is None else f"{d.fluency:.1f}"
     expected = d.features.get("calibrated.expected_penalty")
@@ -110,10 +111,14 @@ def _document(console: Console, d: DocumentReport) -> None:
         cov = ("" if ref.mt_coverage is None else
                f"  coverage mt {ref.mt_coverage:.0%} / ref {(ref.ref_coverage or 0):.0%}")
         console.print(f"  reference ({_esc(ref.mode)}): {metrics}{cov}")
-    by_severity = Counter(s.severity.value for s in d.spans)
+    hidden = hidden_spans(d, min_confidence)
+    shown = [s for i, s in enumerate(d.spans) if i not in hidden]
+    by_severity = Counter(s.severity.value for s in shown)
     counts = ", ".join(f"{by_severity[k.value]} {k.value}" for k in Severity if by_severity[k.value])
-    console.print(f"  {len(d.spans)} span(s){': ' + counts if counts else ''}")
-    for span in d.spans:
+    more = (f" [dim]({len(hidden)} more under confidence {min_confidence:g} hidden; "
+            "--min-confidence 0 shows them)[/]" if hidden else "")
+    console.print(f"  {len(shown)} span(s){': ' + counts if counts else ''}{more}")
+    for span in shown:
         head = Text("  ")
         head.append(f"{span.severity.value:8s}", style=_STYLE[span.severity])
         head.append(safe_text(f" {span.category}/{span.rule or '-'} [{span.checker}] "), style="bold")
@@ -123,15 +128,17 @@ def _document(console: Console, d: DocumentReport) -> None:
         console.print(_context(d, span.start, span.end, span.severity))
 
 
-def render_terminal(report: Report, *, color: bool = True, width: int = 100) -> str:
-    """The report as text for a terminal (ANSI colours when ``color``)."""
+def render_terminal(report: Report, *, color: bool = True, width: int = 100,
+                    min_confidence: float = 0.0) -> str:
+    """The report as text for a terminal (ANSI colours when ``color``); spans under
+    ``min_confidence`` are counted but not listed, unless a gate reason names them."""
     buf = io.StringIO()
     console = Console(file=buf, force_terminal=color, no_color=not color, width=width,
                       highlight=False, soft_wrap=True)
     for i, d in enumerate(report.documents):
         if i:
             console.print()
-        _document(console, d)
+        _document(console, d, min_confidence)
     return buf.getvalue()
 
 
