@@ -400,15 +400,25 @@ def _bundled_cache(cache_dir: Path | None, checker: str) -> tuple[Path, str, str
     # when converting; its sha256 is recorded in the marker for signatures.
     key = f"{DEFAULT_LM}-Q4_1-{_WHEEL_VERSION}-{gguf.stat().st_size}-v{_CACHE_FORMAT}"
     target = root / key
-    marker = target / _CACHE_MARKER
-    if marker.is_file():
-        try:
-            info = json.loads(marker.read_text(encoding="utf-8"))
-            return target, DEFAULT_LM, str(info["weights_sha"])[:_SHA_LEN]
-        except (OSError, ValueError, KeyError) as exc:
-            logger.warning("ignoring unreadable model cache %s: %s", marker, exc)
+    sha = _cached_sha(target)
+    if sha is not None:
+        return target, DEFAULT_LM, sha
     sha = _convert_gguf(gguf, root, target, checker)
     return target, DEFAULT_LM, sha
+
+
+def _cached_sha(target: Path) -> str | None:
+    """The weights' sha256 (shortened) of a converted cache directory; None when there is none
+    (or its marker is unreadable: then it is converted again)."""
+    marker = target / _CACHE_MARKER
+    if not marker.is_file():
+        return None
+    try:
+        info = json.loads(marker.read_text(encoding="utf-8"))
+        return str(info["weights_sha"])[:_SHA_LEN]
+    except (OSError, ValueError, KeyError) as exc:
+        logger.warning("ignoring unreadable model cache %s: %s", marker, exc)
+        return None
 
 
 def _gemma_cache(cache_dir: Path | None, checker: str) -> tuple[Path, str, str]:
@@ -429,13 +439,9 @@ def _gemma_cache(cache_dir: Path | None, checker: str) -> tuple[Path, str, str]:
         raise CheckerUnavailable(checker, err) from exc
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     target = root / f"{GEMMA_LM}-Q4_K_M-{version}-v{_CACHE_FORMAT}"
-    marker = target / _CACHE_MARKER
-    if marker.is_file():
-        try:
-            info = json.loads(marker.read_text(encoding="utf-8"))
-            return target, GEMMA_LM, str(info["weights_sha"])[:_SHA_LEN]
-        except (OSError, ValueError, KeyError) as exc:
-            logger.warning("ignoring unreadable model cache %s: %s", marker, exc)
+    sha = _cached_sha(target)
+    if sha is not None:
+        return target, GEMMA_LM, sha
     try:
         root.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.gguf.", dir=root))
