@@ -172,7 +172,7 @@ def load_lm(
     offline: bool = True,
     checker: str = "fluency",
     backend: str = "auto",
-    precision: str = "auto",
+    precision: str = "fp32",
 ) -> LoadedLM:
     """Load a causal LM and its fast tokenizer, converting the bundled GGUF once if needed.
 
@@ -249,7 +249,7 @@ class ModelPool:
 
     def lm(self, lm_model: str | None = None, *, cache_dir: Path | None = None,
            device: str = "cpu", backend: str = "auto", checker: str = "fluency",
-           precision: str = "auto") -> LoadedLM:
+           precision: str = "fp32") -> LoadedLM:
         """``load_lm(...)``, once per set of arguments for the life of the pool.
 
         Raises:

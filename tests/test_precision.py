@@ -212,7 +212,8 @@ def test_default_model_in_bf16_is_batch_invariant_and_close_to_fp32() -> None:
              hill[-700:], abc[-900:], "The minister said on Tuesday that talks would resume."]
     docs = [segment(Document(f"d{i}", t)) for i, t in enumerate(texts)]
     model, tokenizer = bf16._require()
-    one = FluencyChecker(model=model, tokenizer=tokenizer, batch_size=1)
+    one = FluencyChecker(model=model, tokenizer=tokenizer, batch_size=1,
+                         precision="auto")  # auto: an injected model keeps its own type
     assert "|prec:bf16|" in one.signature
     want = [w.token_surprisal for w in bf16.score_words(docs)]
     assert want == [w.token_surprisal for w in one.score_words(docs)]
