@@ -24,7 +24,6 @@ Figures, as WMT computes them:
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -37,7 +36,7 @@ from numpy.typing import NDArray
 
 from mtqa.config import Settings
 from mtqa.errors import InputError
-from mtqa.types import DocumentReport, JSONValue
+from mtqa.types import BadRecord, DocumentReport, JSONValue
 
 __all__ = [
     "Evaluation",
@@ -172,21 +171,15 @@ def load_mqm(path: Path, *, limit: int | None = None) -> list[MqmRecord]:
     any input); each line's fields are checked for type and range: ``hypothesis`` a string,
     ``mqm`` a finite penalty >= 0, each target error's offsets inside the hypothesis.
     """
-    from mtqa.io import read_text
+    from mtqa.io import iter_json_lines, read_text
 
     out: list[MqmRecord] = []
-    for lineno, line in enumerate(read_text(path).split("\n"), start=1):
-        if not line.strip():
-            continue
-        where = f"{path}:{lineno}"
-        try:
-            r = json.loads(line)
-        except json.JSONDecodeError as exc:
-            err = f"{where}: not an MQM record: malformed JSON: {exc.msg} (column {exc.colno})"
-            raise InputError(err) from exc
-        except RecursionError as exc:
-            err = f"{where}: not an MQM record: JSON nested too deeply"
-            raise InputError(err) from exc
+    for item in iter_json_lines(path, read_text(path)):
+        if isinstance(item, BadRecord):
+            why = item.message.removeprefix(f"{item.origin}: ")
+            err = f"{item.origin}: not an MQM record: {why}"
+            raise InputError(err)
+        where, r = item
         out.append(_mqm_record(r, where))
         if limit is not None and len(out) >= limit:
             break
