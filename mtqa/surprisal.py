@@ -89,10 +89,11 @@ def surprisal(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor
     """``-log p(target)`` for each row of ``hidden`` (float64), in chunks of ``HEAD_CHUNK``.
 
     A plain linear head (no bias: Llama's) is applied block by block over the vocabulary and
-    the blocks' log-normalisers combined, the target's logit taken as one dot product; the
-    result equals ``logsumexp(logits) - logits[target]`` up to float rounding (~1e-5 nats).
-    With bfloat16 weights the rows are rounded to bfloat16 for the products (as the decoder's
-    are) and the log-normaliser is taken in float32. Any other head is called whole on each
+    the blocks' log-normalisers combined (in float32), the target's logit read from its own
+    block: the result is ``logsumexp(logits) - logits[target]`` of the logits the product
+    gives, so it is never negative. With bfloat16 weights the rows are rounded to bfloat16 for
+    the products (as the decoder's are) and the products' outputs are bfloat16 (oneDNN on CPU
+    has no float32 output for them); the distribution scored is the one those logits define. Any other head is called whole on each
     chunk.
     """
     import torch
@@ -106,10 +107,19 @@ def surprisal(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor
         if blocked:
             assert weight is not None  # noqa: S101 - checked above
             rows = rows.to(weight.dtype)
-            norms = [torch.logsumexp((rows @ weight[v : v + HEAD_BLOCK].T).float(), dim=1)
-                     for v in range(0, weight.shape[0], HEAD_BLOCK)]
+            norms = []
+            picked = torch.zeros(len(wanted), dtype=torch.float32, device=rows.device)
+            for v in range(0, weight.shape[0], HEAD_BLOCK):
+                logits = (rows @ weight[v : v + HEAD_BLOCK].T).float()
+                norms.append(torch.logsumexp(logits, dim=1))
+                # NOTE: the target's logit is read from the same block of logits the
+                # normaliser sums (not a separate dot product): in bfloat16 the product's
+                # output is rounded, and a target logit computed apart could exceed the
+                # rounded ones and give a negative surprisal (issue 17)
+                here = ((wanted >= v) & (wanted < v + logits.shape[1])).nonzero()[:, 0]
+                if len(here):
+                    picked[here] = logits[here, wanted[here] - v]
             lse = torch.logsumexp(torch.stack(norms, dim=1), dim=1)
-            picked = (rows.float() * weight[wanted].float()).sum(dim=1)
         else:
             logits = head(rows).float()
             lse = torch.logsumexp(logits, dim=1)

@@ -224,6 +224,9 @@ def test_default_model_in_bf16_is_batch_invariant_and_close_to_fp32() -> None:
         assert [w.token_surprisal for w in got] == [want[i] for i in picked]
     # against fp32: close per token, and the same spans
     ref = [w.token_surprisal for w in fp32.score_words(docs)]
+    # a surprisal is -log of a probability: never negative, in either precision (issue 17: the
+    # target's logit was once a separate float32 dot product beside bfloat16-rounded logits)
+    assert min(min(x) for x in want if x) >= 0.0 and min(min(x) for x in ref if x) >= 0.0
     diffs = [abs(a - b) for x, y in zip(want, ref) for a, b in zip(x, y)]
     assert sum(diffs) / len(diffs) < 0.06 and max(diffs) < 2.0
     for x, y in zip(bf16.check(docs), fp32.check(docs)):
