@@ -265,7 +265,7 @@ def lm_reading(docs: list[SegmentedDocument], args: argparse.Namespace,
           f"seed spans {'identical' if same else 'DIFFER'}; spans differ in {moved}/{len(docs)} "
           f"documents; max |doc fluency difference| {dscore:.2f}", flush=True)
     model, tokenizer = checkers["bf16"]._require()
-    single = FluencyChecker(model=model, tokenizer=tokenizer, batch_size=1)
+    single = FluencyChecker(model=model, tokenizer=tokenizer, batch_size=1, precision="bf16")
     sub = [k for k, x in enumerate(docs) if x.doc.id in SEEDS or k < 4]
     ones = single.score_words([docs[k] for k in sub])
     moved = sum(list(words["bf16"][k].token_surprisal) != list(w.token_surprisal)

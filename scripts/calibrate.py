@@ -72,7 +72,8 @@ def _unevidence(d: Mapping[str, Any] | None) -> WordEvidence | None:
                         {k: tuple(float(x) for x in v) for k, v in d["values"].items()})
 
 
-def build_features(path: Path, out: Path, lm_cache: Path | None, limit: int | None) -> None:
+def build_features(path: Path, out: Path, lm_cache: Path | None, limit: int | None,
+                   precision: str = "auto") -> None:
     """Run every checker on every MT line and write one JSON object per line to ``out``."""
     from mtqa.checkers.fluency import FluencyChecker, WordScores
     from mtqa.checkers.grammar import GrammarChecker
@@ -87,7 +88,7 @@ def build_features(path: Path, out: Path, lm_cache: Path | None, limit: int | No
         segs = list(dict.fromkeys(records[i].seg_id for i in keep))[: max(1, limit // 13)]
         chosen = set(segs)
         keep = [i for i in keep if records[i].seg_id in chosen]
-    fluency = FluencyChecker()
+    fluency = FluencyChecker(precision=precision)
     words: dict[int, WordScores] = {}
     if lm_cache is not None and lm_cache.is_file():
         with lm_cache.open("rb") as fh:
@@ -116,7 +117,7 @@ def build_features(path: Path, out: Path, lm_cache: Path | None, limit: int | No
     logger.info("structure, grammar, reference on %d lines", len(keep))
     structure = StructureChecker()
     grammar = GrammarChecker(backend="harper")
-    reference = ReferenceChecker(mode="parallel", lm=True)
+    reference = ReferenceChecker(mode="parallel", lm=True, lm_precision=precision)
     st_free = structure.check(free_docs)
     st_ref = structure.check(ref_docs)
     gr_free = grammar.check(free_docs)
@@ -143,6 +144,7 @@ def build_features(path: Path, out: Path, lm_cache: Path | None, limit: int | No
                 "line": i, "doc_id": r.doc_id, "seg_id": r.seg_id, "system": r.system,
                 "mqm": r.mqm, "length": len(r.hypothesis),
                 "gold": [[e.start, e.end, e.severity] for e in r.errors],
+                "gold_categories": [e.category for e in r.errors],
                 "free": cal.unit_features(sd_f, free, units_f),
                 "ref": cal.unit_features(sd_r, withref, units_r),
                 "findings_free": _finding_rows(free),
@@ -597,6 +599,9 @@ def main() -> None:
     parser.add_argument("--lm-cache", type=Path, default=None)
     parser.add_argument("--rebuild", action="store_true", help="Recompute the feature file.")
     parser.add_argument("--limit", type=int, default=None)
+    parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
+                        help="The LM's weight type for the feature pass (auto: bf16 where the "
+                             "CPU has it natively, as mtqa's default).")
     parser.add_argument("--l2", type=float, default=10.0)
     parser.add_argument("--cap", type=float, default=25.0,
                         help="MQM penalties above this are fitted as this (non-translation).")
@@ -605,7 +610,7 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     if args.rebuild or not args.features.is_file():
-        build_features(args.data, args.features, args.lm_cache, args.limit)
+        build_features(args.data, args.features, args.lm_cache, args.limit, args.precision)
     head, rows = read_features(args.features)
     records = load_mqm(Path(head["data"]))
     texts = [records[int(r["line"])].hypothesis for r in rows]
