@@ -284,7 +284,8 @@ MONOTONE_PREFIXES = ("structure_", "grammar_", "fluency_", "blocking_", "ref_fac
 def fit_poisson(rows: Sequence[Mapping[str, float]], target: Sequence[float], *, l2: float = 1.0,
                 inputs: Sequence[str] | None = None,
                 prior: Mapping[str, float] | None = None,
-                groups: Sequence[str] | None = None, rank_weight: float = 0.0) -> UnitModel:
+                groups: Sequence[str] | None = None, rank_weight: float = 0.0,
+                aggregates: Sequence[Aggregate] | None = None) -> UnitModel:
     """Fit a UnitModel by penalised Poisson maximum likelihood (quasi-Poisson: any target >= 0).
 
     Weights of ``MONOTONE_PREFIXES`` inputs are constrained to be non-negative. With ``prior``
@@ -297,8 +298,15 @@ def fit_poisson(rows: Sequence[Mapping[str, float]], target: Sequence[float], *,
     expected penalty. The likelihood alone is dominated by how segments differ (length,
     difficulty); this term makes the fit rank the translations of one segment too, which is
     what comparing systems needs.
+
+    With ``aggregates`` (paragraphs: several rows scored together, ``Aggregate``), the same
+    ranking term (same ``rank_weight``, a mean over its own pairs) is added for the aggregates
+    of one group: an aggregate's score is the log of its rows' summed expected penalty per
+    sentence, as ``mtqa.aggregate`` scores a document, so the fit also learns to rank
+    paragraphs, whose inputs scale with length and context differently from sentences'.
     """
     from scipy.optimize import minimize
+    from scipy.sparse import csr_matrix
 
     prior = dict(prior or {})
     fixed_inputs = {key[2:] for key in prior}  # "n_structure_major" -> "structure_major"
@@ -319,12 +327,34 @@ def fit_poisson(rows: Sequence[Mapping[str, float]], target: Sequence[float], *,
     better, worse = _ranked_pairs(groups, target) if groups is not None and rank_weight > 0 \
         else (np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64))
 
+    agg = list(aggregates or []) if rank_weight > 0 else []
+    if agg:
+        members = [np.asarray(a.rows, dtype=np.int64) for a in agg]
+        owner = np.repeat(np.arange(len(agg)), [len(m) for m in members])
+        pick = csr_matrix((np.ones(len(owner)), (owner, np.concatenate(members))),
+                          shape=(len(agg), len(y)))
+        log_n = np.log(np.maximum([a.sentences for a in agg], 1.0))
+        a_better, a_worse = _ranked_pairs([a.group for a in agg], [a.target for a in agg])
+    else:
+        a_better = a_worse = np.zeros(0, dtype=np.int64)
+
     def loss(w: np.ndarray) -> tuple[float, np.ndarray]:
         eta = np.clip(w[0] + z @ w[1:], -30.0, 10.0)
         mu = np.exp(eta)
         nll = float(np.sum(mu - y * eta)) / n + 0.5 * l2 * float(w[1:] @ w[1:]) / n
         grad = np.concatenate([[np.sum(mu - y)], z.T @ (mu - y)]) / n
         grad[1:] += l2 * w[1:] / n
+        if len(a_better):
+            total = np.maximum(pick @ mu, 1e-300)
+            score = np.log(total) - log_n
+            d = score[a_better] - score[a_worse]
+            nll += rank_weight * float(np.mean(np.logaddexp(0.0, d)))
+            push = rank_weight / len(a_better) / (1.0 + np.exp(-d))
+            per_agg = np.zeros(len(agg))
+            np.add.at(per_agg, a_better, push)
+            np.add.at(per_agg, a_worse, -push)
+            # d score_a / d eta_u = mu_u / total_a for the rows u of aggregate a
+            grad[1:] += z.T @ ((pick.T @ (per_agg / total)) * mu)
         if len(better):
             d = eta[better] - eta[worse]  # want < 0
             nll += rank_weight * float(np.mean(np.logaddexp(0.0, d)))
@@ -343,6 +373,18 @@ def fit_poisson(rows: Sequence[Mapping[str, float]], target: Sequence[float], *,
     w = res.x
     return UnitModel(names, tuple(map(float, center)), tuple(map(float, scale)),
                      tuple(map(float, w[1:])), float(w[0]), prior=MappingProxyType(prior))
+
+
+@dataclass(frozen=True, slots=True)
+class Aggregate:
+    """Rows of a fit scored together (a paragraph's sentence units): the ``rows`` indices,
+    the ``group`` of aggregates that translate the same source (ranked against each other),
+    their summed MQM ``target`` and the number of ``sentences`` the mean is taken over."""
+
+    rows: tuple[int, ...]
+    group: str
+    target: float
+    sentences: float
 
 
 def _ranked_pairs(groups: Sequence[str], target: Sequence[float]

@@ -61,6 +61,13 @@ app = typer.Typer(
 )
 
 
+class Units(str, enum.Enum):
+    """What ``evaluate`` scores as one document: each MQM line, or paragraphs of 2-8 lines."""
+
+    sentence = "sentence"
+    paragraph = "paragraph"
+
+
 class Split(str, enum.Enum):
     """Which documents ``evaluate`` scores."""
 
@@ -493,6 +500,10 @@ def evaluate(
     split: Annotated[Split, typer.Option(
         help="Lines of the calibration's training or held-out documents only (WMT21 zh-en "
              "MQM, whose documents the calibration file names), or all.")] = Split.all,
+    units: Annotated[Units, typer.Option(
+        help="sentence: each MQM line is a document; paragraph: consecutive lines of one "
+             "document and system joined into paragraphs of 2-8 (the same for every system; "
+             "MQM summed, gold spans shifted), scored and ranked as wholes.")] = Units.sentence,
     fmt: Annotated[Format, typer.Option("--format", "-f", help="text or json.")] = Format.text,
     out: Annotated[Optional[Path], typer.Option("--out", "-o")] = None,  # noqa: UP007
     *,
@@ -508,11 +519,13 @@ def evaluate(
         raise ConfigError("evaluate writes --format text or json")
     settings = settings if reference else settings.without("reference")
     records = _mqm_records(data, settings, limit=limit, include_human=include_human, split=split)
+    if units is Units.paragraph:
+        records = [p.record for p in ev.paragraph_units(records)]
     t0 = time.perf_counter()
     reports = _score_mqm(records, settings, reference)
     result = ev.evaluate_reports(records, reports, data=str(data), with_reference=reference,
                                  seconds=time.perf_counter() - t0, samples=samples)
-    result = dataclasses.replace(result, split=split.value)
+    result = dataclasses.replace(result, split=split.value, units=units.value)
     text = (json.dumps(ev.evaluation_to_dict(result), ensure_ascii=False, sort_keys=True, indent=2)
             + "\n" if fmt is Format.json else ev.render_evaluation(result))
     _emit(text, out)

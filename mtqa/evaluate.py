@@ -43,6 +43,7 @@ __all__ = [
     "GoldError",
     "MetricFigures",
     "MqmRecord",
+    "Paragraph",
     "SpanFigures",
     "baselines",
     "correlations",
@@ -352,6 +353,8 @@ class Evaluation:
     signature: str
     #: which lines: "all", or the calibration's "train" / "held-out" documents
     split: str = "all"
+    #: what one document is: "sentence" (an MQM line) or "paragraph" (``paragraph_units``)
+    units: str = "sentence"
 
 
 def baselines(records: Sequence[MqmRecord], *, with_reference: bool) -> dict[str, list[float]]:
@@ -452,6 +455,95 @@ def score_records(
     return reports, signature
 
 
+#: sentences per paragraph unit (``paragraph_units``, issue 22)
+PARAGRAPH_SIZES = (2, 8)
+_FINAL = (".", "!", "?", '"', "'", "\u201d", "\u2019", ")", ":", ";")
+
+
+@dataclass(frozen=True, slots=True)
+class Paragraph:
+    """Consecutive segments of one document and system joined as one MQM record.
+
+    ``record`` is the joined record (``seg_id`` names the run of segments, the same for every
+    system, so within-segment figures compare systems on the same paragraph; ``mqm`` is the
+    sum; gold spans are shifted); ``lines`` are the indices of the joined records, ``ranges``
+    each line's characters in the joined hypothesis.
+    """
+
+    record: MqmRecord
+    lines: tuple[int, ...]
+    ranges: tuple[tuple[int, int], ...]
+
+
+def _join(texts: Sequence[str], seps: Sequence[str]) -> tuple[str, list[tuple[int, int]]]:
+    parts: list[str] = []
+    ranges: list[tuple[int, int]] = []
+    pos = 0
+    for k, t in enumerate(texts):
+        if k:
+            parts.append(seps[k])
+            pos += len(seps[k])
+        ranges.append((pos, pos + len(t)))
+        parts.append(t)
+        pos += len(t)
+    return "".join(parts), ranges
+
+
+def paragraph_units(records: Sequence[MqmRecord], *, seed: int = 22) -> list[Paragraph]:
+    """Paragraphs of 2-8 consecutive segments from line-level MQM records.
+
+    Each document's segments (in file order) are cut into runs of ``PARAGRAPH_SIZES`` (sizes
+    drawn from a generator seeded by the document id, so every system's paragraphs cover the
+    same segments; a last run of one segment joins the one before, or takes its last segment
+    when that one is full). Lines are joined by a
+    space after a sentence end and by a new line otherwise (a headline stays its own line),
+    the same in the hypothesis and the reference, so a parallel reference still pairs line
+    with line. A run a system lacks a segment of is left out for that system.
+    """
+    import random
+
+    by_doc: dict[str, dict[str, dict[str, int]]] = {}
+    order: dict[str, list[str]] = {}
+    for i, r in enumerate(records):
+        by_doc.setdefault(r.doc_id, {}).setdefault(r.system, {})[r.seg_id] = i
+        segs = order.setdefault(r.doc_id, [])
+        if r.seg_id not in segs:
+            segs.append(r.seg_id)
+    out: list[Paragraph] = []
+    for doc, segs in order.items():
+        rng = random.Random(f"{seed}:{doc}")
+        runs: list[list[str]] = []
+        k = 0
+        while k < len(segs):
+            n = rng.randint(*PARAGRAPH_SIZES)
+            runs.append(segs[k : k + n])
+            k += n
+        if len(runs) > 1 and len(runs[-1]) == 1:
+            if len(runs[-2]) < PARAGRAPH_SIZES[1]:
+                runs[-2].extend(runs.pop())
+            else:
+                runs[-1].insert(0, runs[-2].pop())
+        for system, lines in sorted(by_doc[doc].items()):
+            for run in runs:
+                if not all(seg in lines for seg in run):
+                    continue
+                idx = tuple(lines[seg] for seg in run)
+                rs = [records[i] for i in idx]
+                seps = [""] + [" " if a.hypothesis.rstrip().endswith(_FINAL)
+                               and a.reference.rstrip().endswith(_FINAL) else "\n"
+                               for a in rs[:-1]]
+                mt, ranges = _join([r.hypothesis for r in rs], seps)
+                ref, _ = _join([r.reference for r in rs], seps)
+                source, _ = _join([r.source for r in rs], seps)
+                errors = tuple(dataclasses.replace(e, start=a + e.start, end=a + e.end)
+                               for r, (a, _b) in zip(rs, ranges) for e in r.errors)
+                joined = MqmRecord(doc_id=doc, seg_id=f"{doc}:{run[0]}-{run[-1]}",
+                                   system=system, source=source, hypothesis=mt, reference=ref,
+                                   mqm=float(sum(r.mqm for r in rs)), errors=errors)
+                out.append(Paragraph(joined, idx, tuple(ranges)))
+    return out
+
+
 def split_records(records: Sequence[MqmRecord], held_out_docs: Sequence[str], split: str
                   ) -> list[MqmRecord]:
     """The records of one side of a document split: ``all``, ``train`` or ``held-out``."""
@@ -496,7 +588,7 @@ def evaluation_to_dict(e: Evaluation) -> dict[str, JSONValue]:
         "schema": "mtqa.evaluation/1",
         "data": e.data, "lines": e.lines, "segments": e.segments,
         "with_reference": e.with_reference, "seconds": round(e.seconds, 1),
-        "signature": e.signature, "split": e.split,
+        "signature": e.signature, "split": e.split, "units": e.units,
         "metrics": [
             {"name": m.name, "pearson": r(m.pearson), "kendall": r(m.kendall),
              "within_kendall": r(m.within_kendall), "pairwise_accuracy": r(m.pairwise_accuracy),
@@ -520,7 +612,7 @@ def render_evaluation(e: Evaluation) -> str:
 
     lines = [
         f"mtqa evaluate: {e.data}{'' if e.split == 'all' else f' ({e.split} documents)'}  "
-        f"{e.lines} lines, {e.segments} segments, "
+        f"{e.lines} {'lines' if e.units == 'sentence' else 'paragraphs'}, {e.segments} segments, "
         f"{'with' if e.with_reference else 'without'} reference, {e.seconds:.0f} s",
         f"  {e.signature}",
         "",

@@ -40,7 +40,8 @@ sys.path.insert(0, str(ROOT))
 
 from mtqa.version import __version__  # noqa: E402
 from mtqa import calibrate as cal  # noqa: E402
-from mtqa.evaluate import kendall, load_mqm, pearson, span_scores, within_segment_kendall  # noqa: E402
+from mtqa.evaluate import (  # noqa: E402
+    kendall, load_mqm, paragraph_units, pearson, span_scores, within_segment_kendall)
 from mtqa.models import file_sha256  # noqa: E402
 from mtqa.types import CheckResult, Document, WordEvidence  # noqa: E402
 
@@ -156,6 +157,99 @@ def build_features(path: Path, out: Path, lm_cache: Path | None, limit: int | No
     os.replace(tmp, out)
 
 
+def build_paragraph_features(path: Path, out: Path, lm_cache: Path | None,
+                             precision: str = "auto", docs_limit: int | None = None) -> None:
+    """Run every checker on paragraph units (``mtqa.evaluate.paragraph_units``) and write one JSON object per
+    paragraph to ``out``: its lines, their MQM penalties and character ranges, the summed
+    penalty, shifted gold spans, and for each side the raw features of each scoring unit
+    (``mtqa.aggregate.scoring_units``) as the pipeline computes them in paragraph context."""
+    from mtqa.aggregate import scoring_units
+    from mtqa.checkers.fluency import FluencyChecker, WordScores
+    from mtqa.checkers.grammar import GrammarChecker
+    from mtqa.checkers.reference import ReferenceChecker
+    from mtqa.checkers.structure import StructureChecker
+    from mtqa.segment import segment
+
+    records = load_mqm(path)
+    keep = [r for r in records if not r.system.startswith("ref-")]
+    plan = paragraph_units(keep)
+    if docs_limit is not None:
+        chosen = set(list(dict.fromkeys(p.record.doc_id for p in plan))[:docs_limit])
+        plan = [p for p in plan if p.record.doc_id in chosen]
+    free_docs = [segment(Document(id=f"p{k}", mt=p.record.hypothesis))
+                 for k, p in enumerate(plan)]
+    ref_docs = [segment(Document(id=f"p{k}", mt=p.record.hypothesis, ref=(p.record.reference,)))
+                for k, p in enumerate(plan)]
+    fluency = FluencyChecker(precision=precision)
+    words: dict[int, WordScores] = {}
+    if lm_cache is not None and lm_cache.is_file():
+        with lm_cache.open("rb") as fh:
+            key, saved = pickle.load(fh)
+        if key[0] == fluency.signature and len(saved) == len(plan):
+            words = dict(enumerate(saved))
+    t0 = time.perf_counter()
+    todo = [k for k in range(len(plan)) if k not in words]
+    for c in range(0, len(todo), 64):
+        part = todo[c : c + 64]
+        for k, ws in zip(part, fluency.score_words([free_docs[k] for k in part])):
+            words[k] = ws
+        logger.info("LM: %d/%d paragraphs, %.0f s", c + len(part), len(todo),
+                    time.perf_counter() - t0)
+    if todo and lm_cache is not None:
+        with lm_cache.open("wb") as fh:
+            pickle.dump(((fluency.signature, len(plan)), [words[k] for k in range(len(plan))]), fh)
+    fl = [fluency.analyse(sd, words[k]) for k, sd in enumerate(free_docs)]
+    fluency.close()
+    structure = StructureChecker()
+    grammar = GrammarChecker(backend="harper")
+    reference = ReferenceChecker(mode="parallel", lm=True, lm_precision=precision)
+    st_free, st_ref = structure.check(free_docs), structure.check(ref_docs)
+    gr_free, gr_ref = grammar.check(free_docs), grammar.check(ref_docs)
+    rf = []
+    for c in range(0, len(ref_docs), 128):
+        rf.extend(reference.check(ref_docs[c : c + 128]))
+        logger.info("reference: %d/%d paragraphs, %.0f s", min(c + 128, len(ref_docs)),
+                    len(ref_docs), time.perf_counter() - t0)
+    signature = {"fluency": fl[0].signature if fl else "", "structure": structure.signature,
+                 "grammar": grammar.signature, "reference": reference.signature,
+                 "paragraphs": "mtqa.evaluate.paragraph_units, seed 22"}
+
+    def units(sd: Any, results: list[CheckResult]) -> list[dict[str, Any]]:
+        ref = next((r.reference for r in results if r.reference is not None), None)
+        rows = []
+        for unit in scoring_units(sd, ref):
+            rows.append({"sentences": len(unit),
+                         "range": [min(sd.sentences[i].start for i in unit),
+                                   max(sd.sentences[i].end for i in unit)],
+                         "raw": cal.unit_features(sd, results, unit)})
+        return rows
+
+    tmp = out.with_suffix(".tmp")
+    with tmp.open("w", encoding="utf-8") as fh:
+        fh.write(json.dumps({"signatures": signature, "data": str(path),
+                             "sha256": file_sha256(path)}) + "\n")
+        for k, p in enumerate(plan):
+            rec = p.record
+            free = [fl[k], st_free[k], gr_free[k]]
+            withref = [fl[k], st_ref[k], gr_ref[k], rf[k]]
+            wf, wr = fl[k].words, rf[k].words
+            fh.write(json.dumps({
+                "paragraph": k, "doc_id": rec.doc_id, "system": rec.system,
+                "seg_ids": [keep[i].seg_id for i in p.lines], "seg_id": rec.seg_id,
+                "line_ranges": [list(r) for r in p.ranges],
+                "mqm_lines": [keep[i].mqm for i in p.lines],
+                "mqm": rec.mqm, "length": len(rec.hypothesis),
+                "gold": [[e.start, e.end, e.severity] for e in rec.errors],
+                "gold_categories": [e.category for e in rec.errors],
+                "units_free": units(free_docs[k], free), "units_ref": units(ref_docs[k], withref),
+                "findings_free": _finding_rows(free), "findings_ref": _finding_rows(withref),
+                "body_free": _body(free_docs[k]), "body_ref": _body(ref_docs[k]),
+                "words_fluency": None if wf is None else _evidence(wf),
+                "words_ref": None if wr is None else _evidence(wr),
+            }) + "\n")
+    os.replace(tmp, out)
+
+
 def read_features(path: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     with path.open(encoding="utf-8") as fh:
         head = json.loads(fh.readline())
@@ -202,6 +296,90 @@ def _raw(row: Mapping[str, Any], side: str, lm: bool) -> dict[str, float]:
     return raw
 
 
+def _overlap(a: Sequence[int], b: Sequence[int]) -> int:
+    return max(0, min(a[1], b[1]) - max(a[0], b[0]))
+
+
+class ParagraphSet:
+    """The scoring units of paragraph rows (``build_paragraph_features``) for one variant.
+
+    ``raws[j]``/``target[j]`` are one sentence unit in paragraph context: its raw features
+    and its share of the paragraph's MQM (each line's capped penalty spread over the units by
+    character overlap); ``members[p]`` are the units of paragraph ``p`` the variant scores.
+    """
+
+    def __init__(self, paras: Sequence[Mapping[str, Any]], side: str, lm: bool, name: str,
+                 cap: float) -> None:
+        self.paras = list(paras)
+        self.raws: list[dict[str, float]] = []
+        self.target: list[float] = []
+        self.para_of: list[int] = []
+        self.members: list[list[int]] = []
+        self.sentences: list[float] = []
+        for p, row in enumerate(self.paras):
+            mine = []
+            n = 0.0
+            for unit in row[f"units_{side}"]:
+                raw = _raw({"u": unit["raw"]}, "u", lm)
+                if cal.variant_for(raw) != name:
+                    continue
+                share = sum(min(float(m), cap) * _overlap(unit["range"], rng) / max(rng[1] - rng[0], 1)
+                            for m, rng in zip(row["mqm_lines"], row["line_ranges"]))
+                mine.append(len(self.raws))
+                self.raws.append(raw)
+                self.target.append(share)
+                self.para_of.append(p)
+                n += float(unit["sentences"])
+            self.members.append(mine)
+            self.sentences.append(n)
+
+    def units_of(self, paras: Sequence[int]) -> list[int]:
+        return [j for p in paras for j in self.members[p]]
+
+    def aggregates(self, paras: Sequence[int], offset: dict[int, int]) -> list[cal.Aggregate]:
+        """The paragraphs ``paras`` as fit aggregates, their units at ``offset[unit]``."""
+        return [cal.Aggregate(tuple(offset[j] for j in self.members[p]),
+                              str(self.paras[p]["seg_id"]), float(self.paras[p]["mqm"]),
+                              self.sentences[p])
+                for p in paras if self.members[p]]
+
+    def scores(self, model: cal.UnitModel, paras: Sequence[int]) -> dict[int, float]:
+        """mtqa's score of each paragraph: the map of its units' mean expected penalty per
+        sentence (100 where the variant scores none of it), as ``mtqa.aggregate`` does."""
+        out = {}
+        for p in paras:
+            e = sum(model.expected_penalty(self.raws[j]) for j in self.members[p])
+            out[p] = cal.penalty_to_score(e / self.sentences[p]) if self.members[p] else 100.0
+        return out
+
+    def figures(self, paras: Sequence[int], score: Mapping[int, float]) -> dict[str, float]:
+        s = [score[p] for p in paras]
+        h = [-float(self.paras[p]["mqm"]) for p in paras]
+        g = [str(self.paras[p]["seg_id"]) for p in paras]
+        return {"pearson": pearson(s, h), "kendall": kendall(s, h),
+                "within_kendall": within_segment_kendall(s, h, g)}
+
+
+def _fit(rows: Sequence[Mapping[str, Any]], raws: Sequence[Mapping[str, float]],
+         fit_rows: Sequence[int], target: Sequence[float], l2: float, lam: float,
+         par: ParagraphSet | None = None, par_rows: Sequence[int] = ()) -> cal.UnitModel:
+    """One unit model on the lines ``fit_rows`` and, with ``par``, the units of the
+    paragraphs ``par_rows`` (each paragraph ranked against the other systems' as a whole)."""
+    xs = [raws[k] for k in fit_rows]
+    ys = [target[k] for k in fit_rows]
+    groups = [str(rows[k]["seg_id"]) for k in fit_rows]
+    aggregates = None
+    if par is not None and par_rows:
+        units = par.units_of(par_rows)
+        offset = {j: len(xs) + i for i, j in enumerate(units)}
+        xs += [par.raws[j] for j in units]
+        ys += [par.target[j] for j in units]
+        groups += [f"unit:{j}" for j in units]  # NOTE: a unit is ranked only in its paragraph
+        aggregates = par.aggregates(par_rows, offset)
+    return cal.fit_poisson(xs, ys, l2=l2, prior=cal.PRIOR, groups=groups, rank_weight=lam,
+                           aggregates=aggregates)
+
+
 #: weights of the within-segment ranking term tried (``cal.fit_poisson``), and the folds of the
 #: cross-validation over training documents that picks one
 RANK_WEIGHTS = (0.0, 10.0, 30.0, 100.0)
@@ -209,42 +387,69 @@ FOLDS = 4
 
 
 def choose_rank_weight(rows: Sequence[Mapping[str, Any]], raws: Sequence[Mapping[str, float]],
-                       fit_rows: Sequence[int], target: Sequence[float], l2: float
+                       fit_rows: Sequence[int], target: Sequence[float], l2: float,
+                       par: ParagraphSet | None = None, par_train: Sequence[int] = ()
                        ) -> tuple[float, dict[str, float]]:
     """The ranking weight with the best cross-validated within-segment Kendall, among those
     whose cross-validated pooled Kendall stays within .01 of the likelihood-only fit's.
 
     Folds are whole training documents (every system's lines of a document in one fold), so
-    no segment is in both sides of a fold; held-out documents are never read.
+    no segment is in both sides of a fold; held-out documents are never read. With
+    paragraphs, both unit lengths are fitted and scored in each fold, the criterion is the
+    mean of the sentences' and the paragraphs' within-segment Kendall, and the pooled floor
+    holds for each.
     """
     docs = list(dict.fromkeys(rows[k]["doc_id"] for k in fit_rows))
     fold_of = {d: i % FOLDS for i, d in enumerate(docs)}
-    table: dict[float, tuple[float, float]] = {}
+    table: dict[float, list[float]] = {}
     for lam in RANK_WEIGHTS:
-        pooled, within = [], []
+        figs: list[list[float]] = []
         for f in range(FOLDS):
             tr = [k for k in fit_rows if fold_of[rows[k]["doc_id"]] != f]
             te = [k for k in fit_rows if fold_of[rows[k]["doc_id"]] == f]
-            model = cal.fit_poisson([raws[k] for k in tr], [target[k] for k in tr], l2=l2,
-                                    prior=cal.PRIOR, groups=[str(rows[k]["seg_id"]) for k in tr],
-                                    rank_weight=lam)
-            score = {k: -model.expected_penalty(raws[k]) for k in te}
-            figs = figures(rows, te, score)
-            pooled.append(figs["kendall"])
-            within.append(figs["within_kendall"])
-        table[lam] = (float(np.mean(pooled)), float(np.mean(within)))
-    floor = table[0.0][0] - 0.01
-    best = max((lam for lam in RANK_WEIGHTS if table[lam][0] >= floor), key=lambda x: table[x][1])
+            ptr = [p for p in par_train if fold_of.get(par.paras[p]["doc_id"]) != f] if par else []
+            pte = [p for p in par_train if fold_of.get(par.paras[p]["doc_id"]) == f] if par else []
+            model = _fit(rows, raws, tr, target, l2, lam, par, ptr)
+            sf = figures(rows, te, {k: -model.expected_penalty(raws[k]) for k in te})
+            row = [sf["kendall"], sf["within_kendall"]]
+            if par is not None and pte:
+                pf = par.figures(pte, par.scores(model, pte))
+                row += [pf["kendall"], pf["within_kendall"]]
+            figs.append(row)
+        table[lam] = [float(np.mean([r[i] for r in figs])) for i in range(len(figs[0]))]
+    base = table[0.0]
+
+    def allowed(lam: float) -> bool:
+        return all(table[lam][i] >= base[i] - 0.01 for i in range(0, len(base), 2))
+
+    best = max((lam for lam in RANK_WEIGHTS if allowed(lam)),
+               key=lambda x: float(np.mean(table[x][1::2])))
     out = {"rank_weight": best}
-    for lam, (p, w) in table.items():
-        out[f"cv_pooled_rank{lam:g}"] = p
-        out[f"cv_within_rank{lam:g}"] = w
+    for lam, t in table.items():
+        out[f"cv_pooled_rank{lam:g}"] = t[0]
+        out[f"cv_within_rank{lam:g}"] = t[1]
+        if len(t) > 2:
+            out[f"cv_paragraph_pooled_rank{lam:g}"] = t[2]
+            out[f"cv_paragraph_within_rank{lam:g}"] = t[3]
     return best, out
 
 
-def fit_all(head: Mapping[str, Any], rows: list[dict[str, Any]], l2: float, cap: float
+def fit_all(head: Mapping[str, Any], rows: list[dict[str, Any]], l2: float, cap: float,
+            paragraphs: Sequence[Mapping[str, Any]] | None = None
             ) -> tuple[dict[str, cal.UnitModel], dict[str, Any]]:
     train, test, held_docs = split(rows)
+    held = set(held_docs)
+    chrf: dict[int, float] = {}
+    if paragraphs:
+        import sacrebleu
+
+        records = load_mqm(Path(head["data"]))
+        texts = {(p.record.seg_id, p.record.system): p.record
+                 for p in paragraph_units([r for r in records if not r.system.startswith("ref-")])}
+        for k, prow in enumerate(paragraphs):
+            rec = texts[(prow["seg_id"], prow["system"])]
+            if prow["doc_id"] in held:
+                chrf[k] = sacrebleu.sentence_chrf(rec.hypothesis, [rec.reference]).score
     target = [min(float(r["mqm"]), cap) for r in rows]
     models: dict[str, cal.UnitModel] = {}
     report: dict[str, Any] = {}
@@ -254,15 +459,22 @@ def fit_all(head: Mapping[str, Any], rows: list[dict[str, Any]], l2: float, cap:
         # it 100, and it is left out of the fit
         usable = [cal.variant_for(x) == name for x in raws]
         fit_rows = [k for k in train if usable[k]]
-        lam, cv = choose_rank_weight(rows, raws, fit_rows, target, l2)
-        model = cal.fit_poisson([raws[k] for k in fit_rows], [target[k] for k in fit_rows], l2=l2,
-                                prior=cal.PRIOR, groups=[str(rows[k]["seg_id"]) for k in fit_rows],
-                                rank_weight=lam)
+        par = ParagraphSet(paragraphs, side, lm, name, cap) if paragraphs else None
+        p_train = [p for p, r in enumerate(paragraphs or []) if r["doc_id"] not in held]
+        p_test = [p for p, r in enumerate(paragraphs or []) if r["doc_id"] in held]
+        lam, cv = choose_rank_weight(rows, raws, fit_rows, target, l2, par, p_train)
+        model = _fit(rows, raws, fit_rows, target, l2, lam, par, p_train)
         score = [cal.penalty_to_score(model.expected_penalty(x)) if ok else 100.0
                  for x, ok in zip(raws, usable)]
         f_train, f_test = figures(rows, train, score), figures(rows, test, score)
         figs = {f"train_{k}": v for k, v in f_train.items()}
         figs.update({f"held_out_{k}": v for k, v in f_test.items()})
+        if par is not None:
+            ps = par.scores(model, p_test)
+            figs.update({f"held_out_paragraph_{k}": v for k, v in par.figures(p_test, ps).items()})
+            if side == "ref":
+                cf = par.figures(p_test, {p: chrf[p] for p in p_test})
+                figs.update({f"held_out_paragraph_chrf_{k}": v for k, v in cf.items()})
         figs.update(cv)
         models[name] = cal.UnitModel(model.inputs, model.center, model.scale, model.coef,
                                      model.intercept, figs, model.prior)
@@ -607,14 +819,29 @@ def main() -> None:
                         help="MQM penalties above this are fitted as this (non-translation).")
     parser.add_argument("--out", type=Path, default=OUT)
     parser.add_argument("--dry-run", action="store_true", help="Fit and print; write nothing.")
+    parser.add_argument("--paragraph-features", type=Path, default=None,
+                        help="Paragraph units' feature file (issue 22): built when missing, "
+                             "with --paragraph-lm-cache for its LM reading.")
+    parser.add_argument("--paragraph-lm-cache", type=Path, default=None)
+    parser.add_argument("--build-only", action="store_true",
+                        help="Build the missing feature files and stop.")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     if args.rebuild or not args.features.is_file():
         build_features(args.data, args.features, args.lm_cache, args.limit, args.precision)
+    if args.paragraph_features is not None and (args.rebuild or
+                                                not args.paragraph_features.is_file()):
+        build_paragraph_features(args.data, args.paragraph_features, args.paragraph_lm_cache,
+                                 args.precision, None if args.limit is None else 2)
+    if args.build_only:
+        return
     head, rows = read_features(args.features)
     records = load_mqm(Path(head["data"]))
     texts = [records[int(r["line"])].hypothesis for r in rows]
-    models, info = fit_all(head, rows, args.l2, args.cap)
+    paragraphs = None
+    if args.paragraph_features is not None:
+        _phead, paragraphs = read_features(args.paragraph_features)
+    models, info = fit_all(head, rows, args.l2, args.cap, paragraphs)
     spans: dict[str, cal.SpanModel] = {}
     word_models: dict[str, cal.WordModel] = {}
     for side in ("free", "ref"):
