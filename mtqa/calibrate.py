@@ -285,7 +285,8 @@ def fit_poisson(rows: Sequence[Mapping[str, float]], target: Sequence[float], *,
                 inputs: Sequence[str] | None = None,
                 prior: Mapping[str, float] | None = None,
                 groups: Sequence[str] | None = None, rank_weight: float = 0.0,
-                aggregates: Sequence[Aggregate] | None = None) -> UnitModel:
+                aggregates: Sequence[Aggregate] | None = None,
+                aggregate_weight: float | None = None) -> UnitModel:
     """Fit a UnitModel by penalised Poisson maximum likelihood (quasi-Poisson: any target >= 0).
 
     Weights of ``MONOTONE_PREFIXES`` inputs are constrained to be non-negative. With ``prior``
@@ -300,7 +301,8 @@ def fit_poisson(rows: Sequence[Mapping[str, float]], target: Sequence[float], *,
     what comparing systems needs.
 
     With ``aggregates`` (paragraphs: several rows scored together, ``Aggregate``), the same
-    ranking term (same ``rank_weight``, a mean over its own pairs) is added for the aggregates
+    ranking term (weight ``aggregate_weight``, ``rank_weight`` when not given; a mean over its
+    own pairs) is added for the aggregates
     of one group: an aggregate's score is the log of its rows' summed expected penalty per
     sentence, as ``mtqa.aggregate`` scores a document, so the fit also learns to rank
     paragraphs, whose inputs scale with length and context differently from sentences'.
@@ -327,7 +329,8 @@ def fit_poisson(rows: Sequence[Mapping[str, float]], target: Sequence[float], *,
     better, worse = _ranked_pairs(groups, target) if groups is not None and rank_weight > 0 \
         else (np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64))
 
-    agg = list(aggregates or []) if rank_weight > 0 else []
+    agg_weight = rank_weight if aggregate_weight is None else aggregate_weight
+    agg = list(aggregates or []) if agg_weight > 0 else []
     if agg:
         members = [np.asarray(a.rows, dtype=np.int64) for a in agg]
         owner = np.repeat(np.arange(len(agg)), [len(m) for m in members])
@@ -348,8 +351,8 @@ def fit_poisson(rows: Sequence[Mapping[str, float]], target: Sequence[float], *,
             total = np.maximum(pick @ mu, 1e-300)
             score = np.log(total) - log_n
             d = score[a_better] - score[a_worse]
-            nll += rank_weight * float(np.mean(np.logaddexp(0.0, d)))
-            push = rank_weight / len(a_better) / (1.0 + np.exp(-d))
+            nll += agg_weight * float(np.mean(np.logaddexp(0.0, d)))
+            push = agg_weight / len(a_better) / (1.0 + np.exp(-d))
             per_agg = np.zeros(len(agg))
             np.add.at(per_agg, a_better, push)
             np.add.at(per_agg, a_worse, -push)

@@ -362,7 +362,8 @@ class ParagraphSet:
 
 def _fit(rows: Sequence[Mapping[str, Any]], raws: Sequence[Mapping[str, float]],
          fit_rows: Sequence[int], target: Sequence[float], l2: float, lam: float,
-         par: ParagraphSet | None = None, par_rows: Sequence[int] = ()) -> cal.UnitModel:
+         par: ParagraphSet | None = None, par_rows: Sequence[int] = (),
+         lam_paragraphs: float = 0.0) -> cal.UnitModel:
     """One unit model on the lines ``fit_rows`` and, with ``par``, the units of the
     paragraphs ``par_rows`` (each paragraph ranked against the other systems' as a whole)."""
     xs = [raws[k] for k in fit_rows]
@@ -377,7 +378,7 @@ def _fit(rows: Sequence[Mapping[str, Any]], raws: Sequence[Mapping[str, float]],
         groups += [f"unit:{j}" for j in units]  # NOTE: a unit is ranked only in its paragraph
         aggregates = par.aggregates(par_rows, offset)
     return cal.fit_poisson(xs, ys, l2=l2, prior=cal.PRIOR, groups=groups, rank_weight=lam,
-                           aggregates=aggregates)
+                           aggregates=aggregates, aggregate_weight=lam_paragraphs)
 
 
 #: weights of the within-segment ranking term tried (``cal.fit_poisson``), and the folds of the
@@ -389,49 +390,61 @@ FOLDS = 4
 def choose_rank_weight(rows: Sequence[Mapping[str, Any]], raws: Sequence[Mapping[str, float]],
                        fit_rows: Sequence[int], target: Sequence[float], l2: float,
                        par: ParagraphSet | None = None, par_train: Sequence[int] = ()
-                       ) -> tuple[float, dict[str, float]]:
-    """The ranking weight with the best cross-validated within-segment Kendall, among those
-    whose cross-validated pooled Kendall stays within .01 of the likelihood-only fit's.
+                       ) -> tuple[float, float, dict[str, float]]:
+    """The ranking weights (sentences, paragraphs) with the best cross-validated
+    within-segment Kendall, among those whose cross-validated pooled Kendall stays within .01
+    of the likelihood-only fit's.
 
     Folds are whole training documents (every system's lines of a document in one fold), so
-    no segment is in both sides of a fold; held-out documents are never read. With
-    paragraphs, both unit lengths are fitted and scored in each fold, the criterion is the
-    mean of the sentences' and the paragraphs' within-segment Kendall, and the pooled floor
-    holds for each.
+    no segment is in both sides of a fold; held-out documents are never read. The sentence
+    weight is chosen first, on the sentence figures, as without paragraphs (paragraph units
+    in the likelihood only); then, with it fixed, the paragraphs' weight, on the paragraph
+    figures, among the weights that keep the sentences' cross-validated pooled and
+    within-segment Kendall within .01 of the first step's.
     """
     docs = list(dict.fromkeys(rows[k]["doc_id"] for k in fit_rows))
     fold_of = {d: i % FOLDS for i, d in enumerate(docs)}
-    table: dict[float, list[float]] = {}
-    for lam in RANK_WEIGHTS:
+
+    def cv(lam: float, lam_p: float) -> list[float]:
         figs: list[list[float]] = []
         for f in range(FOLDS):
             tr = [k for k in fit_rows if fold_of[rows[k]["doc_id"]] != f]
             te = [k for k in fit_rows if fold_of[rows[k]["doc_id"]] == f]
             ptr = [p for p in par_train if fold_of.get(par.paras[p]["doc_id"]) != f] if par else []
             pte = [p for p in par_train if fold_of.get(par.paras[p]["doc_id"]) == f] if par else []
-            model = _fit(rows, raws, tr, target, l2, lam, par, ptr)
+            model = _fit(rows, raws, tr, target, l2, lam, par, ptr, lam_p)
             sf = figures(rows, te, {k: -model.expected_penalty(raws[k]) for k in te})
             row = [sf["kendall"], sf["within_kendall"]]
-            if par is not None and pte:
-                pf = par.figures(pte, par.scores(model, pte))
-                row += [pf["kendall"], pf["within_kendall"]]
+            if par is not None:
+                pf = par.figures(pte, par.scores(model, pte)) if len(pte) > 2 else {}
+                row += [pf.get("kendall", math.nan), pf.get("within_kendall", math.nan)]
             figs.append(row)
-        table[lam] = [float(np.mean([r[i] for r in figs])) for i in range(len(figs[0]))]
-    base = table[0.0]
+        return [float(np.nanmean([r[i] for r in figs])) for i in range(len(figs[0]))]
 
-    def allowed(lam: float) -> bool:
-        return all(table[lam][i] >= base[i] - 0.01 for i in range(0, len(base), 2))
-
-    best = max((lam for lam in RANK_WEIGHTS if allowed(lam)),
-               key=lambda x: float(np.mean(table[x][1::2])))
-    out = {"rank_weight": best}
+    table = {lam: cv(lam, 0.0) for lam in RANK_WEIGHTS}
+    floor = table[0.0][0] - 0.01
+    best = max((lam for lam in RANK_WEIGHTS if table[lam][0] >= floor), key=lambda x: table[x][1])
+    out: dict[str, float] = {"rank_weight": best}
     for lam, t in table.items():
         out[f"cv_pooled_rank{lam:g}"] = t[0]
         out[f"cv_within_rank{lam:g}"] = t[1]
-        if len(t) > 2:
-            out[f"cv_paragraph_pooled_rank{lam:g}"] = t[2]
-            out[f"cv_paragraph_within_rank{lam:g}"] = t[3]
-    return best, out
+    if par is None:
+        return best, 0.0, out
+    ptable = {0.0: table[best]}
+    ptable.update({lp: cv(best, lp) for lp in RANK_WEIGHTS if lp > 0})
+    first = table[best]
+
+    def keeps(t: list[float]) -> bool:
+        return (t[0] >= first[0] - 0.01 and t[1] >= first[1] - 0.01
+                and t[2] >= first[2] - 0.01)
+
+    best_p = max((lp for lp, t in ptable.items() if keeps(t)), key=lambda x: ptable[x][3])
+    out["paragraph_rank_weight"] = best_p
+    for lp, t in ptable.items():
+        out[f"cv_paragraph_pooled_rank{lp:g}"] = t[2]
+        out[f"cv_paragraph_within_rank{lp:g}"] = t[3]
+        out[f"cv_sentence_within_with_paragraph_rank{lp:g}"] = t[1]
+    return best, best_p, out
 
 
 def fit_all(head: Mapping[str, Any], rows: list[dict[str, Any]], l2: float, cap: float,
@@ -447,7 +460,11 @@ def fit_all(head: Mapping[str, Any], rows: list[dict[str, Any]], l2: float, cap:
         texts = {(p.record.seg_id, p.record.system): p.record
                  for p in paragraph_units([r for r in records if not r.system.startswith("ref-")])}
         for k, prow in enumerate(paragraphs):
-            rec = texts[(prow["seg_id"], prow["system"])]
+            rec = texts.get((prow["seg_id"], prow["system"]))
+            if rec is None:
+                raise SystemExit(f"{head['data']}: paragraph {prow['seg_id']} of "
+                                 f"{prow['system']} is not one mtqa.evaluate.paragraph_units "
+                                 "makes now; rebuild the paragraph features")
             if prow["doc_id"] in held:
                 chrf[k] = sacrebleu.sentence_chrf(rec.hypothesis, [rec.reference]).score
     target = [min(float(r["mqm"]), cap) for r in rows]
@@ -462,8 +479,8 @@ def fit_all(head: Mapping[str, Any], rows: list[dict[str, Any]], l2: float, cap:
         par = ParagraphSet(paragraphs, side, lm, name, cap) if paragraphs else None
         p_train = [p for p, r in enumerate(paragraphs or []) if r["doc_id"] not in held]
         p_test = [p for p, r in enumerate(paragraphs or []) if r["doc_id"] in held]
-        lam, cv = choose_rank_weight(rows, raws, fit_rows, target, l2, par, p_train)
-        model = _fit(rows, raws, fit_rows, target, l2, lam, par, p_train)
+        lam, lam_p, cv = choose_rank_weight(rows, raws, fit_rows, target, l2, par, p_train)
+        model = _fit(rows, raws, fit_rows, target, l2, lam, par, p_train, lam_p)
         score = [cal.penalty_to_score(model.expected_penalty(x)) if ok else 100.0
                  for x, ok in zip(raws, usable)]
         f_train, f_test = figures(rows, train, score), figures(rows, test, score)
