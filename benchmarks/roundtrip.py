@@ -1,7 +1,8 @@
 """Sentence fluency against people on machine round trips (Lau, Clark & Lappin's BNC ratings).
 
     python benchmarks/roundtrip.py [--data ../shared/data/roundtrip_bnc_dev.jsonl]
-        [--lm-model ID] [--folds 5] [--gate] [--speed N] [--cache-dir /tmp/mtqa-roundtrip]
+        [--lm-model ID] [--precision fp32|bf16|auto] [--folds 5] [--gate [--policy FILE]]
+        [--speed N [--speed-with MODEL:PRECISION ...]] [--cache-dir /tmp/mtqa-roundtrip]
 
 Each sentence of the file is read by the fluency checker's language model on its own (as a
 one-sentence document). Printed, for every candidate acceptability measure and for the checker's
@@ -18,9 +19,10 @@ document and prints the share the default policy blocks for originals, good roun
 rating >= 2.5) and bad ones (< 2.5), with the rules that blocked them (the LM readings are
 the table's, not read again). The reports are cached by
 a hash of the mtqa sources and settings, leaving out what is re-applied on every run: the
-fluency scale, the score map's constants and the policy. ``--speed N`` prints tokens/s on the
-first N sentences (with ``--lm-model``, the default model too, interleaved; float32: bf16
-comes with the bf16 work on ``mtqa/llama.py``).
+fluency scale, the score map's constants and the policy (``--policy FILE`` applies another).
+``--speed N`` prints tokens/s on the first N sentences for the table's model and each
+``--speed-with MODEL:PRECISION``, interleaved, and whether each reads a sentence the same in a
+batch as alone (transformers' bf16 is not covered by mtqa's batch-invariance guarantee).
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
+from scipy.optimize import minimize
 from scipy.stats import pearsonr, rankdata, spearmanr
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -47,7 +50,7 @@ sys.path.insert(0, str(ROOT))
 from mtqa.checkers import fluency as fl  # noqa: E402
 from mtqa.checkers.fluency import FluencyChecker, WordScores  # noqa: E402
 from mtqa.segment import segment  # noqa: E402
-from mtqa.types import Document, SegmentedDocument  # noqa: E402
+from mtqa.types import Document, DocumentReport, SegmentedDocument  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "roundtrip_bnc_dev.jsonl"
 GOOD = 2.5
@@ -69,12 +72,15 @@ def documents(rows: Sequence[dict[str, object]]) -> list[SegmentedDocument]:
     return [segment(Document(str(r["id"]), str(r["text"]))) for r in rows]
 
 
+def _reading(checker: FluencyChecker) -> str:
+    """The checker's signature less its fitted scale, which does not change what the LM reads."""
+    return re.sub(r"\|scale:[^|]*", "", checker.signature)
+
+
 def read_lm(rows: Sequence[dict[str, object]], checker: FluencyChecker, cache: Path,
             data_sha: str) -> list[WordScores]:
     """The checker's word surprisals of every sentence, cached by signature and data."""
-    # NOTE: the fitted scale does not change what the LM reads: it is left out of the key
-    reading = re.sub(r"\|scale:[^|]*", "", checker.signature)
-    key = hashlib.sha256(f"{reading}|{data_sha}".encode()).hexdigest()[:16]
+    key = hashlib.sha256(f"{_reading(checker)}|{data_sha}".encode()).hexdigest()[:16]
     path = cache / f"lm-{key}.pkl"
     if path.exists():
         with path.open("rb") as fh:
@@ -155,15 +161,53 @@ def ridge(alpha: float = 1.0) -> Callable[[np.ndarray, np.ndarray],
     return fit
 
 
+def fit_scale(x: np.ndarray, y: np.ndarray, l2: float = 1e-3) -> dict[str, object]:
+    """Least squares of 1 + 3 sigmoid(b + z.w) against ratings ``y``; z = standardised x."""
+    mean, scale = x.mean(0), x.std(0) + 1e-9
+    z = (x - mean) / scale
+    target = (y - 1.0) / 3.0
+
+    def loss(p: np.ndarray) -> tuple[float, np.ndarray]:
+        eta = p[0] + z @ p[1:]
+        s = 1.0 / (1.0 + np.exp(-eta))
+        r = s - target
+        g = 2.0 * r * s * (1.0 - s) / len(y)
+        grad = np.concatenate([[g.sum()], z.T @ g + 2.0 * l2 * p[1:]])
+        return float((r ** 2).mean() + l2 * (p[1:] ** 2).sum()), grad
+
+    res = minimize(loss, np.zeros(x.shape[1] + 1), jac=True, method="L-BFGS-B")
+    return {"mean": mean.tolist(), "scale": scale.tolist(), "intercept": float(res.x[0]),
+            "coef": res.x[1:].tolist()}
+
+
+def apply_scale(p: dict[str, object], x: np.ndarray) -> np.ndarray:
+    z = (x - np.asarray(p["mean"])) / np.asarray(p["scale"])
+    eta = float(p["intercept"]) + z @ np.asarray(p["coef"])  # type: ignore[arg-type]
+    return 100.0 / (1.0 + np.exp(-eta))
+
+
+def logistic_map(x: np.ndarray, y: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+    """``fit_scale`` as a ``cross_val`` fit: the fitted 0-100 map."""
+    params = fit_scale(x, y)
+    return lambda t: apply_scale(params, t)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", type=Path, default=DATA)
     ap.add_argument("--lm-model")
+    ap.add_argument("--precision", default=FluencyChecker.PRECISION,
+                    help="the LM's weight type (auto, fp32, bf16); default the checker's")
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--cache-dir", type=Path, default=Path("/tmp/mtqa-roundtrip"))
-    ap.add_argument("--gate", action="store_true")
+    ap.add_argument("--gate", action="store_true",
+                    help="block rates of the default policy (every checker runs)")
+    ap.add_argument("--policy", type=Path, help="with --gate: this policy file instead")
     ap.add_argument("--speed", type=int, default=0, metavar="N",
-                    help="tokens/s on the first N sentences, with the default model too")
+                    help="tokens/s and batch invariance on the first N sentences")
+    ap.add_argument("--speed-with", action="append", default=[], metavar="MODEL:PRECISION",
+                    help="with --speed: also this model (default: the bundled one) in this "
+                         "precision, interleaved (repeatable), e.g. default:fp32")
     args = ap.parse_args()
     rows = load(args.data)
     data_sha = sha256(args.data)
@@ -171,7 +215,8 @@ def main() -> None:
     fold = folds_of(rows, args.folds)
     model_cache = os.environ.get("MTQA_CACHE_DIR")
     checker_cache = Path(model_cache) if model_cache else None
-    checker = FluencyChecker(lm_model=args.lm_model, cache_dir=checker_cache)
+    checker = FluencyChecker(lm_model=args.lm_model, cache_dir=checker_cache,
+                             precision=args.precision)
     print(f"{args.data.name}: {len(rows)} sentences, sha256 {data_sha[:12]}; "
           f"{checker.signature}; {args.folds} folds by original_id")
     scores = read_lm(rows, checker, args.cache_dir, data_sha)
@@ -187,11 +232,23 @@ def main() -> None:
         pred = cross_val(x, rating, fold, ridge())
         p, s, a, o = figures(pred, rows)
         print(f"{name:34s} {p:8.3f} {s:8.3f} {a:6.3f} {o:7.3f}")
+    print("\ncandidate 0-100 maps (scripts/fit_fluency.py's logistic fit, inside the folds):")
+    for name, keys in MAPS.items():
+        x = np.column_stack([table[k] for k in keys])
+        pred = cross_val(x, rating, fold, logistic_map)
+        p, s, a, o = figures(pred, rows)
+        print(f"{name:34s} {p:8.3f} {s:8.3f} {a:6.3f} {o:7.3f}")
     if args.speed:
-        others = [] if args.lm_model is None else [FluencyChecker(cache_dir=checker_cache)]
+        others = []
+        for spec in args.speed_with:
+            model, _, precision = spec.partition(":")
+            others.append(FluencyChecker(lm_model=None if model == "default" else model,
+                                         cache_dir=checker_cache,
+                                         precision=precision or FluencyChecker.PRECISION))
         speed(rows, [*others, checker], args.speed)
-    if args.gate:
-        gate(rows, args.cache_dir, data_sha, scores, checker)
+    if args.gate or args.policy:
+        reports = gate_reports(rows, args.cache_dir, data_sha, scores, checker, args.lm_model)
+        gate(rows, reports, args.policy)
 
 
 # --- candidate measures -----------------------------------------------------------------------
@@ -203,6 +260,16 @@ COMBOS: dict[str, tuple[str, ...]] = {
                                        "word_lp_max"),
     "ridge: z_cost + slor + log_tokens": ("z_cost", "slor", "log_tokens"),
     "ridge: all LM measures": (*fl.MEASURES, "z0_max"),
+}
+#: sets of measures a fluency scale (``scripts/fit_fluency.py --measures``) may read
+MAPS: dict[str, tuple[str, ...]] = {
+    "map: slor": ("slor",),
+    "map: z_cost": ("z_cost",),
+    "map: z_cost_prior": ("z_cost_prior",),
+    "map: z_cost_prior + slor": ("z_cost_prior", "slor"),
+    "map: z_cost_prior + word_slor_mean": ("z_cost_prior", "word_slor_mean"),
+    "map: z_cost_prior + log_tokens": ("z_cost_prior", "log_tokens"),
+    "map: all LM measures": fl.MEASURES,
 }
 
 
@@ -239,25 +306,37 @@ def measures(sds: Sequence[SegmentedDocument], scores: Sequence[WordScores],
 
 def speed(rows: Sequence[dict[str, object]], checkers: Sequence[FluencyChecker], n: int,
           rounds: int = 3) -> None:
-    """Tokens/s of each checker on the first ``n`` sentences, interleaved, medians of rounds."""
+    """Tokens/s of each checker on the first ``n`` sentences, interleaved, medians of rounds;
+    and whether its readings depend on the batch (the same sentences one per forward pass)."""
     sds = documents(rows[:n])
     times: dict[int, list[float]] = {i: [] for i in range(len(checkers))}
     tokens: dict[int, int] = {}
+    batched: dict[int, list[WordScores]] = {}
     for _ in range(rounds):
         for i, c in enumerate(checkers):
             started = time.perf_counter()
-            scores = c.score_words(sds)
+            batched[i] = c.score_words(sds)
             times[i].append(time.perf_counter() - started)
-            tokens[i] = sum(len(s.token_surprisal) for s in scores)
+            tokens[i] = sum(len(s.token_surprisal) for s in batched[i])
     print(f"\nspeed on the first {n} sentences ({rounds} rounds interleaved, median; "
-          f"load average {os.getloadavg()[0]:.1f}):")
+          f"load average {os.getloadavg()[0]:.1f}); batch invariance: the largest difference "
+          f"of a token's surprisal read in batches of {checkers[0].batch_size} and alone:")
     for i, c in enumerate(checkers):
         t = float(np.median(times[i]))
-        print(f"  {c.signature}: {tokens[i]} tokens in {t:.1f}s = {tokens[i] / t:.0f} tokens/s")
+        size = c.batch_size
+        c.batch_size = 1
+        try:
+            alone = c.score_words(sds)
+        finally:
+            c.batch_size = size
+        diff = max(float(np.max(np.abs(np.subtract(a.token_surprisal, b.token_surprisal))))
+                   for a, b in zip(batched[i], alone) if a.token_surprisal)
+        print(f"  {c.signature}: {tokens[i]} tokens in {t:.1f}s = {tokens[i] / t:.0f} tokens/s; "
+              f"batched vs alone max |diff| {diff:.2e} nats")
 
 
 #: what ``--gate`` re-applies to the cached reports, so their edits need no new pipeline run
-_REAPPLIED = ("data/fluency_scale.json", "data/default_policy.toml")
+_REAPPLIED = ("data/fluency_scale.json", "data/default_policy.toml", "gate.py")
 _SCORE_MAP = re.compile(r"^SCORE_[A-Z_]+\s*(?::[^=]*)?=.*$", re.M)
 
 
@@ -277,32 +356,32 @@ def _source_hash() -> str:
     return h.hexdigest()[:16]
 
 
-def gate(rows: Sequence[dict[str, object]], cache: Path, data_sha: str,
-         scores: Sequence[WordScores], checker: FluencyChecker) -> None:
-    """Block rates of the default policy, each sentence checked as its own document.
+def gate_reports(rows: Sequence[dict[str, object]], cache: Path, data_sha: str,
+                 scores: Sequence[WordScores], checker: FluencyChecker,
+                 lm_model: str | None = None) -> list[DocumentReport]:
+    """The default pipeline's report of each sentence, checked as its own document.
 
     The whole pipeline's reports are cached; the fluency scale (from ``scores``, the same
-    one-sentence readings), the score map (``mtqa.calibrate.penalty_to_score`` of the report's
-    expected penalty) and the default policy are applied to them on every run.
+    one-sentence readings) and the score map (``mtqa.calibrate.penalty_to_score`` of the
+    report's expected penalty) are applied to them on every run.
     """
     import dataclasses
 
     import mtqa
     from mtqa.calibrate import penalty_to_score
-    from mtqa.gate import decide, load_policy
 
-    settings = mtqa.Settings()
+    settings = mtqa.Settings(lm_model=lm_model, precision=checker.precision)
     key = hashlib.sha256(f"{_source_hash()}|{json.dumps(settings.to_dict(), sort_keys=True)}"
-                         f"|{data_sha}".encode()).hexdigest()[:16]
+                         f"|{_reading(checker)}|{data_sha}".encode()).hexdigest()[:16]
     path = cache / f"gate-{key}.pkl"
     if path.exists():
         with path.open("rb") as fh:
-            reports = pickle.load(fh)
+            reports: list[DocumentReport] = pickle.load(fh)
     else:
         started = time.perf_counter()
         # NOTE: the pipeline's fluency checker reads each sentence exactly as the table's
-        # checker did (same model and settings, checked below; float32 results do not depend
-        # on batching): its readings come from the same cache instead of a second LM pass
+        # checker did (same model and settings, checked below): its readings come from the
+        # same cache instead of a second LM pass
         by_text = {str(r["text"]): ws for r, ws in zip(rows, scores)}
         reading = FluencyChecker.score_words
 
@@ -325,17 +404,24 @@ def gate(rows: Sequence[dict[str, object]], cache: Path, data_sha: str,
         cache.mkdir(parents=True, exist_ok=True)
         with path.open("wb") as fh:
             pickle.dump(reports, fh)
-    policy = load_policy()
-    sds = documents(rows)
-    verdicts = []
-    for d, sd, ws in zip(reports, sds, scores):
+    out = []
+    for d, sd, ws in zip(reports, documents(rows), scores):
         e = d.features["expected_penalty"]
-        fluency = checker.analyse(sd, ws).doc_score
-        d = dataclasses.replace(d, score=d.score if e is None else penalty_to_score(e),
-                                fluency=fluency)
-        verdicts.append({"score": d.score, "fluency": d.fluency,
-                         "rules": [x.rule for x in decide(d, policy).reasons]})
-    print(f"\npolicy {policy.name!r}, each sentence its own document (blocked share, rules):")
+        out.append(dataclasses.replace(d, score=d.score if e is None else penalty_to_score(e),
+                                       fluency=checker.analyse(sd, ws).doc_score))
+    return out
+
+
+def gate(rows: Sequence[dict[str, object]], reports: Sequence[DocumentReport],
+         policy_path: Path | None = None) -> None:
+    """Block rates of a policy (default: mtqa's) for originals, good and bad round trips."""
+    from mtqa.gate import decide, load_policy
+
+    policy = load_policy(policy_path)
+    verdicts = [decide(d, policy) for d in reports]
+    where = policy_path or "mtqa/data/default_policy.toml"
+    print(f"\npolicy {policy.name!r} ({where}), each sentence its own document "
+          f"(blocked share, blocking rules):")
     parts = {
         "originals": [i for i, r in enumerate(rows) if r["is_original"]],
         f"round trips rated >= {GOOD}": [i for i, r in enumerate(rows) if not r["is_original"]
@@ -344,10 +430,10 @@ def gate(rows: Sequence[dict[str, object]], cache: Path, data_sha: str,
                                         and float(r["rating"]) < GOOD],  # type: ignore[arg-type]
     }
     for name, idx in parts.items():
-        blocked = [i for i in idx if verdicts[i]["rules"]]
-        rules = Counter(rule for i in blocked for rule in verdicts[i]["rules"])
-        score = np.array([verdicts[i]["score"] for i in idx])
-        flu = np.array([verdicts[i]["fluency"] or 0.0 for i in idx])
+        blocked = [i for i in idx if not verdicts[i].passed]
+        rules = Counter(x.rule for i in blocked for x in verdicts[i].reasons if x.blocking)
+        score = np.array([reports[i].score for i in idx])
+        flu = np.array([reports[i].fluency or 0.0 for i in idx])
         print(f"  {name:26s} n={len(idx):4d} blocked {len(blocked) / len(idx):6.1%}  "
               f"score median {np.median(score):5.1f}  fluency median {np.median(flu):5.1f}  "
               + ", ".join(f"{k} {v}" for k, v in rules.most_common()))

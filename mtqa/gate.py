@@ -56,6 +56,8 @@ class Policy:
     min_score: float | None = None
     min_fluency: float | None = None
     max_major_per_100_words: float | None = None
+    #: major/critical spans any document may have, however short, before the rate applies
+    major_spans_allowed: int | None = None
     max_critical: int | None = None
     blocking_categories: tuple[str, ...] = ()
     min_ref_coverage: float | None = None
@@ -112,6 +114,7 @@ _CHECKS: Mapping[str, Callable[[str, object], str | None]] = {
     "min_score": _number(0, 100),
     "min_fluency": _number(0, 100),
     "max_major_per_100_words": _number(0),
+    "major_spans_allowed": _number(0, integer=True),
     "max_critical": _number(0, integer=True),
     "blocking_categories": _names(KNOWN_CATEGORIES),
     "min_ref_coverage": _number(0, 1),
@@ -231,13 +234,17 @@ def decide(report: DocumentReport, policy: Policy) -> Verdict:
         reasons.append(Reason("min_fluency", round(report.fluency, 1), policy.min_fluency,
                               f"fluency {report.fluency:.1f} is below {policy.min_fluency:g}"))
     serious = [i for i, s in enumerate(report.spans) if s.severity is not Severity.MINOR]
-    if policy.max_major_per_100_words is not None and serious:
+    allowed = policy.major_spans_allowed or 0
+    if policy.max_major_per_100_words is not None and len(serious) > allowed:
+        # NOTE: the rate alone would judge a 20-word sentence by one span (5 per 100 words);
+        # up to major_spans_allowed spans never block, beyond them the rate decides
         rate = 100.0 * len(serious) / max(_words(report), 1)
         if rate > policy.max_major_per_100_words:
+            also = f", and {allowed} in any document" if allowed else ""
             reasons.append(Reason(
                 "max_major_per_100_words", round(rate, 2), policy.max_major_per_100_words,
                 f"{len(serious)} major/critical spans, {rate:.2f} per 100 words "
-                f"(at most {policy.max_major_per_100_words:g})", tuple(serious)))
+                f"(at most {policy.max_major_per_100_words:g}{also})", tuple(serious)))
     critical = [i for i, s in enumerate(report.spans) if s.severity is Severity.CRITICAL]
     if policy.max_critical is not None and len(critical) > policy.max_critical:
         reasons.append(Reason("max_critical", len(critical), policy.max_critical,

@@ -28,7 +28,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from scipy.optimize import minimize
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -52,33 +51,7 @@ from mtqa.checkers.fluency import FluencyChecker  # noqa: E402
 OUT = ROOT / "mtqa" / "data" / "fluency_scale.json"
 SCHEMA = "mtqa.fluency-scale/1"
 #: the measures of the shipped scale (chosen on cross-validated figures, benchmarks/roundtrip.py)
-DEFAULT_MEASURES = ("z_cost",)
-L2 = 1e-3
-
-
-def fit_scale(x: np.ndarray, y: np.ndarray, l2: float = L2) -> dict[str, object]:
-    """Least squares of 1 + 3 sigmoid(b + z.w) against ratings ``y``; z = standardised x."""
-    mean, scale = x.mean(0), x.std(0) + 1e-9
-    z = (x - mean) / scale
-    target = (y - 1.0) / 3.0
-
-    def loss(p: np.ndarray) -> tuple[float, np.ndarray]:
-        eta = p[0] + z @ p[1:]
-        s = 1.0 / (1.0 + np.exp(-eta))
-        r = s - target
-        g = 2.0 * r * s * (1.0 - s) / len(y)
-        grad = np.concatenate([[g.sum()], z.T @ g + 2.0 * l2 * p[1:]])
-        return float((r ** 2).mean() + l2 * (p[1:] ** 2).sum()), grad
-
-    res = minimize(loss, np.zeros(x.shape[1] + 1), jac=True, method="L-BFGS-B")
-    return {"mean": mean.tolist(), "scale": scale.tolist(), "intercept": float(res.x[0]),
-            "coef": res.x[1:].tolist()}
-
-
-def apply_scale(p: dict[str, object], x: np.ndarray) -> np.ndarray:
-    z = (x - np.asarray(p["mean"])) / np.asarray(p["scale"])
-    eta = float(p["intercept"]) + z @ np.asarray(p["coef"])  # type: ignore[arg-type]
-    return 100.0 / (1.0 + np.exp(-eta))
+DEFAULT_MEASURES = ("z_cost_prior",)
 
 
 def main() -> None:
@@ -104,10 +77,10 @@ def main() -> None:
     x = np.array([[v[m] for m in names] for v in values])
     y = np.array([float(r["rating"]) for r in rows])  # type: ignore[arg-type]
     fold = rt.folds_of(rows, args.folds)
-    cv = rt.cross_val(x, y, fold, lambda a, b: (lambda t, p=fit_scale(a, b): apply_scale(p, t)))
+    cv = rt.cross_val(x, y, fold, rt.logistic_map)
     pearson, spearman, auc, first = rt.figures(cv, rows)
-    params = fit_scale(x, y)
-    fitted = apply_scale(params, x)
+    params = rt.fit_scale(x, y)
+    fitted = rt.apply_scale(params, x)
     rating = 1.0 + 3.0 * cv / 100.0
     print(f"{checker.signature}\nmeasures {names}\n"
           f"cross-validated ({args.folds} folds by original_id): Pearson {pearson:.3f}  "

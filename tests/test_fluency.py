@@ -12,6 +12,7 @@ import pytest
 
 from mtqa.checkers.fluency import (
     MEASURES,
+    PRIOR_FLUENT_WORDS,
     FluencyChecker,
     FluencyScale,
     WordScores,
@@ -168,6 +169,7 @@ def test_sentence_measures_follow_their_definitions() -> None:
     assert m["normlp"] == pytest.approx(-12.0 / 14.0)
     assert m["word_lp_min"] == pytest.approx(-0.8) and m["word_lp_max"] == pytest.approx(-0.75)
     assert m["z_cost"] == pytest.approx(-0.5)
+    assert m["z_cost_prior"] == pytest.approx(-1.5 / (3 + PRIOR_FLUENT_WORDS))
 
 
 def test_document_fluency_is_word_weighted() -> None:

@@ -17,7 +17,8 @@ from mtqa.config import Settings
 from mtqa.errors import ConfigError
 from mtqa.gate import KNOWN_CATEGORIES, Policy, decide, load_policy
 from mtqa.pipeline import Checker, check
-from mtqa.types import CheckResult, Document, SegmentedDocument, Skipped
+from mtqa.types import (CheckResult, Document, DocumentReport, SegmentedDocument, Severity,
+                        Skipped, Span)
 
 runner = CliRunner()
 STRUCTURE = Settings(checkers=("structure",))
@@ -171,6 +172,48 @@ def test_hill_still_passes_the_default_policy() -> None:
     assert doc.verdict.passed, doc.verdict.reasons
 
 
+# --- major spans in short documents ---------------------------------------------------------
+
+SENTENCE = "The minister said on Monday that the talks would resume next week in Geneva."
+
+
+def _with_majors(doc: DocumentReport, words: Sequence[str]) -> DocumentReport:
+    """``doc`` with a major ``garbled`` span on each of ``words`` (found in its text)."""
+    spans = tuple(Span(start=doc.mt.index(w), end=doc.mt.index(w) + len(w), text=w,
+                       category="garbled", severity=Severity.MAJOR, checker="fluency",
+                       message="test", confidence=0.9) for w in words)
+    return dataclasses.replace(doc, spans=spans)
+
+
+def test_one_major_span_in_a_sentence_passes_within_the_allowance() -> None:
+    """14 words: one span is 7.1 per 100 words, over any rate, yet allowed; two are not."""
+    with Checker(STRUCTURE) as checker:
+        doc = checker.check(SENTENCE)
+    rate_only = Policy(max_major_per_100_words=0.5)
+    allowing = Policy(max_major_per_100_words=0.5, major_spans_allowed=1)
+    one, two = _with_majors(doc, ["Monday"]), _with_majors(doc, ["Monday", "Geneva"])
+    assert _rules(decide(one, rate_only).reasons) == {"max_major_per_100_words"}
+    assert decide(one, allowing).passed
+    verdict = decide(two, allowing)
+    (reason,) = verdict.reasons
+    assert not verdict.passed and reason.value == round(200 / 14, 2) and reason.spans == (0, 1)
+    assert "at most 0.5, and 1 in any document" in reason.message
+
+
+def test_allowance_does_not_excuse_a_long_document_over_the_rate() -> None:
+    """In 1,400 words, 8 major spans (0.57 per 100) break a 0.5 rate whatever the allowance."""
+    with Checker(STRUCTURE) as checker:
+        doc = checker.check(" ".join([SENTENCE] * 100))
+    starts = [i * (len(SENTENCE) + 1) + SENTENCE.index("Monday") for i in range(8)]
+    spans = tuple(Span(start=s, end=s + 6, text="Monday", category="garbled",
+                       severity=Severity.MAJOR, checker="fluency", message="test",
+                       confidence=0.9) for s in starts)
+    doc = dataclasses.replace(doc, spans=spans)
+    policy = Policy(max_major_per_100_words=0.5, major_spans_allowed=1)
+    assert _rules(decide(doc, policy).reasons) == {"max_major_per_100_words"}
+    assert decide(dataclasses.replace(doc, spans=spans[:7]), policy).passed
+
+
 # --- policy validation ------------------------------------------------------------------------
 
 BAD_POLICIES = [
@@ -191,6 +234,8 @@ BAD_POLICIES = [
     ('name = ["a"]', "name must be a non-empty string"),
     ('name = ""', "name must be a non-empty string"),
     ("min_body_words = -3", "min_body_words must be a whole number of at least 0"),
+    ("major_spans_allowed = 1.5", "major_spans_allowed must be a whole number of at least 0"),
+    ("major_spans_allowed = -1", "major_spans_allowed must be a whole number of at least 0"),
     ("warn_boilerplate_share = 1.5", "warn_boilerplate_share must be a number from 0 to 1"),
     ('required_checkers = ["spelling"]', "required_checkers: unknown 'spelling'"),
     ('required_checkers = "structure"', "required_checkers must be a list of strings"),

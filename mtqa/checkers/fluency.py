@@ -43,8 +43,8 @@ if TYPE_CHECKING:
     from mtqa.config import Settings
     from mtqa.models import LoadedLM, ModelPool
 
-__all__ = ["MEASURES", "SENTENCE_MAX", "SENTENCE_SUMS", "WORD_SURPRISAL", "FluencyChecker",
-           "FluencyScale", "WordScores", "load_scale", "sentence_measures"]
+__all__ = ["MEASURES", "PRIOR_FLUENT_WORDS", "SENTENCE_MAX", "SENTENCE_SUMS", "WORD_SURPRISAL",
+           "FluencyChecker", "FluencyScale", "WordScores", "load_scale", "sentence_measures"]
 
 #: What the checker emits for the calibration (``mtqa.calibrate`` reads these names): per body
 #: sentence (``CheckResult.sentence_features``) the numbers a scoring unit sums, and the one it
@@ -625,7 +625,9 @@ def document_fluency(values: Sequence[float], words: Sequence[float]) -> float:
 
 #: the acceptability measures ``sentence_measures`` computes (a fluency scale reads some of them)
 MEASURES = ("mean_lp", "slor", "normlp", "word_lp_min", "word_lp_mean", "word_lp_max",
-            "word_slor_min", "word_slor_mean", "log_tokens", "z_cost")
+            "word_slor_min", "word_slor_mean", "log_tokens", "z_cost", "z_cost_prior")
+#: ``z_cost_prior`` reads a sentence as if this many fluent words (cost 0) were added to it
+PRIOR_FLUENT_WORDS = 5.0
 
 
 def sentence_measures(lm: NDArray[np.float64], unigram: NDArray[np.float64],
@@ -640,8 +642,10 @@ def sentence_measures(lm: NDArray[np.float64], unigram: NDArray[np.float64],
     -log P / log U; per word w with letters, ``word_lp`` = -log P(w) / log U(w), and per word
     ``word_slor`` = log P(w) - log U(w): their min, mean and max. ``z_cost`` is minus the mean
     over words of ``cost`` (``FluencyChecker``'s cost: the excess standardised against correct
-    words of the same rarity and kind, above ``PENALTY_FROM``). Higher is more acceptable for
-    every measure but ``log_tokens`` (the length).
+    words of the same rarity and kind, above ``PENALTY_FROM``), and ``z_cost_prior`` the same
+    sum over the words plus ``PRIOR_FLUENT_WORDS`` fluent ones: one odd word weighs less in a
+    short sentence than a share of its words would say (people rate such sentences natural).
+    Higher is more acceptable for every measure but ``log_tokens`` (the length).
     """
     n = max(float(tokens.sum()), 1.0)
     logp, logu = -float(lm.sum()), -float(unigram.sum())
@@ -659,6 +663,7 @@ def sentence_measures(lm: NDArray[np.float64], unigram: NDArray[np.float64],
         "word_slor_mean": float(wslor.mean()) if wslor.size else 0.0,
         "log_tokens": math.log(n),
         "z_cost": -float(cost.mean()) if cost.size else 0.0,
+        "z_cost_prior": -float(cost.sum()) / (cost.size + PRIOR_FLUENT_WORDS),
     }
 
 
