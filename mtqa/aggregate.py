@@ -302,9 +302,11 @@ _TOKEN = re.compile(r"[^\W_]+(?:['\u2019][^\W_]+)*")
 def consistent_tokens(sd: SegmentedDocument, refs: Sequence[str] = ()) -> list[tuple[int, int]]:
     """``[start, end)`` of the names, numbers and quoted words of ``sd.doc.mt`` that the text
     uses consistently: ones it uses at least twice (names: capitalised away from a sentence's
-    start) or that a reference text holds. Two further kinds are names on their face: a run of
-    two or more capitalised words ("Karine Jean-Pierre") and a capitalised word hyphened to a
-    number ("Mohajer-6"). The word model never flags them (issue 19)."""
+    start; a name never written in lower case counts its uses at a sentence's start too) or
+    that a reference text holds, and quoted words the reference quotes. Two further kinds are
+    names on their face: a run of two or more capitalised words ("Karine Jean-Pierre") and a
+    designation, a capitalised word hyphened to a word or number ("Mohajer-6", both parts of
+    "Shahed-series"). The word model never flags them, nor grammar their spelling (issue 19)."""
     mt = sd.doc.mt
     starts = sorted(s.start for s in sd.sentences)
     quoted = [(m.start(), m.end()) for m in _QUOTE.finditer(mt)]
@@ -325,10 +327,13 @@ def consistent_tokens(sd: SegmentedDocument, refs: Sequence[str] = ()) -> list[t
         return m.group()[:1].isupper() and not initial(m)
 
     def joined(u: re.Match[str], v: re.Match[str]) -> bool:
-        return mt[u.end():v.start()] in (" ", "-") and u.group()[:1].isupper() \
+        # NOTE: the normalised copy: "according to\u00a0Biden administration" is a plain space
+        return sd.norm[u.end():v.start()] in (" ", "-") and u.group()[:1].isupper() \
             and v.group()[:1].isupper()
 
     mid_names = Counter(m.group() for m in toks if name(m))
+    uses = Counter(m.group() for m in toks)
+    lower = {m.group() for m in toks if m.group()[:1].islower()}
     numbers = Counter(m.group() for m in toks if any(c.isdigit() for c in m.group()))
     out: list[tuple[int, int]] = []
     for k, m in enumerate(toks):
@@ -341,15 +346,25 @@ def consistent_tokens(sd: SegmentedDocument, refs: Sequence[str] = ()) -> list[t
             ok = numbers[w] >= 2 or w in ref_words
         elif cap and (mid_names[w] >= 2 or w in ref_words) and (not initial(m) or mid_names[w]):
             ok = True
+        elif cap and mid_names[w] and uses[w] >= 2 and w.lower() not in lower:
+            # NOTE: a word written capitalised mid-sentence and never in lower case is a name;
+            # its uses at a sentence's start count too ("according to Biden administration
+            # officials" ... "Biden administration officials said")
+            ok = True
         elif in_quote and any(" ".join(t.group().lower() for t in toks[i:i + 3]) in ref_grams
                               for i in range(max(k - 2, 0), k + 1)):
             ok = True
         if cap and not digit and not ok:
             # a run of capitalised words (its first word away from a sentence's start), or a
-            # designation: a capitalised word hyphened to a number
+            # designation: a capitalised word hyphened to a word or number ("Mohajer-6",
+            # "Shahed-series", "Soviet-era")
             ok = (k + 1 < len(toks) and joined(m, toks[k + 1]) and not initial(m)) or (
-                k > 0 and joined(toks[k - 1], m) and not initial(toks[k - 1])) or bool(
-                re.match(r"-\d", mt[b:b + 2]))
+                k > 0 and joined(toks[k - 1], m) and not initial(toks[k - 1])) or (
+                k + 1 < len(toks) and toks[k + 1].start() == b + 1 and sd.norm[b] == "-")
+        if not ok and k > 0 and sd.norm[a - 1:a] == "-" and toks[k - 1].end() == a - 1 \
+                and toks[k - 1].group()[:1].isupper() and not initial(toks[k - 1]):
+            # the second part of such a designation ("series" of "Shahed-series")
+            ok = True
         if ok:
             out.append((a, b))
     return out
