@@ -166,3 +166,51 @@ def test_seed_word_spans_are_true() -> None:
             assert s.text not in ("Kyiv", "Pentagon", "Mohajer")
     hill_majors = [s for s in report.documents[1].spans if s.severity.value != "minor"]
     assert hill_majors == []
+
+
+def test_the_model_expectation_is_said_once_with_the_lm_reason() -> None:
+    model = load_calibration().words["free"]
+    x = np.asarray(model.center, dtype=np.float64).copy()
+    for name, value in {"zipf": zipf_frequency("rostrum", "en"), "lm": 2.0, "lm_rel": 1.5}.items():
+        x[model.inputs.index(name)] = value
+    share = model.contributions(x[None, :])[0]
+    said = _word_reasons(model, x, share, "rostrum", ("podium", "Chinese", "ro"))
+    # 'ro' is where the word itself starts: not an alternative
+    assert "where it expected 'podium' or 'Chinese'" in said
+    assert said.count("where it expected") == 1
+    assert "where it expected" not in _word_reasons(model, x, share, "rostrum", ())
+
+
+def test_structure_messages_name_the_words(abc_text: str) -> None:
+    (d,) = _structure_report(abc_text).documents
+    by_text = {s.text: s.message for s in d.spans}
+    assert by_text["supply”. shortages"] == (
+        "sentence broken in two: a full stop between 'supply' and a lower-case 'shortages'")
+    assert by_text["statute. powerful"].endswith("between 'statute' and a lower-case 'powerful'")
+    assert by_text["that At"] == "capitalised 'At' after 'that', in the middle of a sentence"
+    assert "'in the during the'" in by_text["in the during the"]
+
+
+@pytest.mark.slow
+@pytest.mark.model
+def test_seed_messages_name_the_evidence() -> None:
+    """With every checker and the Hill reference: word spans say what the model expected, and
+    a diff stretch over a whole sentence is not repeated on each span it touches."""
+    from mtqa.config import Settings
+    from mtqa.pipeline import Checker
+
+    abc, hill = (p.read_text(encoding="utf-8") for p in (ABC, HILL))
+    with Checker(Settings()) as checker:
+        (d,) = checker.check_many([Document("abc", abc, ref=(hill,))]).documents
+    lm_spans = [s for s in d.spans if "language model finds" in s.message]
+    assert len(lm_spans) >= 5
+    assert sum("where it expected '" in s.message for s in lm_spans) >= 0.8 * len(lm_spans)
+    # a word model span at 'shortages' (the second half of a broken sentence) says the model
+    # expected a new sentence there
+    for s in d.spans:
+        if "finds 'shortages' surprising" in s.message:
+            assert "finds 'shortages' surprising (16 nats), where it expected 'The'" in s.message
+    clauses = [c.split("(also ")[-1] for s in d.spans for c in s.message.split("; ")
+               if "differs from the reference" in c]
+    assert clauses and max(clauses.count(c) for c in clauses) <= 2
+    assert all(s.text not in ("Kyiv", "Biden", "Karine Jean-Pierre") for s in d.spans)
