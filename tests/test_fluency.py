@@ -466,7 +466,7 @@ def test_seed_words_carry_what_the_model_expected(model_cache: Path, checker: Fl
     assert len(ws.expected) == len(ws.start)
     at = {abc.doc.mt[s:e]: x for s, e, x in zip(ws.start, ws.end, ws.expected)}
     # "... supply”. shortages in Ukraine": after a full stop the model expects a new sentence
-    assert at["shortages"][0] == "The"
+    assert "The" in at["shortages"]
     assert "Soviet" in at["during"]  # "developed in the during the": 'in the Soviet era'
     words = seed_results[0].words
     assert words is not None and words.expected == ws.expected
