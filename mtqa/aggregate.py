@@ -122,7 +122,14 @@ def merge_findings(mt: str, findings: Sequence[Finding], *,
             best[g.checker] = max(best.get(g.checker, 0.0), g.confidence)
         confidence = 1.0 - math.prod(1.0 - c for c in best.values())
         message = main.message
-        extra = [f"{g.checker}: {g.message}" for g in others if g.message != main.message]
+        own = [g for g in members if g.category not in EVIDENCE] or members
+        lo, hi = min(g.start for g in own), max(g.end for g in own)
+        # NOTE: a diff stretch that reaches far beyond this span (a whole divergent sentence)
+        # corroborates it, but what it says is about the sentence: said on every span it
+        # touches, it would be boilerplate (issue 19)
+        extra = [f"{g.checker}: {g.message}" for g in others if g.message != main.message
+                 and (g.category not in EVIDENCE
+                      or 2 * (min(g.end, hi) - max(g.start, lo)) >= g.end - g.start)]
         if extra:
             message += " (also " + "; ".join(dict.fromkeys(extra)) + ")"
         suggestions = tuple(dict.fromkeys(s for g in members for s in g.suggestions))
@@ -227,6 +234,7 @@ def word_findings(mt: str, results: Sequence[CheckResult], model: WordModel,
     reference = next((r.words for r in results if r.checker == ReferenceChecker.name), None)
     if fluency is None or not word_evidence_ready(fluency, reference, model.side):
         return None
+    expected_at = dict(zip(fluency.start, fluency.expected)) if fluency.expected else {}
     words, x = word_inputs(mt, units, fluency, reference, model.side)
     prob = model.probabilities(x)
     for j, (a, b) in enumerate(words):
@@ -237,7 +245,8 @@ def word_findings(mt: str, results: Sequence[CheckResult], model: WordModel,
     for s, e, major, p in model.spans(mt, words, prob):
         inside = [j for j, (a, b) in enumerate(words) if s <= a and b <= e]
         best = max(inside, key=lambda j: prob[j])
-        why = _word_reasons(model, x[best], share[best], mt[words[best][0]:words[best][1]])
+        why = _word_reasons(model, x[best], share[best], mt[words[best][0]:words[best][1]],
+                            expected_at.get(words[best][0], ()))
         if not why:
             # NOTE: only the sentence's inputs raise this word: that is the sentence's evidence
             continue
@@ -262,8 +271,9 @@ RARE_ZIPF = 3.0
 #: what a word model input says when it raises a word's error probability most; the inputs
 #: that describe the sentence (its expected penalty, its chrF) are the sentence's, not the word's
 _REASONS = {
-    "lm": "the language model finds '{w}' surprising ({lm:.0f} nats)",
-    "lm_rel": "'{w}' is {rel:.0f} nats more surprising than the average word of its sentence",
+    "lm": "the language model finds '{w}' surprising ({lm:.0f} nats){exp}",
+    "lm_rel": "'{w}' is {rel:.0f} nats more surprising than the average word of its sentence"
+              "{exp}",
     "lm_cond": "'{w}' is unlikely after the reference ({cond:.0f} nats)",
     "lm_cond_rel": "'{w}' is less predictable after the reference than its sentence",
     "lm_cond_expected": "'{w}' is unlikely after the reference ({cond:.0f} nats)",
@@ -276,13 +286,18 @@ _REASONS = {
 }
 
 
-def _word_reasons(model: WordModel, x: Sequence[float], share: Sequence[float], word: str) -> str:
+def _word_reasons(model: WordModel, x: Sequence[float], share: Sequence[float], word: str,
+                  expected: Sequence[str] = ()) -> str:
     """The two word-level inputs that raise a word's error probability most, in words ("" when
-    none does: the word is flagged for its sentence). "Rare" is said only under ``RARE_ZIPF``."""
+    none does: the word is flagged for its sentence). "Rare" is said only under ``RARE_ZIPF``;
+    the language model's surprise names what it ``expected`` there instead (its likeliest
+    tokens), once."""
     value = dict(zip(model.inputs, x))
     zipf, rel = value.get("zipf", 0.0), 10.0 * value.get("lm_rel", 0.0)
-    values = {"w": word, "lm": 10.0 * value.get("lm", 0.0), "rel": rel,
-              "cond": 10.0 * value.get("lm_cond", 0.0), "z": zipf, "rare": RARE_ZIPF}
+    values: dict[str, object] = {
+        "w": word, "lm": 10.0 * value.get("lm", 0.0), "rel": rel,
+        "cond": 10.0 * value.get("lm_cond", 0.0), "z": zipf, "rare": RARE_ZIPF,
+        "exp": _expected_clause(word, expected)}
 
     def true(n: str) -> bool:
         return ((n != "zipf" or zipf < RARE_ZIPF) and (n != "lm_rel" or rel >= 1.0)
@@ -290,8 +305,26 @@ def _word_reasons(model: WordModel, x: Sequence[float], share: Sequence[float], 
 
     ranked = sorted((c, n) for n, c in zip(model.inputs, share)
                     if n in _REASONS and c > 0 and true(n))
-    said = list(dict.fromkeys(_REASONS[n].format(**values) for _c, n in reversed(ranked)))
+    said: list[str] = []
+    for _c, n in reversed(ranked):
+        text = _REASONS[n].format(**values)
+        if n in ("lm", "lm_rel"):
+            values["exp"] = ""  # said once, with the first LM reason
+        if text not in said:
+            said.append(text)
     return "; ".join(said[:2])
+
+
+def _expected_clause(word: str, expected: Sequence[str]) -> str:
+    """", where it expected 'a', 'b' or 'c'" from the model's likeliest tokens, leaving out
+    those the word itself starts with."""
+    low = word.lower()
+    tokens = [t for t in dict.fromkeys(expected) if t and not low.startswith(t.lower())]
+    if not tokens:
+        return ""
+    quoted = [f"'{t}'" for t in tokens]
+    alternatives = quoted[0] if len(quoted) == 1 else ", ".join(quoted[:-1]) + " or " + quoted[-1]
+    return f", where it expected {alternatives}"
 
 
 #: quoted stretches (straight or curly double quotes, within one paragraph)
@@ -302,9 +335,11 @@ _TOKEN = re.compile(r"[^\W_]+(?:['\u2019][^\W_]+)*")
 def consistent_tokens(sd: SegmentedDocument, refs: Sequence[str] = ()) -> list[tuple[int, int]]:
     """``[start, end)`` of the names, numbers and quoted words of ``sd.doc.mt`` that the text
     uses consistently: ones it uses at least twice (names: capitalised away from a sentence's
-    start) or that a reference text holds. Two further kinds are names on their face: a run of
-    two or more capitalised words ("Karine Jean-Pierre") and a capitalised word hyphened to a
-    number ("Mohajer-6"). The word model never flags them (issue 19)."""
+    start; a name never written in lower case counts its uses at a sentence's start too) or
+    that a reference text holds, and quoted words the reference quotes. Two further kinds are
+    names on their face: a run of two or more capitalised words ("Karine Jean-Pierre") and a
+    designation, a capitalised word hyphened to a word or number ("Mohajer-6", both parts of
+    "Shahed-series"). The word model never flags them, nor grammar their spelling (issue 19)."""
     mt = sd.doc.mt
     starts = sorted(s.start for s in sd.sentences)
     quoted = [(m.start(), m.end()) for m in _QUOTE.finditer(mt)]
@@ -325,10 +360,13 @@ def consistent_tokens(sd: SegmentedDocument, refs: Sequence[str] = ()) -> list[t
         return m.group()[:1].isupper() and not initial(m)
 
     def joined(u: re.Match[str], v: re.Match[str]) -> bool:
-        return mt[u.end():v.start()] in (" ", "-") and u.group()[:1].isupper() \
+        # NOTE: the normalised copy: "according to\u00a0Biden administration" is a plain space
+        return sd.norm[u.end():v.start()] in (" ", "-") and u.group()[:1].isupper() \
             and v.group()[:1].isupper()
 
     mid_names = Counter(m.group() for m in toks if name(m))
+    uses = Counter(m.group() for m in toks)
+    lower = {m.group() for m in toks if m.group()[:1].islower()}
     numbers = Counter(m.group() for m in toks if any(c.isdigit() for c in m.group()))
     out: list[tuple[int, int]] = []
     for k, m in enumerate(toks):
@@ -341,15 +379,25 @@ def consistent_tokens(sd: SegmentedDocument, refs: Sequence[str] = ()) -> list[t
             ok = numbers[w] >= 2 or w in ref_words
         elif cap and (mid_names[w] >= 2 or w in ref_words) and (not initial(m) or mid_names[w]):
             ok = True
+        elif cap and mid_names[w] and uses[w] >= 2 and w.lower() not in lower:
+            # NOTE: a word written capitalised mid-sentence and never in lower case is a name;
+            # its uses at a sentence's start count too ("according to Biden administration
+            # officials" ... "Biden administration officials said")
+            ok = True
         elif in_quote and any(" ".join(t.group().lower() for t in toks[i:i + 3]) in ref_grams
                               for i in range(max(k - 2, 0), k + 1)):
             ok = True
         if cap and not digit and not ok:
             # a run of capitalised words (its first word away from a sentence's start), or a
-            # designation: a capitalised word hyphened to a number
+            # designation: a capitalised word hyphened to a word or number ("Mohajer-6",
+            # "Shahed-series", "Soviet-era")
             ok = (k + 1 < len(toks) and joined(m, toks[k + 1]) and not initial(m)) or (
-                k > 0 and joined(toks[k - 1], m) and not initial(toks[k - 1])) or bool(
-                re.match(r"-\d", mt[b:b + 2]))
+                k > 0 and joined(toks[k - 1], m) and not initial(toks[k - 1])) or (
+                k + 1 < len(toks) and toks[k + 1].start() == b + 1 and sd.norm[b] == "-")
+        if not ok and k > 0 and sd.norm[a - 1:a] == "-" and toks[k - 1].end() == a - 1 \
+                and toks[k - 1].group()[:1].isupper() and not initial(toks[k - 1]):
+            # the second part of such a designation ("series" of "Shahed-series")
+            ok = True
         if ok:
             out.append((a, b))
     return out

@@ -32,7 +32,8 @@ if TYPE_CHECKING:
     from mtqa.llama import Cache
 
 __all__ = [
-    "HEAD_CHUNK", "batches", "padded_length", "score_continuations", "score_sequences", "surprisal",
+    "HEAD_CHUNK", "batches", "padded_length", "score_continuations", "score_sequences",
+    "score_sequences_top", "surprisal", "surprisal_top",
 ]
 
 #: hidden states turned into vocabulary logits at once (bounds peak memory)
@@ -96,18 +97,39 @@ def surprisal(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor
     has no float32 output for them); the distribution scored is the one those logits define. Any other head is called whole on each
     chunk.
     """
+    return _head_pass(head, hidden, targets, 0)[0]
+
+
+def surprisal_top(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor,
+                  top: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``surprisal`` (the same floats) and the ids of the ``top`` likeliest tokens of each row,
+    likeliest first (``(rows, top)``, long), read off the same logits: each block's own top
+    ``top`` are kept and the best of those taken."""
+    if top < 1:
+        raise ValueError(f"top must be at least 1, got {top}")
+    values, best = _head_pass(head, hidden, targets, top)
+    assert best is not None  # noqa: S101 - asked for
+    return values, best
+
+
+def _head_pass(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor,
+               top: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Surprisals of ``targets`` and, with ``top > 0``, the ids of each row's top tokens."""
     import torch
 
     weight = getattr(head, "weight", None)
     blocked = (isinstance(head, torch.nn.Linear) and head.bias is None
                and isinstance(weight, torch.Tensor) and weight.dim() == 2)
     parts = []
+    tops = []
     for c in range(0, len(targets), HEAD_CHUNK):
         rows, wanted = hidden[c : c + HEAD_CHUNK], targets[c : c + HEAD_CHUNK]
         if blocked:
             assert weight is not None  # noqa: S101 - checked above
             rows = rows.to(weight.dtype)
             norms = []
+            cand_values: list[torch.Tensor] = []
+            cand_ids: list[torch.Tensor] = []
             picked = torch.zeros(len(wanted), dtype=torch.float32, device=rows.device)
             for v in range(0, weight.shape[0], HEAD_BLOCK):
                 logits = (rows @ weight[v : v + HEAD_BLOCK].T).float()
@@ -119,13 +141,29 @@ def surprisal(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor
                 here = ((wanted >= v) & (wanted < v + logits.shape[1])).nonzero()[:, 0]
                 if len(here):
                     picked[here] = logits[here, wanted[here] - v]
+                if top:
+                    # NOTE: the block is still in cache: its own top-k costs little, and the
+                    # best of the blocks' candidates are the row's top-k (issue 19)
+                    got = torch.topk(logits, min(top, logits.shape[1]), dim=1)
+                    cand_values.append(got.values)
+                    cand_ids.append(got.indices + v)
             lse = torch.logsumexp(torch.stack(norms, dim=1), dim=1)
+            if top:
+                values, ids = torch.cat(cand_values, dim=1), torch.cat(cand_ids, dim=1)
+                order = torch.topk(values, min(top, values.shape[1]), dim=1).indices
+                tops.append(ids.gather(1, order))
         else:
             logits = head(rows).float()
             lse = torch.logsumexp(logits, dim=1)
             picked = logits.gather(1, wanted[:, None])[:, 0]
+            if top:
+                tops.append(torch.topk(logits, min(top, logits.shape[1]), dim=1).indices)
         parts.append((lse - picked).double())
-    return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.float64)
+    values = torch.cat(parts) if parts else torch.zeros(0, dtype=torch.float64)
+    if not top:
+        return values, None
+    best = torch.cat(tops) if tops else torch.zeros((0, top), dtype=torch.long)
+    return values, best
 
 
 def score_sequences(
@@ -143,12 +181,36 @@ def score_sequences(
     ``mtqa.llama.LlamaLM`` do. Only scored positions reach the vocabulary projection, so padding
     never enters a score and the (tokens x vocabulary) logits stay small.
     """
+    return _score_sequences(model, seqs, 0, max_rows, max_tokens, device)[0]
+
+
+def score_sequences_top(
+    model: torch.nn.Module,
+    seqs: Sequence[tuple[Sequence[int], int]],
+    *,
+    top: int,
+    max_rows: int,
+    max_tokens: int,
+    device: str = "cpu",
+) -> tuple[list[list[float]], list[list[tuple[int, ...]]]]:
+    """``score_sequences`` (the same floats) and, for each scored token, the ids of the
+    ``top`` tokens the model found likeliest at its position, likeliest first."""
+    if top < 1:
+        raise ValueError(f"top must be at least 1, got {top}")
+    return _score_sequences(model, seqs, top, max_rows, max_tokens, device)
+
+
+def _score_sequences(
+    model: torch.nn.Module, seqs: Sequence[tuple[Sequence[int], int]], top: int,
+    max_rows: int, max_tokens: int, device: str,
+) -> tuple[list[list[float]], list[list[tuple[int, ...]]]]:
     import torch
 
     decoder = cast("torch.nn.Module", model.get_decoder())  # type: ignore[operator]
     head = cast("torch.nn.Module", model.get_output_embeddings())  # type: ignore[operator]
     order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i][0]))
     out: list[list[float]] = [[] for _ in seqs]
+    best: list[list[tuple[int, ...]]] = [[] for _ in seqs]
     with torch.inference_mode():
         for members in batches([len(seqs[i][0]) for i in order], max_rows, max_tokens):
             picked_order = [order[k] for k in members if len(seqs[order[k]][0]) > seqs[order[k]][1]]
@@ -165,13 +227,18 @@ def score_sequences(
                 targets.extend(seq[first:])
             hidden = decoder(input_ids=ids, attention_mask=mask).last_hidden_state
             chosen = hidden[torch.tensor(rows), torch.tensor(cols)]
-            values = surprisal(head, chosen, torch.tensor(targets, device=chosen.device)).tolist()
+            scored, ids_top = _head_pass(head, chosen, torch.tensor(targets, device=chosen.device),
+                                         top)
+            values = scored.tolist()
+            tops = [tuple(t) for t in ids_top.tolist()] if ids_top is not None else []
             pos = 0
             for i in picked_order:
                 n = len(seqs[i][0]) - seqs[i][1]
                 out[i] = values[pos : pos + n]
+                if top:
+                    best[i] = tops[pos : pos + n]
                 pos += n
-    return out
+    return out, best
 
 
 def _continue(decoder: torch.nn.Module, head: torch.nn.Module, cache: Cache,

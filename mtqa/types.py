@@ -179,11 +179,14 @@ class ReferenceResult:
 class WordEvidence:
     """Raw numbers a checker measured for each word it read, for the calibrated word model
     (``mtqa.calibrate.WordModel``): word ``k`` is ``Document.mt[start[k]:end[k]]`` and has
-    ``values[name][k]`` for each named number (NaN where the checker has none)."""
+    ``values[name][k]`` for each named number (NaN where the checker has none). A language
+    model checker may add ``expected[k]``: the tokens it found likeliest where word ``k``
+    starts, likeliest first (empty: none read)."""
 
     start: tuple[int, ...]
     end: tuple[int, ...]
     values: Mapping[str, tuple[float, ...]] = field(default_factory=lambda: MappingProxyType({}))
+    expected: tuple[tuple[str, ...], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -420,3 +420,61 @@ def test_gemma_is_found_offline_and_scores_sentences() -> None:
     assert good.features["tokens"] > 20 and good.features["surprisal_mean"] < 6.0
     for f in bad.findings:
         assert garbled[f.start : f.end].strip() == garbled[f.start : f.end]
+
+
+# --- what the model expected (issue 19) --------------------------------------------------------
+
+
+def test_top_tokens_come_off_the_same_logits_and_change_no_number() -> None:
+    import torch
+
+    from mtqa.surprisal import surprisal, surprisal_top
+
+    torch.manual_seed(5)
+    vocab, hidden = 5000, 48  # several vocabulary blocks, the last one partial
+    plain = torch.nn.Linear(hidden, vocab, bias=False)
+    states = torch.randn(700, hidden) * 3  # more rows than one chunk
+    targets = torch.randint(0, vocab, (700,))
+    values, best = surprisal_top(plain, states, targets, 3)
+    assert torch.equal(values, surprisal(plain, states, targets))
+    assert best.shape == (700, 3)
+    with torch.no_grad():
+        assert torch.equal(best, torch.topk(plain(states), 3, dim=1).indices)
+    biased = torch.nn.Linear(hidden, vocab, bias=True)
+    got = surprisal_top(biased, states, targets, 1)[1]
+    with torch.no_grad():
+        assert torch.equal(got[:, 0], biased(states).argmax(dim=1))
+    with pytest.raises(ValueError, match="top must be at least 1"):
+        surprisal_top(plain, states, targets, 0)
+
+
+def test_word_scores_pickled_before_expectations_load_without_them() -> None:
+    import pickle
+
+    ws = WordScores((0,), (3,), (0,), (1.0,), (1.0,), (2.0,), (1,), (1.0,), expected=(("a",),))
+    assert pickle.loads(pickle.dumps(ws)) == ws
+    # a pickle of the LM pass written before ``expected`` existed: its state has one value less
+    old = WordScores.__new__(WordScores)
+    old.__setstate__([(0,), (3,), (0,), (1.0,), (1.0,), (2.0,), (1,), (1.0,)])
+    assert old.expected == () and old.lm == (1.0,)
+
+
+@pytest.mark.model
+def test_seed_words_carry_what_the_model_expected(model_cache: Path, checker: FluencyChecker,
+                                                  seeds: list[SegmentedDocument],
+                                                  seed_words: list[WordScores],
+                                                  seed_results: list[CheckResult]) -> None:
+    abc, ws = seeds[0], seed_words[0]
+    assert len(ws.expected) == len(ws.start)
+    at = {abc.doc.mt[s:e]: x for s, e, x in zip(ws.start, ws.end, ws.expected)}
+    # "... supply”. shortages in Ukraine": after a full stop the model expects a new sentence
+    assert "The" in at["shortages"]
+    assert "Soviet" in at["during"]  # "developed in the during the": 'in the Soviet era'
+    words = seed_results[0].words
+    assert words is not None and words.expected == ws.expected
+    # reading no expectations gives the same floats
+    bare = FluencyChecker(cache_dir=model_cache, expected_top=0).score_words(seeds[:1])[0]
+    assert bare.expected == ()
+    assert bare.lm == ws.lm and bare.token_surprisal == ws.token_surprisal
+    with pytest.raises(ConfigError, match="expected_top"):
+        FluencyChecker(cache_dir=model_cache, expected_top=-1)

@@ -177,3 +177,23 @@ def test_json_report_is_strict_json_with_separators_escaped() -> None:
         doc = data["documents"][0] if "documents" in data else data
         assert doc["id"] == "a\u2028b" and doc["meta"] == {"x": None, "y": [None]}
     assert to_json({"s": "\ud800"}) == '{"s": "\\ud800"}'  # a lone surrogate cannot be UTF-8
+
+
+def test_a_sentence_long_diff_corroborates_spans_without_repeating_itself() -> None:
+    # issue 19: a diff stretch over a whole sentence said "differs from the reference (...)"
+    # on every word span inside it; it still raises their confidence
+    mt = "The army continues to suffer from supply shortages in the east today."
+    ev = Finding(0, len(mt) - 1, "reference-mismatch", Severity.MINOR, "reference",
+                 'differs from the reference ("according")', 0.3)
+    i, j, k = mt.index("army"), mt.index("suffer"), mt.index("east")
+    a = Finding(i, i + 4, "garbled", Severity.MINOR, "fluency", "odd army", 0.5)
+    b = Finding(j, j + 6, "garbled", Severity.MINOR, "fluency", "odd suffer", 0.5)
+    near = Finding(k, k + 4, "reference-mismatch", Severity.MINOR, "reference", "ref: now", 0.3)
+    c = Finding(k, k + 4, "garbled", Severity.MINOR, "fluency", "odd east", 0.5)
+    spans = merge_findings(mt, [ev, a, b, near, c])
+    assert [s.text for s in spans] == ["army", "suffer", "east"]
+    assert [s.message for s in spans[:2]] == ["odd army", "odd suffer"]
+    assert all(s.checker == "fluency+reference" for s in spans)
+    assert spans[0].confidence == pytest.approx(1 - 0.5 * 0.7)
+    # evidence about this span's own words is still said
+    assert spans[2].message == "odd east (also reference: ref: now)"

@@ -5,6 +5,7 @@ text and HTML output while JSON keeps them all. Everything runs on the seed pair
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -46,11 +47,38 @@ def test_the_reference_excuses_names_it_holds(abc_text: str, hill_text: str) -> 
     assert "rostrum" not in words and "At" not in words
 
 
-def test_a_designation_is_a_name(hill_text: str) -> None:
-    # "Mohajer-6": a capitalised word hyphened to a number, used once in The Hill's article
-    words = _excused(hill_text)
-    assert "Mohajer" in words
-    assert "experienced" not in words and "series" not in words
+def test_a_designation_is_a_name(hill_text: str, abc_text: str) -> None:
+    # "Mohajer-6" and "Shahed-series": a capitalised word hyphened to a number or a word, each
+    # used once in The Hill's article ('Shahed' and 'series' were minor word-model spans)
+    sd = segment(Document("hill", hill_text))
+    spans = {hill_text[a:b] for a, b in consistent_tokens(sd)}
+    i = hill_text.index("Shahed-series")
+    assert {(i, i + 6), (i + 7, i + 13)} <= set(consistent_tokens(sd))
+    assert "Mohajer" in spans
+    assert "experienced" not in spans and "drones" not in spans
+    assert {"Soviet", "era"} <= _excused(abc_text)
+
+
+def test_a_name_never_written_in_lower_case_counts_its_sentence_starts(hill_text: str) -> None:
+    # "according to Biden administration officials" ... "Biden administration officials said":
+    # both uses of the name are excused, the sentence-initial one too
+    sd = segment(Document("hill", hill_text))
+    excused = set(consistent_tokens(sd))
+    uses = [i for i in range(len(hill_text)) if hill_text.startswith("Biden", i)]
+    assert len(uses) == 2 and all((i, i + 5) in excused for i in uses)
+    # a sentence-initial common word the text also writes in lower case is not
+    the = hill_text.index("The U.S. anticipates")
+    assert (the, the + 3) not in excused
+
+
+def test_multiword_names_are_excused_whole(abc_text: str) -> None:
+    sd = segment(Document("abc", abc_text))
+    excused = set(consistent_tokens(sd))
+    for name in ("Karine Jean-Pierre", "Vedant Patel", "Sergei Shoigu", "Valery Gerasimov",
+                 "White House"):
+        i = abc_text.index(name)
+        parts = [(m.start() + i, m.end() + i) for m in re.finditer(r"\w+", name)]
+        assert set(parts) <= excused, name
 
 
 def _reason(word: str, **at: float) -> str:
@@ -138,3 +166,51 @@ def test_seed_word_spans_are_true() -> None:
             assert s.text not in ("Kyiv", "Pentagon", "Mohajer")
     hill_majors = [s for s in report.documents[1].spans if s.severity.value != "minor"]
     assert hill_majors == []
+
+
+def test_the_model_expectation_is_said_once_with_the_lm_reason() -> None:
+    model = load_calibration().words["free"]
+    x = np.asarray(model.center, dtype=np.float64).copy()
+    for name, value in {"zipf": zipf_frequency("rostrum", "en"), "lm": 2.0, "lm_rel": 1.5}.items():
+        x[model.inputs.index(name)] = value
+    share = model.contributions(x[None, :])[0]
+    said = _word_reasons(model, x, share, "rostrum", ("podium", "Chinese", "ro"))
+    # 'ro' is where the word itself starts: not an alternative
+    assert "where it expected 'podium' or 'Chinese'" in said
+    assert said.count("where it expected") == 1
+    assert "where it expected" not in _word_reasons(model, x, share, "rostrum", ())
+
+
+def test_structure_messages_name_the_words(abc_text: str) -> None:
+    (d,) = _structure_report(abc_text).documents
+    by_text = {s.text: s.message for s in d.spans}
+    assert by_text["supply”. shortages"] == (
+        "sentence broken in two: a full stop between 'supply' and a lower-case 'shortages'")
+    assert by_text["statute. powerful"].endswith("between 'statute' and a lower-case 'powerful'")
+    assert by_text["that At"] == "capitalised 'At' after 'that', in the middle of a sentence"
+    assert "'in the during the'" in by_text["in the during the"]
+
+
+@pytest.mark.slow
+@pytest.mark.model
+def test_seed_messages_name_the_evidence() -> None:
+    """With every checker and the Hill reference: word spans say what the model expected, and
+    a diff stretch over a whole sentence is not repeated on each span it touches."""
+    from mtqa.config import Settings
+    from mtqa.pipeline import Checker
+
+    abc, hill = (p.read_text(encoding="utf-8") for p in (ABC, HILL))
+    with Checker(Settings()) as checker:
+        (d,) = checker.check_many([Document("abc", abc, ref=(hill,))]).documents
+    lm_spans = [s for s in d.spans if "language model finds" in s.message]
+    assert len(lm_spans) >= 5
+    assert sum("where it expected '" in s.message for s in lm_spans) >= 0.8 * len(lm_spans)
+    # a word model span at 'shortages' (the second half of a broken sentence) says the model
+    # expected a new sentence there
+    for s in d.spans:
+        if "finds 'shortages' surprising" in s.message:
+            assert "finds 'shortages' surprising (16 nats), where it expected 'The'" in s.message
+    clauses = [c.split("(also ")[-1] for s in d.spans for c in s.message.split("; ")
+               if "differs from the reference" in c]
+    assert clauses and max(clauses.count(c) for c in clauses) <= 2
+    assert all(s.text not in ("Kyiv", "Biden", "Karine Jean-Pierre") for s in d.spans)

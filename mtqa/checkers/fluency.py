@@ -21,7 +21,7 @@ import math
 import re
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from importlib import resources
 from pathlib import Path
 from types import MappingProxyType
@@ -72,6 +72,8 @@ class WordScores:
     ``-ln`` of its wordfreq frequency (floored), 0 for words without letters or digits;
     ``lm_first`` is the surprisal of the word's first token alone (where the word meets its
     context). ``token_surprisal`` holds every scored token of the document, in order.
+    ``expected`` holds, per word, the tokens the model found likeliest where its first token
+    stands (likeliest first, stripped of spaces; empty when not read): what it expected there.
     """
 
     start: tuple[int, ...]
@@ -82,6 +84,16 @@ class WordScores:
     unigram: tuple[float, ...]
     tokens: tuple[int, ...]
     token_surprisal: tuple[float, ...]
+    expected: tuple[tuple[str, ...], ...] = ()
+
+    def __setstate__(self, state: Sequence[object]) -> None:
+        # NOTE: pickles of the LM pass written before ``expected`` existed (the caches of
+        # scripts/calibrate.py and benchmarks/fluency_mqm.py) load with none
+        names = [f.name for f in fields(self)]
+        values = dict(zip(names, state))
+        values.setdefault("expected", ())
+        for n in names:
+            object.__setattr__(self, n, values[n])
 
     @property
     def excess(self) -> NDArray[np.float64]:
@@ -255,6 +267,9 @@ class FluencyChecker(BaseChecker):
     RARE_FULL: ClassVar[float] = 18.42
     RARE_TOKEN_EXCESS: ClassVar[float] = 1.32
     RARE_TOKEN_SPREAD: ClassVar[float] = 0.83
+    #: the model's likeliest tokens kept per word (``WordScores.expected``: what the messages
+    #: say it expected); read off the same vocabulary projection, they change no number
+    EXPECTED_TOP: ClassVar[int] = 3
     #: the least spread used: function words vary little, yet 1-2 nats on "the" is not an error
     SPREAD_FLOOR: ClassVar[float] = 3.0
     #: spans: a word's standardised excess is compared with its document's (robust centre and
@@ -284,6 +299,7 @@ class FluencyChecker(BaseChecker):
         model: torch.nn.Module | None = None,
         tokenizer: Tokenizer | PreTrainedTokenizerBase | None = None,
         language_model: LoadedLM | None = None,
+        expected_top: int = EXPECTED_TOP,
     ) -> None:
         if batch_size < 1:
             raise ConfigError(f"fluency: batch_size must be at least 1, got {batch_size}")
@@ -299,8 +315,13 @@ class FluencyChecker(BaseChecker):
             raise CheckerUnavailable(self.name, f"torch is not installed ({exc})") from exc
         if threads is not None:
             torch.set_num_threads(threads)
+        if expected_top < 0:
+            raise ConfigError(f"fluency: expected_top must be 0 or more, got {expected_top}")
         self.batch_size = batch_size
         self.device = device
+        #: likeliest tokens kept per word (0: none read, as a feature pass that needs no
+        #: messages may ask; the numbers are the same either way)
+        self.expected_top = expected_top
         self.window = window
         self.context = context
         from mtqa.models import backend_tokenizer, load_lm, prefix_token_id
@@ -381,14 +402,20 @@ class FluencyChecker(BaseChecker):
         for d, e in enumerate(enc):
             windows.extend(_windows(d, e.ids, self._prefix, self.window, self.context))
         token_scores = [np.zeros(len(e.ids), dtype=np.float64) for e in enc]
-        for w, values in zip(windows, self._score_windows(model, windows)):
+        token_top = [np.full((len(e.ids), self.expected_top), -1, dtype=np.int64) for e in enc]
+        scored, tops = self._score_windows(model, windows)
+        for w, values, top in zip(windows, scored, tops):
             token_scores[w.doc][w.offset : w.offset + len(values)] = values
+            if top:
+                token_top[w.doc][w.offset : w.offset + len(top)] = top
+        spelled = _token_texts(tokenizer, token_top) if self.expected_top else None
         n_tokens = sum(len(e.ids) for e in enc)
         dt = time.perf_counter() - started
         logger.debug("scored %d tokens in %d windows in %.2fs", n_tokens, len(windows), dt)
         return [
-            _word_scores(sd, t, e.offsets, s, self.UNKNOWN_FREQ)
-            for sd, t, e, s in zip(docs, texts, enc, token_scores)
+            _word_scores(sd, t, e.offsets, s, self.UNKNOWN_FREQ, top if spelled else None,
+                         spelled)
+            for sd, t, e, s, top in zip(docs, texts, enc, token_scores, token_top)
         ]
 
     def analyse(self, sd: SegmentedDocument, ws: WordScores) -> CheckResult:
@@ -443,7 +470,8 @@ class FluencyChecker(BaseChecker):
                 [v for v in sentence_scores if v is not None], weights)),
             features=MappingProxyType(self._features(ws, excess, z, findings, cost)),
             sentence_features=tuple(per_sentence),
-            words=WordEvidence(ws.start, ws.end, MappingProxyType({WORD_SURPRISAL: ws.lm})),
+            words=WordEvidence(ws.start, ws.end, MappingProxyType({WORD_SURPRISAL: ws.lm}),
+                               expected=ws.expected),
         )
 
     def close(self) -> None:
@@ -459,13 +487,19 @@ class FluencyChecker(BaseChecker):
             raise CheckerUnavailable(self.name, err)
         return self._model, self._tokenizer
 
-    def _score_windows(self, model: torch.nn.Module, windows: list[_Window]) -> list[list[float]]:
-        """Surprisal (nats) of the targets of each window, batched by length, in input order."""
-        from mtqa.surprisal import score_sequences
+    def _score_windows(self, model: torch.nn.Module, windows: list[_Window]
+                       ) -> tuple[list[list[float]], list[list[tuple[int, ...]]]]:
+        """Surprisal (nats) of the targets of each window, batched by length, in input order,
+        and the ids of the ``expected_top`` likeliest tokens at each target (none with 0)."""
+        from mtqa.surprisal import score_sequences, score_sequences_top
 
-        return score_sequences(model, [(w.ids, w.first) for w in windows],
-                               max_rows=self.batch_size, max_tokens=self.BATCH_TOKENS,
-                               device=self.device)
+        seqs = [(w.ids, w.first) for w in windows]
+        if not self.expected_top:
+            plain = score_sequences(model, seqs, max_rows=self.batch_size,
+                                    max_tokens=self.BATCH_TOKENS, device=self.device)
+            return plain, [[] for _ in windows]
+        return score_sequences_top(model, seqs, top=self.expected_top, max_rows=self.batch_size,
+                                   max_tokens=self.BATCH_TOKENS, device=self.device)
 
     # --- analysis ---------------------------------------------------------------------------
 
@@ -807,6 +841,8 @@ def _word_scores(
     offsets: Sequence[tuple[int, int]],
     token_surprisal: NDArray[np.float64],
     unknown_freq: float,
+    token_top: NDArray[np.int64] | None = None,
+    spelled: Mapping[int, str] | None = None,
 ) -> WordScores:
     text = t.text
     words = list(_WORD.finditer(text))
@@ -816,7 +852,8 @@ def _word_scores(
     lm = np.zeros(len(words), dtype=np.float64)
     first = np.zeros(len(words), dtype=np.float64)
     ntok = np.zeros(len(words), dtype=np.int64)
-    for (s, e), value in zip(offsets, token_surprisal):
+    first_token = np.full(len(words), -1, dtype=np.int64)
+    for t_index, ((s, e), value) in enumerate(zip(offsets, token_surprisal)):
         # NOTE: byte-level BPE offsets include the token's leading space; trim it. Tokens that
         # are only whitespace (paragraph breaks) belong to no word.
         while s < e and text[s].isspace():
@@ -827,6 +864,7 @@ def _word_scores(
         if k >= 0:
             if ntok[k] == 0:
                 first[k] = value
+                first_token[k] = t_index
             lm[k] += value
             ntok[k] += 1
     start, end, sentence, unigram = [], [], [], []
@@ -846,4 +884,18 @@ def _word_scores(
         unigram=tuple(unigram),
         tokens=tuple(ntok.tolist()),
         token_surprisal=tuple(token_surprisal.tolist()),
+        expected=() if token_top is None or spelled is None else tuple(
+            tuple(spelled[i] for i in token_top[t].tolist() if spelled.get(i)) if t >= 0 else ()
+            for t in first_token.tolist()),
     )
+
+
+def _token_texts(tokenizer: Tokenizer, tops: Sequence[NDArray[np.int64]]) -> dict[int, str]:
+    """The text of each token id in ``tops``, stripped of spaces ("" for a token that is only
+    space, or part of a character: byte-level BPE splits some characters over tokens)."""
+    ids = sorted({int(i) for t in tops for i in np.unique(t) if i >= 0})
+    out = {}
+    for i in ids:
+        text = tokenizer.decode([i]).strip()
+        out[i] = "" if "\ufffd" in text else text
+    return out

@@ -71,10 +71,10 @@ _SEVERITY = {
     "untranslated": Severity.CRITICAL,
 }
 _MESSAGES = {
-    "broken-join": "sentence broken in two: a full stop followed by a lower-case {next!r}",
+    "broken-join": "sentence broken in two: a full stop between {prev!r} and a lower-case {next!r}",
     "lowercase-start": "sentence starts lower-case: {text!r}",
     "stray-punctuation": "stray or doubled punctuation {text!r}",
-    "capital-mid-sentence": "capitalised {word!r} in the middle of a sentence",
+    "capital-mid-sentence": "capitalised {word!r} after {prev!r}, in the middle of a sentence",
     "colliding-function-words": "function words collide: {text!r} (two phrases overlap)",
     "repeated-word": "repeated word {text!r}",
 }
@@ -268,9 +268,9 @@ def _finding(rule: str, m: re.Match[str], base: int, mt: str) -> Finding | None:
         # a.m., U.S., etc.: abbreviations end in a full stop without ending the sentence
         if prev.lower() in _ABBREV or len(prev) == 1:
             return None
-        fields["next"] = nxt
+        fields["prev"], fields["next"] = prev, nxt
     elif rule == "capital-mid-sentence":
-        fields["word"] = m.group(1)
+        fields["word"], fields["prev"] = m.group(1), mt[start:base + m.start(1)].strip()
         end = base + m.end(1)  # the word before stays in the span as context
         confidence = 0.8
     elif rule == "repeated-word":
