@@ -110,15 +110,15 @@ def surprisal(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor
             norms = []
             picked = torch.zeros(len(wanted), dtype=torch.float32, device=rows.device)
             for v in range(0, weight.shape[0], HEAD_BLOCK):
-                logits = (rows @ weight[v : v + HEAD_BLOCK].T).float()
-                norms.append(torch.logsumexp(logits, dim=1))
+                logits = rows @ weight[v : v + HEAD_BLOCK].T
+                norms.append(_logsumexp(logits))
                 # NOTE: the target's logit is read from the same block of logits the
                 # normaliser sums (not a separate dot product): in bfloat16 the product's
                 # output is rounded, and a target logit computed apart could exceed the
                 # rounded ones and give a negative surprisal (issue 17)
                 here = ((wanted >= v) & (wanted < v + logits.shape[1])).nonzero()[:, 0]
                 if len(here):
-                    picked[here] = logits[here, wanted[here] - v]
+                    picked[here] = logits[here, wanted[here] - v].float()
             lse = torch.logsumexp(torch.stack(norms, dim=1), dim=1)
         else:
             logits = head(rows).float()
@@ -126,6 +126,15 @@ def surprisal(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor
             picked = logits.gather(1, wanted[:, None])[:, 0]
         parts.append((lse - picked).double())
     return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.float64)
+
+
+def _logsumexp(logits: torch.Tensor) -> torch.Tensor:
+    """``torch.logsumexp(logits.float(), dim=1)`` without the float32 copy of ``logits``: the
+    same float32 steps (the row maximum, ``exp(x - max)``, its sum, ``log``, ``+ max``) read
+    bfloat16 logits through type promotion, which widens them exactly. Finite logits only (a
+    linear head's)."""
+    top = logits.amax(dim=1, keepdim=True).float()
+    return logits.sub(top).exp_().sum(dim=1).log_().add_(top[:, 0])
 
 
 def score_sequences(
