@@ -54,6 +54,7 @@ from mtqa.io import (
     read_text,
     write_text_atomic,
 )
+from mtqa.models import lm_precision
 from mtqa.pipeline import Checker
 from mtqa.render.csv import render_csv
 from mtqa.render.html import render_html, render_index
@@ -247,10 +248,17 @@ def config_signature(settings: Settings, calibration: str = "") -> str:
     """The settings that can change a report's numbers, the mtqa version and the calibration's
     fingerprint (a re-fitted file under the same path changes scores), as JSON.
 
-    The gate policy is left out: verdicts are recomputed whenever outputs are written.
+    The gate policy is left out: verdicts are recomputed whenever outputs are written. The
+    precision is the one the language model runs in (``mtqa.models.lm_precision``): ``auto``
+    reads bf16 on a machine with native bfloat16 and fp32 on another, and their reports differ.
     """
     data = settings.to_dict()
     data.pop("policy", None)
+    reads_lm = "fluency" in settings.checkers or (
+        "reference" in settings.checkers and settings.reads_pairs_with_lm)
+    if reads_lm:  # NOTE: else the precision changes nothing (and torch need not be imported)
+        data["precision"] = lm_precision(settings.lm_model, device=settings.device,
+                                         backend=settings.lm_backend, precision=settings.precision)
     return json.dumps({"mtqa": __version__, "settings": data, "calibration": calibration},
                       sort_keys=True)
 

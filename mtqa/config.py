@@ -106,10 +106,9 @@ class Settings:
     device: str = "cpu"
     #: one of LM_BACKENDS
     lm_backend: str = "auto"
-    #: one of PRECISIONS
-    #: one of PRECISIONS. fp32 by default for now: the calibration and the fluency scale were
-    #: fitted on fp32 readings and bf16's held-out figures are not measured yet (models/README.md)
-    precision: str = "fp32"
+    #: one of PRECISIONS; ``auto`` (bf16 where the device computes it natively, for the native
+    #: backend; fp32 elsewhere) is resolved where the model loads (``mtqa.models.lm_precision``)
+    precision: str = "auto"
     # grammar
     #: one of GRAMMAR_BACKENDS
     grammar_backend: str = "auto"

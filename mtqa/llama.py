@@ -140,11 +140,14 @@ class _Layer(nn.Module):
         """The layer's output, and the keys and values of ``x`` (to continue from later)."""
         s = self.spec
         b, t, _ = x.shape
-        h = F.rms_norm(x, (s.hidden_size,), self.input_norm, s.rms_norm_eps)
-        q, k, v = torch.split(_product(self.qkv, h), list(self.split), dim=-1)
+        # NOTE: the products' outputs stay in the weights' type where their next step reads
+        # them in float32 anyway: a bfloat16 value widens to float32 exactly, so type promotion
+        # (``x + y``, ``q * cos``) gives the same floats as converting first, one pass less
+        h = _norm(x, self.input_norm, s.rms_norm_eps, _input_type(self.qkv))
+        q, k, v = torch.split(_product(self.qkv, h, out=None), list(self.split), dim=-1)
         q = _rotate(q.view(b, t, s.num_heads, s.head_dim).transpose(1, 2), cos, sin)
         k = _rotate(k.view(b, t, s.num_kv_heads, s.head_dim).transpose(1, 2), cos, sin)
-        v = v.view(b, t, s.num_kv_heads, s.head_dim).transpose(1, 2)
+        v = v.view(b, t, s.num_kv_heads, s.head_dim).transpose(1, 2).float()
         kv = (k, v)
         if past is not None:
             k = torch.cat((past[0].expand(b, -1, -1, -1), k), dim=2)
@@ -153,12 +156,12 @@ class _Layer(nn.Module):
         # repeat_kv does; enable_gqa does it without copying the keys and values
         a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None,
                                            enable_gqa=s.num_heads != s.num_kv_heads)
-        x = x + _product(self.o, a.transpose(1, 2).reshape(b, t, -1))
-        h = F.rms_norm(x, (s.hidden_size,), self.post_norm, s.rms_norm_eps)
+        x = x + _product(self.o, a.transpose(1, 2).reshape(b, t, -1), out=None)
+        h = _norm(x, self.post_norm, s.rms_norm_eps, _input_type(self.gate_up))
         # the gate in the weights' type: its product is the down projection's input, rounded
         # to that type anyway (one conversion of the widest activations less)
         gate, up = _product(self.gate_up, h, out=None).chunk(2, dim=-1)
-        out: torch.Tensor = x + _product(self.down, F.silu(gate) * up)
+        out: torch.Tensor = x + _product(self.down, F.silu(gate) * up, out=None)
         return out, kv
 
 
@@ -176,10 +179,31 @@ def _product(linear: nn.Linear, x: torch.Tensor,
     return y if out is None else y.to(out)
 
 
+def _input_type(linear: nn.Linear) -> torch.dtype:
+    """The type ``linear`` reads its input in: its weight's (float32 for int8 dynamic modules)."""
+    w = linear.weight
+    return w.dtype if isinstance(w, torch.Tensor) else torch.float32
+
+
+def _norm(x: torch.Tensor, weight: torch.Tensor, eps: float, dtype: torch.dtype) -> torch.Tensor:
+    """RMSNorm of float32 ``x``, in ``dtype``: ``F.rms_norm(x, ..., weight, eps).to(dtype)``.
+
+    For another type than float32 the same float32 steps as torch's own (``pow``, ``mean``,
+    ``+ eps``, ``rsqrt``, two products) are taken, the last product written in ``dtype``
+    directly: the same values, one pass over the activations less.
+    """
+    if dtype == torch.float32:
+        return F.rms_norm(x, (x.shape[-1],), weight, eps)
+    scale = torch.rsqrt(torch.pow(x, 2).mean(-1, keepdim=True) + eps)
+    return torch.mul(x.mul(scale), weight, out=torch.empty(x.shape, dtype=dtype, device=x.device))
+
+
 def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotary position embedding, halves convention (transformers' ``rotate_half``)."""
+    """Rotary position embedding, halves convention (transformers' ``rotate_half``), in float32
+    whatever the type of ``x``. ``sin`` carries the sign of ``rotate_half``'s first half
+    (``_rotary``): ``x2 * -s`` is ``-x2 * s`` exactly, without a negated copy of ``x2``."""
     x1, x2 = x.chunk(2, dim=-1)
-    return x * cos + torch.cat((-x2, x1), dim=-1) * sin
+    return x * cos + torch.cat((x2, x1), dim=-1) * sin
 
 
 class LlamaDecoder(nn.Module):
@@ -256,7 +280,9 @@ class LlamaDecoder(nn.Module):
         freqs = pos[..., None] * inv
         emb = torch.cat((freqs, freqs), dim=-1)
         cos = emb.cos()[:, None]
-        sin = emb.sin()[:, None]
+        sin = emb.sin()
+        half = sin.shape[-1] // 2
+        sin = torch.cat((-sin[..., :half], sin[..., half:]), dim=-1)[:, None]  # see _rotate
         kept: list[tuple[torch.Tensor, torch.Tensor]] = []
         for k, layer in enumerate(self.layers):
             x, kv = layer(x, cos, sin, mask, None if past is None else past[k])

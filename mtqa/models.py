@@ -42,6 +42,7 @@ __all__ = [
     "file_sha256",
     "find_bundled_gguf",
     "backend_tokenizer",
+    "lm_precision",
     "load_lm",
     "native_bf16",
     "prefix_token_id",
@@ -134,9 +135,12 @@ def native_bf16(device: str = "cpu") -> bool:
 
     CUDA: ``torch.cuda.is_bf16_supported()``. CPU: the AVX512-BF16 or AMX-BF16 instructions, as
     torch reports them (``torch.cpu.get_capabilities()``), else as ``/proc/cpuinfo`` lists them.
-    Without them torch emulates bfloat16, slower than float32.
+    Without them torch emulates bfloat16, slower than float32. Without torch: False.
     """
-    import torch
+    try:
+        import torch
+    except ImportError:
+        return False
 
     if device.startswith("cuda"):
         return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
@@ -164,6 +168,32 @@ def resolve_precision(precision: str, backend: str, device: str = "cpu") -> str:
     return "bf16" if backend == "native" and native_bf16(device) else "fp32"
 
 
+def lm_precision(lm_model: str | None = None, *, device: str = "cpu", backend: str = "auto",
+                 precision: str = "auto") -> str:
+    """The weight type ``load_lm`` with these arguments runs the model in, found without loading
+    (or converting, or hashing) it: what a result store keys on, since ``auto`` is bf16 on one
+    machine and fp32 on another.
+
+    ``precision`` itself when it is not ``auto``, and when the model cannot be found here (then
+    no language model reads anything).
+    """
+    if precision != "auto":
+        return precision
+    if backend == "transformers" or not native_bf16(device):
+        return "fp32"
+    if backend == "native" or lm_model is None or lm_model == DEFAULT_LM:
+        return "bf16"  # the bundled SmolLM2 is a Llama with safetensors weights: native
+    if lm_model == GEMMA_LM:
+        # NOTE: gemma3_text is not a Llama (``mtqa.llama.unsupported``): transformers runs it
+        return resolve_precision(precision, "transformers", device)
+    try:
+        path = _named_path(lm_model, True, "fluency")
+    except CheckerUnavailable:
+        return precision
+    used = "native" if _native_unsupported(path) is None else "transformers"
+    return resolve_precision(precision, used, device)
+
+
 def load_lm(
     lm_model: str | None = None,
     *,
@@ -172,7 +202,7 @@ def load_lm(
     offline: bool = True,
     checker: str = "fluency",
     backend: str = "auto",
-    precision: str = "fp32",
+    precision: str = "auto",
 ) -> LoadedLM:
     """Load a causal LM and its fast tokenizer, converting the bundled GGUF once if needed.
 
@@ -249,7 +279,7 @@ class ModelPool:
 
     def lm(self, lm_model: str | None = None, *, cache_dir: Path | None = None,
            device: str = "cpu", backend: str = "auto", checker: str = "fluency",
-           precision: str = "fp32") -> LoadedLM:
+           precision: str = "auto") -> LoadedLM:
         """``load_lm(...)``, once per set of arguments for the life of the pool.
 
         Raises:
@@ -312,8 +342,8 @@ def _native_unsupported(path: Path) -> str | None:
     return None
 
 
-def _load_native(path: Path, device: str, checker: str, precision: str = "fp32"
-                 ) -> torch.nn.Module:
+def _load_native(path: Path, device: str, checker: str, precision: str) -> torch.nn.Module:
+    """The native model in ``precision`` (resolved: ``fp32`` or ``bf16``) on ``device``."""
     try:
         from mtqa.llama import load_llama
     except ImportError as exc:
@@ -544,6 +574,19 @@ def _resolve_named(lm_model: str, offline: bool, checker: str) -> tuple[Path, st
             err = f"no model weights ({' or '.join(_WEIGHT_FILES)}) in {local}"
             raise CheckerUnavailable(checker, err)
         return local, local.name, file_sha256(*weights)[:_SHA_LEN]
+    snap = _named_path(lm_model, offline, checker)
+    weights = _weight_files(snap)
+    if not weights:
+        err = f"model {lm_model!r} has no safetensors weights in {snap}"
+        raise CheckerUnavailable(checker, err)
+    return snap, lm_model, _hub_sha(weights)
+
+
+def _named_path(lm_model: str, offline: bool, checker: str) -> Path:
+    """The directory of a named model: a local directory, or its Hugging Face snapshot."""
+    local = Path(lm_model).expanduser()
+    if local.is_dir():
+        return local
     try:
         from huggingface_hub import snapshot_download
         from huggingface_hub.errors import HFValidationError
@@ -568,11 +611,7 @@ def _resolve_named(lm_model: str, offline: bool, checker: str) -> tuple[Path, st
             f"or use the default ({INSTALL_HINT})"
         )
         raise CheckerUnavailable(checker, err) from exc
-    weights = _weight_files(snap)
-    if not weights:
-        err = f"model {lm_model!r} has no safetensors weights in {snap}"
-        raise CheckerUnavailable(checker, err)
-    return snap, lm_model, _hub_sha(weights)
+    return snap
 
 
 def _weight_files(directory: Path) -> list[Path]:

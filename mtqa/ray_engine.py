@@ -291,7 +291,8 @@ def _rows(batch: dict[str, np.ndarray], signature: str) -> Scored:
     for theirs, host in zip(batch["signature"], batch["host"]):
         if str(theirs) != signature:
             err = (f"the Ray worker on {host} scores under other settings than this driver "
-                   f"(another mtqa version, model or calibration file?): {theirs} != {signature}")
+                   f"(another mtqa version, model or calibration file, or precision auto on a "
+                   f"machine without native bf16: give --precision?): {theirs} != {signature}")
             raise ConfigError(err)
     return [(int(p), str(r) or None, str(e) or None, float(s))
             for p, r, e, s in zip(batch["pos"], batch["report"], batch["error"], batch["seconds"])]

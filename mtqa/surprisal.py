@@ -132,15 +132,15 @@ def _head_pass(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tenso
             cand_ids: list[torch.Tensor] = []
             picked = torch.zeros(len(wanted), dtype=torch.float32, device=rows.device)
             for v in range(0, weight.shape[0], HEAD_BLOCK):
-                logits = (rows @ weight[v : v + HEAD_BLOCK].T).float()
-                norms.append(torch.logsumexp(logits, dim=1))
+                logits = rows @ weight[v : v + HEAD_BLOCK].T
+                norms.append(_logsumexp(logits))
                 # NOTE: the target's logit is read from the same block of logits the
                 # normaliser sums (not a separate dot product): in bfloat16 the product's
                 # output is rounded, and a target logit computed apart could exceed the
                 # rounded ones and give a negative surprisal (issue 17)
                 here = ((wanted >= v) & (wanted < v + logits.shape[1])).nonzero()[:, 0]
                 if len(here):
-                    picked[here] = logits[here, wanted[here] - v]
+                    picked[here] = logits[here, wanted[here] - v].float()
                 if top:
                     # NOTE: the block is still in cache: its own top-k costs little, and the
                     # best of the blocks' candidates are the row's top-k (issue 19)
@@ -164,6 +164,15 @@ def _head_pass(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tenso
         return values, None
     best = torch.cat(tops) if tops else torch.zeros((0, top), dtype=torch.long)
     return values, best
+
+
+def _logsumexp(logits: torch.Tensor) -> torch.Tensor:
+    """``torch.logsumexp(logits.float(), dim=1)`` without the float32 copy of ``logits``: the
+    same float32 steps (the row maximum, ``exp(x - max)``, its sum, ``log``, ``+ max``) read
+    bfloat16 logits through type promotion, which widens them exactly. Finite logits only (a
+    linear head's)."""
+    top = logits.amax(dim=1, keepdim=True).float()
+    return logits.sub(top).exp_().sum(dim=1).log_().add_(top[:, 0])
 
 
 def score_sequences(

@@ -255,6 +255,57 @@ def test_settings_change_rescores(tmp_path: Path) -> None:
     assert run_batch([ABC], out, STRUCTURE).scored == 0
 
 
+def _tiny_lm_checker(path: Path, precision: str) -> Checker:
+    """A Checker whose fluency checker reads with a tiny random Llama (``test_llama``) in the
+    weight type ``precision`` resolves to here, as ``Settings(precision=...)`` would load it."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from mtqa.checkers.fluency import FluencyChecker
+    from mtqa.llama import load_llama
+    from mtqa.models import lm_precision
+
+    vocab = {"<|endoftext|>": 0, **{f"w{i}": i for i in range(1, 97)}}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="w1"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>")
+    model = load_llama(path, [path / "model.safetensors"], lm_precision(precision=precision))
+    settings = Settings(checkers=("structure", "fluency"), precision=precision)
+    return Checker(settings, checkers={"fluency": FluencyChecker(model=model, tokenizer=fast)})
+
+
+def test_the_store_keys_on_the_precision_the_lm_runs_in(tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """fp32 results are not reused by a bf16 run nor the reverse; ``auto`` reuses the results
+    of the precision it resolves to on this machine (issue 17)."""
+    import torch
+
+    from test_llama import _tiny_hf
+
+    _, path = _tiny_hf(tmp_path / "tiny")
+    src = tmp_path / "in.jsonl"
+    src.write_text("".join(json.dumps({"id": f"d{i}", "mt": t}) + "\n" for i, t in enumerate(
+        ["w3 w5 w7 w9 w2 w4.", "w11 w12 w13, w14 w15 w16 w17.", "w40 w41 w42 w43."])),
+        encoding="utf-8")
+    out = tmp_path / "r.jsonl"
+
+    def run(precision: str, native: bool) -> tuple[int, str]:
+        caps = {"avx512_bf16": True} if native else {"avx2": True}
+        monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: caps, raising=False)
+        with _tiny_lm_checker(path, precision) as checker:
+            summary = run_batch([src], out, checker=checker)
+        return summary.scored, out.read_text(encoding="utf-8")
+
+    assert run("fp32", native=True)[0] == 3
+    scored, bf16 = run("bf16", native=True)
+    assert scored == 3 and "|prec:bf16|" in bf16  # the fp32 results were not reused
+    scored, lines = run("auto", native=True)
+    assert scored == 0 and lines == bf16  # auto is bf16 here: the bf16 results
+    scored, lines = run("auto", native=False)
+    assert scored == 0 and "|prec:fp32|" in lines and "|prec:bf16|" not in lines
+    assert run("fp32", native=False)[0] == 0
+
+
 def test_refitted_calibration_rescores(tmp_path: Path) -> None:
     from mtqa.calibrate import load_calibration
 

@@ -226,7 +226,7 @@ class FluencyChecker(BaseChecker):
     CONTEXT: ClassVar[int] = 256
     #: ``auto``: bf16 for the native backend where the device has native bfloat16, else fp32
     #: (``mtqa.models.resolve_precision``); ``int8`` quantises the decoder (not batch-invariant)
-    PRECISION: ClassVar[str] = "fp32"
+    PRECISION: ClassVar[str] = "auto"
     #: unigram frequency given to words wordfreq does not know (its English list stops at 1e-8)
     UNKNOWN_FREQ: ClassVar[float] = 1e-8
     #: fluency: each word costs max(0, z0 - PENALTY_FROM), z0 its standardised excess (below);

@@ -194,7 +194,7 @@ class ReferenceChecker(BaseChecker):
         lm_model: str | None = None,
         cache_dir: Path | None = None,
         lm_backend: str = "auto",
-        lm_precision: str = "fp32",
+        lm_precision: str = "auto",
         language_model: LoadedLM | None = None,
     ) -> None:
         """Build the checker; the embedding model is loaded here, once.
