@@ -286,7 +286,8 @@ def fit_poisson(rows: Sequence[Mapping[str, float]], target: Sequence[float], *,
                 prior: Mapping[str, float] | None = None,
                 groups: Sequence[str] | None = None, rank_weight: float = 0.0,
                 aggregates: Sequence[Aggregate] | None = None,
-                aggregate_weight: float | None = None) -> UnitModel:
+                aggregate_weight: float | None = None,
+                weights: Sequence[float] | None = None) -> UnitModel:
     """Fit a UnitModel by penalised Poisson maximum likelihood (quasi-Poisson: any target >= 0).
 
     Weights of ``MONOTONE_PREFIXES`` inputs are constrained to be non-negative. With ``prior``
@@ -306,6 +307,8 @@ def fit_poisson(rows: Sequence[Mapping[str, float]], target: Sequence[float], *,
     of one group: an aggregate's score is the log of its rows' summed expected penalty per
     sentence, as ``mtqa.aggregate`` scores a document, so the fit also learns to rank
     paragraphs, whose inputs scale with length and context differently from sentences'.
+    ``weights`` scale each row's likelihood term (default 1; 0 leaves a row to the ranking
+    term of its aggregate alone).
     """
     from scipy.optimize import minimize
     from scipy.sparse import csr_matrix
@@ -325,7 +328,8 @@ def fit_poisson(rows: Sequence[Mapping[str, float]], target: Sequence[float], *,
     scale = mat.std(axis=0)
     scale[scale < 1e-9] = 1.0
     z = (mat - center) / scale
-    n = float(len(y))
+    lw = np.ones(len(y)) if weights is None else np.asarray(weights, dtype=np.float64)
+    n = float(lw.sum())
     better, worse = _ranked_pairs(groups, target) if groups is not None and rank_weight > 0 \
         else (np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64))
 
@@ -344,8 +348,8 @@ def fit_poisson(rows: Sequence[Mapping[str, float]], target: Sequence[float], *,
     def loss(w: np.ndarray) -> tuple[float, np.ndarray]:
         eta = np.clip(w[0] + z @ w[1:], -30.0, 10.0)
         mu = np.exp(eta)
-        nll = float(np.sum(mu - y * eta)) / n + 0.5 * l2 * float(w[1:] @ w[1:]) / n
-        grad = np.concatenate([[np.sum(mu - y)], z.T @ (mu - y)]) / n
+        nll = float(np.sum(lw * (mu - y * eta))) / n + 0.5 * l2 * float(w[1:] @ w[1:]) / n
+        grad = np.concatenate([[np.sum(lw * (mu - y))], z.T @ (lw * (mu - y))]) / n
         grad[1:] += l2 * w[1:] / n
         if len(a_better):
             total = np.maximum(pick @ mu, 1e-300)

@@ -364,12 +364,14 @@ def _fit(rows: Sequence[Mapping[str, Any]], raws: Sequence[Mapping[str, float]],
          fit_rows: Sequence[int], target: Sequence[float], l2: float, lam: float,
          par: ParagraphSet | None = None, par_rows: Sequence[int] = (),
          lam_paragraphs: float = 0.0) -> cal.UnitModel:
+    """(The paragraph units' likelihood weight is ``PARAGRAPH_LIKELIHOOD``.)"""
     """One unit model on the lines ``fit_rows`` and, with ``par``, the units of the
     paragraphs ``par_rows`` (each paragraph ranked against the other systems' as a whole)."""
     xs = [raws[k] for k in fit_rows]
     ys = [target[k] for k in fit_rows]
     groups = [str(rows[k]["seg_id"]) for k in fit_rows]
     aggregates = None
+    weights = [1.0] * len(xs)
     if par is not None and par_rows:
         units = par.units_of(par_rows)
         offset = {j: len(xs) + i for i, j in enumerate(units)}
@@ -377,8 +379,15 @@ def _fit(rows: Sequence[Mapping[str, Any]], raws: Sequence[Mapping[str, float]],
         ys += [par.target[j] for j in units]
         groups += [f"unit:{j}" for j in units]  # NOTE: a unit is ranked only in its paragraph
         aggregates = par.aggregates(par_rows, offset)
+        weights += [PARAGRAPH_LIKELIHOOD] * len(units)
     return cal.fit_poisson(xs, ys, l2=l2, prior=cal.PRIOR, groups=groups, rank_weight=lam,
-                           aggregates=aggregates, aggregate_weight=lam_paragraphs)
+                           aggregates=aggregates, aggregate_weight=lam_paragraphs,
+                           weights=weights)
+
+
+#: the likelihood weight of a paragraph's sentence units against an MQM line's (the lines'
+#: penalties are observed per unit; a paragraph's are spread over its units by length)
+PARAGRAPH_LIKELIHOOD = float(os.environ.get("MTQA_PARAGRAPH_LIKELIHOOD", "1.0"))
 
 
 #: weights of the within-segment ranking term tried (``cal.fit_poisson``), and the folds of the
