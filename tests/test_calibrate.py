@@ -381,17 +381,9 @@ def test_word_model_replaces_the_fluency_spans_in_a_report(shipped: Calibration)
     assert "words-free" not in report.signature
 
 
-def test_fitting_script_learns_a_word_model_from_labelled_lines() -> None:
-    """``scripts/calibrate.py``'s word fit on synthetic lines where the erroneous word is the
-    one the LM finds surprising: it learns that, and tunes thresholds under the major floor."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("calibrate_script",
-                                                  ROOT / "scripts" / "calibrate.py")
-    assert spec is not None and spec.loader is not None
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
-    rng = np.random.default_rng(0)
+def _word_rows(rng: np.random.Generator) -> tuple[list[dict[str, object]], list[str]]:
+    """Synthetic feature lines whose one erroneous word (a fluency error) is the one the LM
+    finds surprising; no checker findings."""
     vocab = ["the", "minister", "said", "on", "monday", "that", "prices", "rose", "sharply"]
     rows, texts = [], []
     for doc in range(30):
@@ -404,11 +396,20 @@ def test_fitting_script_learns_a_word_model_from_labelled_lines() -> None:
             lm = [float(rng.uniform(2, 8)) for _ in words]
             lm[bad] = float(rng.uniform(20, 35))
             sev = "major" if rng.random() < 0.8 else "minor"
-            rows.append({"doc_id": f"d{doc}", "seg_id": f"{doc}-{line}", "length": len(text),
-                         "gold": [[starts[bad], ends[bad], sev]],
+            rows.append({"line": len(rows), "doc_id": f"d{doc}", "seg_id": f"{doc}-{line}",
+                         "length": len(text), "gold": [[starts[bad], ends[bad], sev]],
                          "gold_categories": ["Fluency/Grammar"], "body_free": [0, len(text)],
-                         "words_fluency": {"start": starts, "end": ends, "values": {"lm": lm}}})
+                         "words_fluency": {"start": starts, "end": ends, "values": {"lm": lm}},
+                         "free": {}, "findings_free": []})
             texts.append(text)
+    return rows, texts
+
+
+def test_fitting_script_learns_a_word_model_from_labelled_lines() -> None:
+    """``scripts/calibrate.py``'s word fit on synthetic lines where the erroneous word is the
+    one the LM finds surprising: it learns that, and tunes thresholds under the major floor."""
+    script = _script()
+    rows, texts = _word_rows(np.random.default_rng(0))
     table = script.word_table(rows, texts, "free", [1.0] * len(rows))
     assert sorted(table) == list(range(len(rows)))  # every line has the evidence it reads
     model, figs = script.fit_words(rows, texts, "free", table)
@@ -548,3 +549,21 @@ def test_span_fit_follows_each_sides_target() -> None:
     bins = script.span_bins(rows, texts, test, pred, "free")
     assert sum(b.spans for b in bins) == sum(len(pred[k]) for k in test)
     assert all(b.precision == pytest.approx(1.0) for b in bins if b.spans)
+
+
+def test_fit_side_reports_held_out_confidence_bins() -> None:
+    """One side's word and span models fitted together: the held-out spans' confidences are
+    binned against the side's gold and kept in the figures."""
+    script = _script()
+    rows, texts = _word_rows(np.random.default_rng(1))
+    unit = fit_poisson([{"words": 8.0}] * 4, [1.0, 2.0, 1.0, 2.0])
+    words, spans, bins = script.fit_side(rows, texts, "free", unit)
+    _train, test, _ = script.split(rows)
+    assert sum(b.spans for b in bins) >= len(test) * 0.8  # about one span per held-out line
+    full = [b for b in bins if b.spans]
+    assert full and all(b.precision > 0.8 for b in full)
+    low = full[0].low
+    assert spans.figures[f"held_out_bin{low:.1f}_precision"] == pytest.approx(full[0].precision)
+    assert words.figures["held_out_f1"] == spans.figures["held_out_f1"] > 0.8
+    table = script.render_bins("free", bins)
+    assert "fluency, style, non-translation" in table and f"{low:.1f}-" in table
