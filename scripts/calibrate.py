@@ -436,7 +436,7 @@ MAJOR_MARGIN = 0.05
 #: reference-free, thresholds are chosen for precision (an editor who sees noise learns to
 #: ignore the colours): the most precise pair with at least this training recall of the
 #: visible errors (issue 19 asks precision >= .5 at recall >= .2 on new documents)
-FREE_MIN_RECALL = 0.25
+FREE_MIN_RECALL = 0.05
 #: reference-free, a span is major only when the model's probability that it is a major error
 #: is at least this: one major span in a 20-word sentence fails the default gate
 FREE_MAJOR_MIN = 0.5
@@ -745,6 +745,9 @@ def main() -> None:
                         help="MQM penalties above this are fitted as this (non-translation).")
     parser.add_argument("--out", type=Path, default=OUT)
     parser.add_argument("--dry-run", action="store_true", help="Fit and print; write nothing.")
+    parser.add_argument("--spans-only", type=Path, default=None, metavar="CALIBRATION",
+                        help="Keep the unit models (and their figures) of this calibration file "
+                             "and re-fit only the word and span models (seconds, not minutes).")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     if args.rebuild or not args.features.is_file():
@@ -752,7 +755,16 @@ def main() -> None:
     head, rows = read_features(args.features)
     records = load_mqm(Path(head["data"]))
     texts = [records[int(r["line"])].hypothesis for r in rows]
-    models, info = fit_all(head, rows, args.l2, args.cap)
+    if args.spans_only is not None:
+        kept = cal.load_calibration(args.spans_only)
+        models = dict(kept.models)
+        info = {k: v for k, v in kept.provenance.items()
+                if k in ("held_out_docs", "train_lines", "held_out_lines")}
+        info["figures"] = {k: v for k, v in dict(kept.provenance.get("figures", {})).items()
+                           if k in models}
+        info["unit_models_from"] = f"{args.spans_only.name} ({kept.fingerprint()})"
+    else:
+        models, info = fit_all(head, rows, args.l2, args.cap)
     spans: dict[str, cal.SpanModel] = {}
     word_models: dict[str, cal.WordModel] = {}
     for side in ("free", "ref"):
