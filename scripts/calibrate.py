@@ -662,9 +662,11 @@ def fit_side(rows: Sequence[Mapping[str, Any]], texts: Sequence[str], side: str,
             sfigs[f"held_out_bin{b.low:.1f}_confidence"] = b.confidence
             sfigs[f"held_out_bin{b.low:.1f}_precision"] = b.precision
             sfigs[f"held_out_shown_from{b.low:.1f}_precision"] = b.shown_precision
+    # NOTE: a figure with nothing to measure (no major span) is left out: NaN never equals itself
+    sfigs = {k: v for k, v in sfigs.items() if v == v}
     sm = dataclasses.replace(sm, figures=sfigs)
     wfigs.update({k: v for k, v in sfigs.items() if not k.startswith("held_out_uncalibrated")})
-    return dataclasses.replace(wm, figures=wfigs), sm, bins
+    return dataclasses.replace(wm, figures={k: v for k, v in wfigs.items() if v == v}), sm, bins
 
 
 def render_bins(side: str, bins: Sequence[Any]) -> str:
