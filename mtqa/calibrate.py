@@ -431,8 +431,11 @@ class SpanModel:
     """Two logistic models over a finding's inputs (``span_inputs``): the probability that its
     characters are an error, and that they are a major one. A finding below ``keep`` is dropped;
     one at or above ``major`` is major, else minor; its confidence becomes the first probability.
-    Both thresholds are tuned on the training documents for the best character F1 among those
-    whose major spans are at least ``MAJOR_PRECISION`` precise."""
+    Both thresholds are tuned on the training documents (``scripts/calibrate.py``) among those
+    whose major spans are at least ``MAJOR_PRECISION`` (plus a margin) precise: for the best
+    character F1 with the reference, for precision without it. The ``free`` model's target is
+    the errors English alone shows (fluency, style, non-translation), the ``ref`` one's every
+    MQM error."""
 
     groups: tuple[str, ...]
     error: tuple[float, ...]  # intercept first
@@ -451,7 +454,10 @@ class SpanModel:
             t = w[0] + sum(a * b for a, b in zip(w[1:], x))
             return 1.0 / (1.0 + math.exp(-max(min(t, 30.0), -30.0)))
 
-        return sigmoid(self.error), sigmoid(self.major_coef)
+        p_err = sigmoid(self.error)
+        # NOTE: the two models are fitted apart; a major error is an error, so its probability
+        # is never above the error's (a major span's confidence is at least ``major``)
+        return p_err, min(sigmoid(self.major_coef), p_err)
 
     def to_dict(self) -> dict[str, object]:
         names = ["intercept", *self.groups, "log1p_expected_penalty", "confidence", "was_major"]

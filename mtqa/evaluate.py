@@ -17,7 +17,12 @@ Figures, as WMT computes them:
 - pairwise accuracy: over all pairs of systems on the same segment whose MQM differs, the share
   the metric orders the same way (a metric tie counts as half);
 - character-level span precision/recall/F1 (WMT23 QE task 2): a predicted error character on a
-  gold error character counts 1 when the severities agree and 0.5 when they do not;
+  gold error character counts 1 when the severities agree and 0.5 when they do not; against
+  every gold error, and against the errors English alone can show (``visible_without_reference``:
+  fluency, style, non-translation), which is what a reference-free checker can find;
+- span confidence calibration (``confidence_bins``): the spans binned by their confidence, with
+  the share of their characters on gold error characters (the observed precision) beside the
+  mean confidence, which a calibrated confidence matches;
 - a 95% bootstrap interval for each, resampling segments (all systems of a segment together).
 """
 
@@ -39,6 +44,11 @@ from mtqa.errors import InputError
 from mtqa.types import BadRecord, DocumentReport, JSONValue
 
 __all__ = [
+    "ALL_GOLD",
+    "CONFIDENCE_EDGES",
+    "VISIBLE_GOLD",
+    "VISIBLE_TAG",
+    "ConfidenceBin",
     "Evaluation",
     "GoldError",
     "MetricFigures",
@@ -46,6 +56,7 @@ __all__ = [
     "Paragraph",
     "SpanFigures",
     "baselines",
+    "confidence_bins",
     "correlations",
     "evaluate",
     "evaluate_reports",
@@ -57,6 +68,7 @@ __all__ = [
     "render_evaluation",
     "score_records",
     "span_scores",
+    "visible_without_reference",
     "within_segment_kendall",
 ]
 
@@ -339,6 +351,91 @@ def span_scores(texts: Sequence[str], predicted: Sequence[Iterable[tuple[int, in
                        int(pred_n), int(gold_n))
 
 
+#: MQM category families an English reader can see without the source or a reference (issue
+#: 19); accuracy, terminology and locale errors need one
+_VISIBLE_FAMILIES = ("fluency/", "style/")
+_VISIBLE_CATEGORIES = frozenset({"non-translation", "accuracy/untranslated"})
+
+
+def visible_without_reference(category: str) -> bool:
+    """Whether an MQM error of ``category`` shows in the translation alone: the reference-free
+    span target. ``Fluency/*``, ``Style/*`` and non-translation (WMT writes ``Non_translation``;
+    untranslated words are the same error at word scale); case, ``_``/``-`` and a trailing
+    ``!`` are not told apart. Mistranslations, additions, terminology and locale errors are not:
+    English alone cannot show them."""
+    c = category.strip().lower().replace("_", "-").rstrip("!")
+    return c.startswith(_VISIBLE_FAMILIES) or c in _VISIBLE_CATEGORIES
+
+
+#: bin edges of ``confidence_bins``
+CONFIDENCE_EDGES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
+
+
+@dataclass(frozen=True, slots=True)
+class ConfidenceBin:
+    """The spans whose confidence is in ``[low, high)`` (the last bin holds 1.0 too).
+
+    ``precision`` is the share of their characters on gold error characters (severity
+    ignored), ``confidence`` their mean confidence weighted by characters: for calibrated
+    confidences the two agree. ``overlap`` is the share of spans touching a gold error.
+    ``shown_*`` describe every span at or above ``low``: what ``--min-confidence low`` shows.
+    """
+
+    low: float
+    high: float
+    spans: int
+    chars: int
+    confidence: float
+    precision: float
+    overlap: float
+    shown_spans: int
+    shown_precision: float
+
+
+def confidence_bins(texts: Sequence[str],
+                    predicted: Sequence[Iterable[tuple[int, int, float]]],
+                    gold: Sequence[Iterable[tuple[int, int, str]]],
+                    edges: Sequence[float] = CONFIDENCE_EDGES) -> tuple[ConfidenceBin, ...]:
+    """Predicted confidence against observed precision, over ``(start, end, confidence)`` spans."""
+    n = len(edges) - 1
+    spans = np.zeros(n)
+    chars = np.zeros(n)
+    conf = np.zeros(n)
+    on_gold = np.zeros(n)
+    touching = np.zeros(n)
+    for text, p, g in zip(texts, predicted, gold):
+        gc = _char_severity(len(text), g) > 0
+        for s, e, c in p:
+            s, e = max(s, 0), min(e, len(text))
+            if e <= s:
+                continue
+            k = min(max(int(np.searchsorted(edges, c, side="right")) - 1, 0), n - 1)
+            hit = float(np.count_nonzero(gc[s:e]))
+            spans[k] += 1
+            chars[k] += e - s
+            conf[k] += c * (e - s)
+            on_gold[k] += hit
+            touching[k] += hit > 0
+
+    def share(a: float, b: float) -> float:
+        return a / b if b else math.nan
+
+    out = []
+    for k in range(n):
+        shown = slice(k, n)
+        out.append(ConfidenceBin(
+            float(edges[k]), float(edges[k + 1]), int(spans[k]), int(chars[k]),
+            share(conf[k], chars[k]), share(on_gold[k], chars[k]), share(touching[k], spans[k]),
+            int(spans[shown].sum()), share(float(on_gold[shown].sum()), float(chars[shown].sum()))))
+    return tuple(out)
+
+
+#: names of the two golds spans are scored against, and the tag of span figures against the second
+ALL_GOLD = "all errors"
+VISIBLE_GOLD = "fluency, style, non-translation"
+VISIBLE_TAG = "[visible]"
+
+
 @dataclass(frozen=True, slots=True)
 class Evaluation:
     """Every figure of one ``mtqa evaluate`` run."""
@@ -355,6 +452,8 @@ class Evaluation:
     split: str = "all"
     #: what one document is: "sentence" (an MQM line) or "paragraph" (``paragraph_units``)
     units: str = "sentence"
+    #: confidence calibration of the reported spans, against each gold (ALL_GOLD, VISIBLE_GOLD)
+    bins: Mapping[str, tuple[ConfidenceBin, ...]] = dataclasses.field(default_factory=dict)
 
 
 def baselines(records: Sequence[MqmRecord], *, with_reference: bool) -> dict[str, list[float]]:
@@ -385,8 +484,14 @@ def evaluate(
     seconds: float,
     signature: str,
     samples: int = 200,
+    confidences: Sequence[Iterable[tuple[int, int, float]]] | None = None,
 ) -> Evaluation:
-    """Figures for each named score (and the baselines) and each named span prediction."""
+    """Figures for each named score (and the baselines) and each named span prediction.
+
+    Spans are scored against every gold error and, under names ending ``VISIBLE_TAG``,
+    against the errors English alone shows; ``confidences`` (each line's
+    ``(start, end, confidence)`` spans) adds the confidence calibration against both.
+    """
     if not records:
         err = (f"{data}: no lines to evaluate (a file of human translations only, systems "
                f"ref-*, needs --include-human)")
@@ -398,12 +503,25 @@ def evaluate(
                     for name, values in all_scores.items())
     texts = [r.hypothesis for r in records]
     gold = [[(e.start, e.end, e.severity) for e in r.errors] for r in records]
+    visible = [[(e.start, e.end, e.severity) for e in r.errors
+                if visible_without_reference(e.category)] for r in records]
     flag_all = [[(0, len(t), "minor")] for t in texts]
-    span_figs = {name: span_scores(texts, pred, gold) for name, pred in spans.items()}
+    span_figs: dict[str, SpanFigures] = {}
+    for name, pred in spans.items():
+        pred = [list(p) for p in pred]
+        span_figs[name] = span_scores(texts, pred, gold)
+        span_figs[f"{name} {VISIBLE_TAG}"] = span_scores(texts, pred, visible)
     span_figs["flag everything (severity ignored)"] = span_scores(texts, flag_all, gold,
                                                                    ignore_severity=True)
+    span_figs[f"flag everything {VISIBLE_TAG}"] = span_scores(texts, flag_all, visible,
+                                                               ignore_severity=True)
+    bins: dict[str, tuple[ConfidenceBin, ...]] = {}
+    if confidences is not None:
+        conf = [list(c) for c in confidences]
+        bins = {ALL_GOLD: confidence_bins(texts, conf, gold),
+                VISIBLE_GOLD: confidence_bins(texts, conf, visible)}
     return Evaluation(data, len(records), len(set(seg_ids)), with_reference, metrics, span_figs,
-                      seconds, signature)
+                      seconds, signature, bins=bins)
 
 
 def score_records(
@@ -574,9 +692,11 @@ def evaluate_reports(records: Sequence[MqmRecord], reports: Sequence[DocumentRep
         "mtqa major spans": [[(s.start, s.end, s.severity.value) for s in d.spans
                               if s.severity.value != "minor"] for d in reports],
     }
+    confidences = [[(s.start, s.end, s.confidence) for s in d.spans] for d in reports]
     signature = reports[0].signature if reports else ""
     return evaluate(records, scores, spans, data=data, with_reference=with_reference,
-                    seconds=seconds, signature=signature, samples=samples)
+                    seconds=seconds, signature=signature, samples=samples,
+                    confidences=confidences)
 
 
 def evaluation_to_dict(e: Evaluation) -> dict[str, JSONValue]:
@@ -600,6 +720,13 @@ def evaluation_to_dict(e: Evaluation) -> dict[str, JSONValue]:
                    "major_precision": r(f.major_precision), "predicted_chars": f.predicted_chars,
                    "gold_chars": f.gold_chars}
             for name, f in e.spans.items()
+        },
+        "confidence_bins": {
+            gold: [{"low": b.low, "high": b.high, "spans": b.spans, "chars": b.chars,
+                    "confidence": r(b.confidence), "precision": r(b.precision),
+                    "overlap": r(b.overlap), "shown_spans": b.shown_spans,
+                    "shown_precision": r(b.shown_precision)} for b in bins]
+            for gold, bins in e.bins.items()
         },
     }
 
@@ -627,4 +754,16 @@ def render_evaluation(e: Evaluation) -> str:
     for name, f in e.spans.items():
         lines.append(f"  {name:36s} {f.precision:6.3f} {f.recall:6.3f} {f.f1:6.3f} "
                      f"{f.major_precision:8.3f}")
+    if any(name.endswith(VISIBLE_TAG) for name in e.spans):
+        lines.append(f"  {VISIBLE_TAG}: against the {VISIBLE_GOLD} errors only (what English "
+                     "alone shows: the reference-free target)")
+    target = ALL_GOLD if e.with_reference else VISIBLE_GOLD
+    for gold, bins in e.bins.items():
+        lines += ["", f"  span confidence vs precision, gold: {gold}"
+                  f"{' (the span model target of this run)' if gold == target else ''}",
+                  f"  {'confidence':12s} {'spans':>6s} {'mean':>6s} {'P chars':>8s} "
+                  f"{'overlap':>8s} {'shown >= low':>13s} {'P shown':>8s}"]
+        lines += [f"  {b.low:.1f}-{b.high:.1f}{'':5s} {b.spans:6d} {b.confidence:6.3f} "
+                  f"{b.precision:8.3f} {b.overlap:8.3f} {b.shown_spans:13d} "
+                  f"{b.shown_precision:8.3f}" for b in bins]
     return "\n".join(lines) + "\n"

@@ -40,10 +40,19 @@ sys.path.insert(0, str(ROOT))
 
 from mtqa.version import __version__  # noqa: E402
 from mtqa import calibrate as cal  # noqa: E402
+from mtqa.aggregate import merge_findings  # noqa: E402
 from mtqa.evaluate import (  # noqa: E402
-    kendall, load_mqm, paragraph_units, pearson, span_scores, within_segment_kendall)
+    confidence_bins,
+    kendall,
+    load_mqm,
+    paragraph_units,
+    pearson,
+    span_scores,
+    visible_without_reference,
+    within_segment_kendall,
+)
 from mtqa.models import file_sha256  # noqa: E402
-from mtqa.types import CheckResult, Document, WordEvidence  # noqa: E402
+from mtqa.types import CheckResult, Document, Finding, Severity, WordEvidence  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "mqm_2021_zhen.jsonl"  # ../shared/data, as CI lays it out
 OUT = ROOT / "models" / "calibration.json"
@@ -509,9 +518,30 @@ def fit_all(head: Mapping[str, Any], rows: list[dict[str, Any]], l2: float, cap:
                     "held_out_lines": len(test), "figures": report}
 
 
-def _gold(row: Mapping[str, Any]) -> np.ndarray:
+def gold_spans(row: Mapping[str, Any], side: str) -> list[tuple[int, int, str]]:
+    """The gold errors a side's span and word models are fitted to find (their target).
+
+    With the reference (``side == "ref"``) every annotated error; without it only the errors
+    English alone can show (``mtqa.evaluate.visible_without_reference``: fluency, style,
+    non-translation): a mistranslation is invisible without the source or a reference, and
+    fitted to it a reference-free model learns to spread a bad sentence's probability over its
+    content words (issue 19). Rule-based structure findings keep their own severity.
+    """
+    spans = [(int(s), int(e), str(v)) for s, e, v in row["gold"]]
+    if side == "ref":
+        return spans
+    cats = row.get("gold_categories")
+    if cats is None or len(cats) != len(spans):
+        err = (f"feature line {row.get('line')}: no 'gold_categories' beside its gold spans; "
+               "rebuild the feature file (--rebuild)")
+        raise ValueError(err)
+    return [g for g, c in zip(spans, cats) if visible_without_reference(str(c))]
+
+
+def _gold(row: Mapping[str, Any], side: str) -> np.ndarray:
+    """Per character of a line: 0, or the severity (1 minor, 2 major) of ``side``'s gold."""
     g = np.zeros(int(row["length"]), dtype=np.int8)
-    for s, e, sev in row["gold"]:
+    for s, e, sev in gold_spans(row, side):
         g[s:e] = np.maximum(g[s:e], 1 if sev == "minor" else 2)
     return g
 
@@ -524,54 +554,93 @@ def _replaced(side: str, checker: str, category: str, words_active: bool) -> boo
     return words_active and checker == "fluency"
 
 
+#: each line's predicted findings, as ``mtqa.aggregate`` makes them before merging
+Predicted = list[list[Finding]]
+
+
+def _word_finding(s: int, e: int, major: bool, p: float, side: str) -> Finding:
+    """A word-model span as ``mtqa.aggregate.word_findings`` reports it (message left out)."""
+    severity = Severity.MAJOR if major else Severity.MINOR
+    if side == "ref":
+        return Finding(s, e, "mistranslation", severity, "reference", "", p, "word-model")
+    return Finding(s, e, "garbled" if major else "unnatural-phrasing", severity, "fluency", "",
+                   p, "word-model")
+
+
 def apply_span_model(rows: Sequence[Mapping[str, Any]], side: str, expected: Sequence[float],
-                     model: cal.SpanModel | None,
-                     words: Sequence[list[tuple[int, int, str]]] | None = None,
-                     active: Sequence[bool] | None = None) -> list[list[tuple[int, int, str]]]:
-    """Each line's predicted spans (as ``mtqa.aggregate`` makes them, before merging)."""
-    out: list[list[tuple[int, int, str]]] = []
+                     model: cal.SpanModel | None, words: Sequence[list[Finding]] | None = None,
+                     active: Sequence[bool] | None = None) -> Predicted:
+    """Each line's predicted findings (as ``mtqa.aggregate`` makes them, before merging): the
+    word model's (``words``), then the checkers' as the span model keeps and grades them, with
+    its probability of an error as their confidence."""
+    out: Predicted = []
     for k, (row, e) in enumerate(zip(rows, expected)):
         on = bool(active[k]) if active is not None else False
         pred = list(words[k]) if words is not None else []
         for s, t, checker, category, sev, conf in row[f"findings_{side}"]:
             if t <= s or _replaced(side, checker, category, on):
                 continue
-            major = sev in ("major", "critical")
+            severity = Severity(sev)
             if model is not None and checker in cal.SPAN_CHECKERS:
-                p_err, p_major = model.probabilities(checker, category, e, conf, major)
+                p_err, p_major = model.probabilities(checker, category, e, conf,
+                                                     severity is not Severity.MINOR)
                 if p_err < model.keep:
                     continue
-                major = p_major >= model.major
-            pred.append((s, t, "major" if major else "minor"))
+                conf = p_err
+                if severity is not Severity.CRITICAL:
+                    severity = Severity.MAJOR if p_major >= model.major else Severity.MINOR
+            pred.append(Finding(s, t, category, severity, checker, "", float(conf)))
         out.append(pred)
     return out
 
 
-def span_figures(rows: Sequence[Mapping[str, Any]], idx: Sequence[int],
-                 pred: Sequence[list[tuple[int, int, str]]]) -> dict[str, float]:
+def span_figures(rows: Sequence[Mapping[str, Any]], idx: Sequence[int], pred: Predicted,
+                 side: str) -> dict[str, float]:
+    """Character figures of the lines ``idx`` against ``side``'s gold (``gold_spans``), and
+    against the other side's: ``all_*`` (every error) reference-free, ``visible_*`` (what
+    English alone shows) with the reference."""
     texts = ["x" * int(rows[k]["length"]) for k in idx]
-    gold = [[(s, e, v) for s, e, v in rows[k]["gold"]] for k in idx]
-    a = span_scores(texts, [pred[k] for k in idx], gold)
-    b = span_scores(texts, [pred[k] for k in idx], gold, ignore_severity=True)
-    return {"f1": a.f1, "precision": a.precision, "recall": a.recall,
-            "major_precision": a.major_precision, "f1_ignoring_severity": b.f1}
+    p = [[(f.start, f.end, f.severity.value) for f in pred[k]] for k in idx]
+    gold = [gold_spans(rows[k], side) for k in idx]
+    a = span_scores(texts, p, gold)
+    b = span_scores(texts, p, gold, ignore_severity=True)
+    out = {"f1": a.f1, "precision": a.precision, "recall": a.recall,
+           "major_precision": a.major_precision, "f1_ignoring_severity": b.f1,
+           "precision_ignoring_severity": b.precision, "recall_ignoring_severity": b.recall}
+    other = "ref" if side == "free" else "free"
+    c = span_scores(texts, p, [gold_spans(rows[k], other) for k in idx])
+    name = "all" if other == "ref" else "visible"
+    out.update({f"{name}_f1": c.f1, f"{name}_precision": c.precision,
+                f"{name}_recall": c.recall, f"{name}_major_precision": c.major_precision})
+    return out
+
+
+def span_bins(rows: Sequence[Mapping[str, Any]], texts: Sequence[str], idx: Sequence[int],
+              pred: Predicted, side: str) -> tuple[Any, ...]:
+    """Confidence calibration (``mtqa.evaluate.confidence_bins``) of the lines ``idx``' spans
+    merged as a report merges them, against ``side``'s gold."""
+    merged = [[(s.start, s.end, s.confidence) for s in merge_findings(texts[k], pred[k])]
+              for k in idx]
+    return confidence_bins([texts[k] for k in idx], merged, [gold_spans(rows[k], side)
+                                                             for k in idx])
 
 
 class _CharIndex:
     """Every line's characters laid end to end, for scoring many threshold pairs quickly.
 
-    The figures are those of ``mtqa.evaluate.span_scores`` (severity mismatch counts half),
-    computed with difference arrays instead of per-character Python loops.
+    The figures are those of ``mtqa.evaluate.span_scores`` (severity mismatch counts half)
+    against ``side``'s gold, computed with difference arrays instead of per-character loops.
     """
 
-    def __init__(self, rows: Sequence[Mapping[str, Any]], idx: Sequence[int]) -> None:
+    def __init__(self, rows: Sequence[Mapping[str, Any]], idx: Sequence[int], side: str) -> None:
         lengths = [int(rows[k]["length"]) for k in idx]
         self.offset = dict(zip(idx, np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(int)))
         self.size = int(sum(lengths))
-        self.gold = np.concatenate([_gold(rows[k]) for k in idx]) if idx else np.zeros(0, np.int8)
+        self.gold = (np.concatenate([_gold(rows[k], side) for k in idx]) if idx
+                     else np.zeros(0, np.int8))
 
-    def figures(self, spans: Sequence[tuple[int, int, int]]) -> tuple[float, float]:
-        """(F1, major precision) of global ``(start, end, severity 1|2)`` spans."""
+    def figures(self, spans: Sequence[tuple[int, int, int]]) -> Point:
+        """(F1, precision, recall, major precision) of global ``(start, end, 1|2)`` spans."""
         any_d = np.zeros(self.size + 1, np.int32)
         maj_d = np.zeros(self.size + 1, np.int32)
         if spans:
@@ -592,7 +661,42 @@ class _CharIndex:
         f1 = 2 * p * r / (p + r) if p + r else 0.0
         n_major = float(np.sum(pred == 2))
         major_p = float(np.sum((pred == 2) & (self.gold > 0))) / n_major if n_major else math.nan
-        return f1, major_p
+        return f1, p, r, major_p
+
+
+#: training figures of a threshold pair: (F1, precision, recall, major precision)
+Point = tuple[float, float, float, float]
+
+#: the training major precision asked for above ``SpanModel.MAJOR_PRECISION``: precision at a
+#: threshold picked on the training documents overstates it on new ones (with the reference it
+#: fell from .37 to .29-.31 on the held-out documents when the floor was met exactly)
+MAJOR_MARGIN = 0.05
+#: reference-free, thresholds are chosen for precision (an editor who sees noise learns to
+#: ignore the colours): the most precise pair with at least this training recall of the
+#: visible errors (issue 19 asks precision >= .5 at recall >= .2 on new documents)
+FREE_MIN_RECALL = 0.05
+#: reference-free, a span is major only when the model's probability that it is a major error
+#: is at least this: one major span in a 20-word sentence fails the default gate
+FREE_MAJOR_MIN = 0.5
+
+
+def _choose(points: Sequence[tuple[Point, float, float]], side: str, floor: float
+            ) -> tuple[Point, float, float]:
+    """The threshold pair ``(figures, keep, major)`` a side's fit keeps: with the reference the
+    best training F1, reference-free the best precision at ``FREE_MIN_RECALL`` recall (the best
+    F1 where none reaches it); in both among the pairs whose major precision reaches ``floor``
+    (or that have no major span)."""
+    ok = [p for p in points if p[0][3] != p[0][3] or p[0][3] >= floor] or list(points)
+    if side == "free":
+        enough = [p for p in ok if p[0][2] >= FREE_MIN_RECALL]
+        if enough:
+            return max(enough, key=lambda p: (p[0][1], p[0][0]))
+    return max(ok, key=lambda p: (p[0][0], p[0][1]))
+
+
+def _major_grid(side: str, grid: Sequence[float]) -> list[float]:
+    low = FREE_MAJOR_MIN if side == "free" else 0.0
+    return [v for v in grid if v >= low] + [1.01]
 
 
 def _word_evidence_of(row: Mapping[str, Any], side: str
@@ -628,17 +732,17 @@ def fit_words(rows: Sequence[Mapping[str, Any]], texts: Sequence[str], side: str
               per_row: WordTable) -> tuple[cal.WordModel, dict[str, Any]]:
     """Fit the word model of one side on the training documents and tune its thresholds.
 
-    Every word of a line is labelled with the share of its characters inside gold error
-    spans; the logistic model is weighted by characters. The thresholds maximise training
-    character F1 of the word spans alone among the pairs whose major spans are at least
-    ``SpanModel.MAJOR_PRECISION + MAJOR_MARGIN`` precise.
+    Every word of a line is labelled with the share of its characters inside the side's gold
+    error spans (``gold_spans``); the logistic model is weighted by characters. The thresholds
+    are chosen on the word spans alone (``_choose``) among the pairs whose major spans are at
+    least ``SpanModel.MAJOR_PRECISION + MAJOR_MARGIN`` precise.
     """
     train, test, _ = split(rows)
     names = cal.WORD_INPUTS[side]
     fit_rows = [k for k in train if k in per_row]
     x_tr = np.concatenate([per_row[k][1] for k in fit_rows])
-    y_tr = np.concatenate([[float((_gold(rows[k])[s:e] > 0).mean()) for s, e in per_row[k][0]]
-                           for k in fit_rows])
+    y_tr = np.concatenate([[float((_gold(rows[k], side)[s:e] > 0).mean())
+                            for s, e in per_row[k][0]] for k in fit_rows])
     w_tr = np.concatenate([[float(e - s) for s, e in per_row[k][0]] for k in fit_rows])
     center = x_tr.mean(axis=0)
     scale = x_tr.std(axis=0)
@@ -648,7 +752,7 @@ def fit_words(rows: Sequence[Mapping[str, Any]], texts: Sequence[str], side: str
                           tuple(coef[1:]), coef[0], 0.0, 0.0)
     # training words laid end to end: global offsets, and whether the gap to the next word of
     # the same line is blank (two flagged neighbours of one severity make one span)
-    index = _CharIndex(rows, train)
+    index = _CharIndex(rows, train, side)
     gs, ge, prob, blank = [], [], [], []
     for k in fit_rows:
         words, x = per_row[k]
@@ -663,8 +767,8 @@ def fit_words(rows: Sequence[Mapping[str, Any]], texts: Sequence[str], side: str
     a_s, a_e, a_p, a_b = map(np.asarray, (gs, ge, prob, blank))
     nxt_s = np.r_[a_s[1:], 0]
     nxt_p = np.r_[a_p[1:], 0.0]
-    grid_keep = [round(v, 3) for v in np.arange(0.1, 0.5, 0.025)]
-    grid_major = [round(v, 3) for v in np.arange(0.15, 0.6, 0.025)] + [1.01]
+    grid_keep = [round(v, 3) for v in np.arange(0.1, 0.85, 0.025)]
+    grid_major = _major_grid(side, [round(v, 3) for v in np.arange(0.15, 0.9, 0.025)])
     points = []
     for keep in grid_keep:
         for major in grid_major:
@@ -675,42 +779,36 @@ def fit_words(rows: Sequence[Mapping[str, Any]], texts: Sequence[str], side: str
             spans = [(int(s), int(e), 2 if b else 1) for s, e, b in zip(a_s[on], a_e[on], big[on])]
             spans += [(int(e), int(n), 2 if b else 1)
                       for e, n, b in zip(a_e[join], nxt_s[join], big[join])]
-            f1, mp = index.figures(spans)
-            points.append((f1, mp, keep, major))
-    floor = cal.SpanModel.MAJOR_PRECISION + MAJOR_MARGIN
-    ok = [p for p in points if p[1] != p[1] or p[1] >= floor]
-    f1, mp, keep, major = max(ok or points)
-    figs: dict[str, Any] = {"train_f1_words_alone": f1, "train_major_precision_words_alone": mp,
+            points.append((index.figures(spans), keep, major))
+    (f1, precision, recall, mp), keep, major = _choose(
+        points, side, cal.SpanModel.MAJOR_PRECISION + MAJOR_MARGIN)
+    figs: dict[str, Any] = {"train_f1_words_alone": f1, "train_precision_words_alone": precision,
+                            "train_recall_words_alone": recall,
+                            "train_major_precision_words_alone": mp,
                             "train_words": float(len(gs))}
     return dataclasses.replace(probe, keep=keep, major=major), figs
 
 
-def word_spans(texts: Sequence[str], model: cal.WordModel, table: WordTable
-               ) -> list[list[tuple[int, int, str]]]:
-    """Each line's word-model spans (empty where it does not apply)."""
-    out: list[list[tuple[int, int, str]]] = []
+def word_spans(texts: Sequence[str], model: cal.WordModel, table: WordTable) -> Predicted:
+    """Each line's word-model spans as findings (none where it does not apply)."""
+    out: Predicted = []
     for k, text in enumerate(texts):
         words, x = table.get(k, ([], np.zeros((0, len(model.inputs)))))
-        out.append([(s, e, "major" if big else "minor")
-                    for s, e, big, _p in model.spans(text, words, model.probabilities(x))])
+        out.append([_word_finding(s, e, big, p, model.side)
+                    for s, e, big, p in model.spans(text, words, model.probabilities(x))])
     return out
 
 
-#: the training major precision asked for above ``SpanModel.MAJOR_PRECISION``: precision at a
-#: threshold picked on the training documents overstates it on new ones (with the reference it
-#: fell from .37 to .29-.31 on the held-out documents when the floor was met exactly)
-MAJOR_MARGIN = 0.05
-
-
 def fit_spans(rows: Sequence[Mapping[str, Any]], side: str, expected: Sequence[float],
-              words: Sequence[list[tuple[int, int, str]]] | None = None,
+              words: Predicted | None = None,
               active: Sequence[bool] | None = None) -> tuple[cal.SpanModel, dict[str, Any]]:
     """Fit the span model of one side on the training documents and tune its thresholds.
 
-    The thresholds maximise training F1 among the pairs whose major spans are at least
-    ``SpanModel.MAJOR_PRECISION + MAJOR_MARGIN`` precise; where no pair reaches that (the rule-based structure
-    findings keep their severity and may hold it down), among the pairs within .02 of the best
-    major precision reached, and the figures say so.
+    Its targets are the side's gold (``gold_spans``). The thresholds are chosen by ``_choose``
+    among the pairs whose major spans are at least ``SpanModel.MAJOR_PRECISION + MAJOR_MARGIN``
+    precise; where no pair reaches that (the rule-based structure findings keep their severity
+    and may hold it down), among the pairs within .02 of the best major precision reached, and
+    the figures say so.
     """
     train, test, _ = split(rows)
     on = list(active) if active is not None else [False] * len(rows)
@@ -719,7 +817,7 @@ def fit_spans(rows: Sequence[Mapping[str, Any]], side: str, expected: Sequence[f
                    for _s, _e, ch, cat, _v, _c in r[f"findings_{side}"]
                    if ch in cal.SPAN_CHECKERS and not _replaced(side, ch, cat, on[k])})
     for k in train:
-        row, gold = rows[k], _gold(rows[k])
+        row, gold = rows[k], _gold(rows[k], side)
         for s, t, checker, category, sev, conf in row[f"findings_{side}"]:
             if t <= s or checker not in cal.SPAN_CHECKERS or f"{checker}:{category}" not in keys:
                 continue
@@ -730,18 +828,22 @@ def fit_spans(rows: Sequence[Mapping[str, Any]], side: str, expected: Sequence[f
             err.append(float((gold[s:t] > 0).mean()))
             maj.append(float((gold[s:t] == 2).mean()))
             weight.append(float(t - s))
-    x = np.asarray(feats)
-    w_err = cal.fit_logistic(x, np.asarray(err), np.asarray(weight))
-    w_maj = cal.fit_logistic(x, np.asarray(maj), np.asarray(weight))
+    if feats:
+        x = np.asarray(feats)
+        w_err = cal.fit_logistic(x, np.asarray(err), np.asarray(weight))
+        w_maj = cal.fit_logistic(x, np.asarray(maj), np.asarray(weight))
+    else:  # NOTE: no statistical finding to weigh (the word model's spans alone)
+        w_err = w_maj = (0.0,) * (len(keys) + 4)
     probe = cal.SpanModel(tuple(keys), w_err, w_maj, 0.0, 0.0)
     # every training finding once: (global start, end, fixed severity or None, p_err, p_major)
-    index = _CharIndex(rows, train)
+    index = _CharIndex(rows, train, side)
     fixed: list[tuple[int, int, int]] = []
     scored: list[tuple[int, int, float, float]] = []
     for k in train:
         base, length = int(index.offset[k]), int(rows[k]["length"])
         if words is not None:
-            fixed.extend((base + s, base + t, 2 if v == "major" else 1) for s, t, v in words[k])
+            fixed.extend((base + f.start, base + f.end, 1 if f.severity is Severity.MINOR else 2)
+                         for f in words[k])
         for s, t, checker, category, sev, conf in rows[k][f"findings_{side}"]:
             s, t = max(s, 0), min(t, length)
             if t <= s or _replaced(side, checker, category, on[k]):
@@ -752,30 +854,68 @@ def fit_spans(rows: Sequence[Mapping[str, Any]], side: str, expected: Sequence[f
                 scored.append((base + s, base + t, pe, pm))
             else:
                 fixed.append((base + s, base + t, 2 if sev in ("major", "critical") else 1))
-    grid = [round(v, 3) for v in np.arange(0.0, 0.61, 0.025)]
-    points: list[tuple[float, float, float, float]] = []  # f1, major precision, keep, major
+    grid = [round(v, 3) for v in np.arange(0.0, 0.81, 0.025)]
+    points: list[tuple[Point, float, float]] = []
     for keep in grid:
         kept = [(s, t, pm) for s, t, pe, pm in scored if pe >= keep]
-        for major in [*grid, 1.01]:
+        for major in _major_grid(side, grid):
             spans = fixed + [(s, t, 2 if pm >= major else 1) for s, t, pm in kept]
-            f1, mp = index.figures(spans)
-            points.append((f1, mp, keep, major))
-    reached = max((mp for _f, mp, _k, _m in points if mp == mp), default=math.nan)
+            points.append((index.figures(spans), keep, major))
+    reached = max((p[0][3] for p in points if p[0][3] == p[0][3]), default=math.nan)
     floor = cal.SpanModel.MAJOR_PRECISION + MAJOR_MARGIN
     if not reached >= floor:
         floor = reached - 0.02
-    ok = [p for p in points if p[1] != p[1] or p[1] >= floor]
-    f1, _mp, keep, major = max(ok)
+    _figs, keep, major = _choose(points, side, floor)
     model = cal.SpanModel(tuple(keys), w_err, w_maj, keep, major)
     pred = apply_span_model(rows, side, expected, model, words, active)
     before = apply_span_model(rows, side, expected, None)
-    figs: dict[str, Any] = {f"train_{k}": v for k, v in span_figures(rows, train, pred).items()}
-    figs.update({f"held_out_{k}": v for k, v in span_figures(rows, test, pred).items()})
+    figs: dict[str, Any] = {f"train_{k}": v
+                            for k, v in span_figures(rows, train, pred, side).items()}
+    figs.update({f"held_out_{k}": v for k, v in span_figures(rows, test, pred, side).items()})
     figs.update({f"held_out_uncalibrated_{k}": v
-                 for k, v in span_figures(rows, test, before).items()})
+                 for k, v in span_figures(rows, test, before, side).items()})
     figs["train_best_major_precision_reachable"] = reached
     return cal.SpanModel(model.groups, model.error, model.major_coef, model.keep, model.major,
                          figs), figs
+
+
+def fit_side(rows: Sequence[Mapping[str, Any]], texts: Sequence[str], side: str,
+             unit: cal.UnitModel) -> tuple[cal.WordModel, cal.SpanModel, tuple[Any, ...]]:
+    """The word and span models of one side, and the held-out confidence calibration of the
+    spans they make together (``span_bins``); each model's figures include the bins'."""
+    expected = [unit.expected_penalty(r[side]) if cal.variant_for(r[side]) == f"lm-{side}"
+                else 0.0 for r in rows]
+    table = word_table(rows, texts, side, expected)
+    active = [k in table for k in range(len(rows))]
+    wm, wfigs = fit_words(rows, texts, side, table)
+    ws = word_spans(texts, wm, table)
+    _, test, _ = split(rows)
+    wfigs.update({f"held_out_alone_{k}": v
+                  for k, v in span_figures(rows, test, ws, side).items()})
+    sm, sfigs = fit_spans(rows, side, expected, ws, active)
+    bins = span_bins(rows, texts, test, apply_span_model(rows, side, expected, sm, ws, active),
+                     side)
+    for b in bins:
+        if b.spans:
+            sfigs[f"held_out_bin{b.low:.1f}_confidence"] = b.confidence
+            sfigs[f"held_out_bin{b.low:.1f}_precision"] = b.precision
+            sfigs[f"held_out_shown_from{b.low:.1f}_precision"] = b.shown_precision
+    # NOTE: a figure with nothing to measure (no major span) is left out: NaN never equals itself
+    sfigs = {k: v for k, v in sfigs.items() if v == v}
+    sm = dataclasses.replace(sm, figures=sfigs)
+    wfigs.update({k: v for k, v in sfigs.items() if not k.startswith("held_out_uncalibrated")})
+    return dataclasses.replace(wm, figures={k: v for k, v in wfigs.items() if v == v}), sm, bins
+
+
+def render_bins(side: str, bins: Sequence[Any]) -> str:
+    """The held-out confidence calibration of one side's spans, as a small table."""
+    gold = "every error" if side == "ref" else "fluency, style, non-translation errors"
+    lines = [f"spans-{side}: held-out confidence vs precision (characters on {gold})",
+             f"  {'confidence':11s} {'spans':>6s} {'mean':>6s} {'P':>6s} {'overlap':>8s} "
+             f"{'shown':>6s} {'P shown':>8s}"]
+    lines += [f"  {b.low:.1f}-{b.high:.1f}    {b.spans:6d} {b.confidence:6.3f} {b.precision:6.3f} "
+              f"{b.overlap:8.3f} {b.shown_spans:6d} {b.shown_precision:8.3f}" for b in bins]
+    return "\n".join(lines)
 
 
 #: a document is "bad" for the gate when its segments average more penalty than one major error
@@ -851,6 +991,9 @@ def main() -> None:
     parser.add_argument("--paragraph-lm-cache", type=Path, default=None)
     parser.add_argument("--build-only", action="store_true",
                         help="Build the missing feature files and stop.")
+    parser.add_argument("--spans-only", type=Path, default=None, metavar="CALIBRATION",
+                        help="Keep the unit models (and their figures) of this calibration file "
+                             "and re-fit only the word and span models (seconds, not minutes).")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     if args.rebuild or not args.features.is_file():
@@ -864,28 +1007,28 @@ def main() -> None:
     head, rows = read_features(args.features)
     records = load_mqm(Path(head["data"]))
     texts = [records[int(r["line"])].hypothesis for r in rows]
-    paragraphs = None
-    if args.paragraph_features is not None:
-        _phead, paragraphs = read_features(args.paragraph_features)
-    models, info = fit_all(head, rows, args.l2, args.cap, paragraphs)
+    if args.spans_only is not None:
+        kept = cal.load_calibration(args.spans_only)
+        models = dict(kept.models)
+        info = {k: v for k, v in kept.provenance.items()
+                if k in ("held_out_docs", "train_lines", "held_out_lines")}
+        info["figures"] = {k: v for k, v in dict(kept.provenance.get("figures", {})).items()
+                           if k in models}
+        info["unit_models_from"] = f"{args.spans_only.name} ({kept.fingerprint()})"
+    else:
+        paragraphs = None
+        if args.paragraph_features is not None:
+            _phead, paragraphs = read_features(args.paragraph_features)
+        models, info = fit_all(head, rows, args.l2, args.cap, paragraphs)
     spans: dict[str, cal.SpanModel] = {}
     word_models: dict[str, cal.WordModel] = {}
     for side in ("free", "ref"):
         unit = models[f"lm-{side}"]
-        expected = [unit.expected_penalty(r[side]) if cal.variant_for(r[side]) == f"lm-{side}"
-                    else 0.0 for r in rows]
-        table = word_table(rows, texts, side, expected)
-        active = [k in table for k in range(len(rows))]
-        wm, wfigs = fit_words(rows, texts, side, table)
-        ws = word_spans(texts, wm, table)
-        _, test, _ = split(rows)
-        wfigs.update({f"held_out_alone_{k}": v for k, v in span_figures(rows, test, ws).items()})
-        spans[side], info["figures"][f"spans-{side}"] = fit_spans(rows, side, expected, ws, active)
-        wfigs.update({k: v for k, v in info["figures"][f"spans-{side}"].items()
-                      if not k.startswith("held_out_uncalibrated")})
-        word_models[side] = dataclasses.replace(wm, figures=wfigs)
-        info["figures"][f"words-{side}"] = wfigs
+        word_models[side], spans[side], bins = fit_side(rows, texts, side, unit)
+        info["figures"][f"spans-{side}"] = dict(spans[side].figures)
+        info["figures"][f"words-{side}"] = dict(word_models[side].figures)
         info["figures"][f"gate-{side}"] = gate_threshold(rows, unit, side)
+        print(render_bins(side, bins))
     for name, figs in info["figures"].items():
         print(f"{name:10s} " + " ".join(f"{k}={v:.3f}" for k, v in figs.items()))
     if args.dry_run:

@@ -381,17 +381,9 @@ def test_word_model_replaces_the_fluency_spans_in_a_report(shipped: Calibration)
     assert "words-free" not in report.signature
 
 
-def test_fitting_script_learns_a_word_model_from_labelled_lines() -> None:
-    """``scripts/calibrate.py``'s word fit on synthetic lines where the erroneous word is the
-    one the LM finds surprising: it learns that, and tunes thresholds under the major floor."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("calibrate_script",
-                                                  ROOT / "scripts" / "calibrate.py")
-    assert spec is not None and spec.loader is not None
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
-    rng = np.random.default_rng(0)
+def _word_rows(rng: np.random.Generator) -> tuple[list[dict[str, object]], list[str]]:
+    """Synthetic feature lines whose one erroneous word (a fluency error) is the one the LM
+    finds surprising; no checker findings."""
     vocab = ["the", "minister", "said", "on", "monday", "that", "prices", "rose", "sharply"]
     rows, texts = [], []
     for doc in range(30):
@@ -404,10 +396,20 @@ def test_fitting_script_learns_a_word_model_from_labelled_lines() -> None:
             lm = [float(rng.uniform(2, 8)) for _ in words]
             lm[bad] = float(rng.uniform(20, 35))
             sev = "major" if rng.random() < 0.8 else "minor"
-            rows.append({"doc_id": f"d{doc}", "seg_id": f"{doc}-{line}", "length": len(text),
-                         "gold": [[starts[bad], ends[bad], sev]], "body_free": [0, len(text)],
-                         "words_fluency": {"start": starts, "end": ends, "values": {"lm": lm}}})
+            rows.append({"line": len(rows), "doc_id": f"d{doc}", "seg_id": f"{doc}-{line}",
+                         "length": len(text), "gold": [[starts[bad], ends[bad], sev]],
+                         "gold_categories": ["Fluency/Grammar"], "body_free": [0, len(text)],
+                         "words_fluency": {"start": starts, "end": ends, "values": {"lm": lm}},
+                         "free": {}, "findings_free": []})
             texts.append(text)
+    return rows, texts
+
+
+def test_fitting_script_learns_a_word_model_from_labelled_lines() -> None:
+    """``scripts/calibrate.py``'s word fit on synthetic lines where the erroneous word is the
+    one the LM finds surprising: it learns that, and tunes thresholds under the major floor."""
+    script = _script()
+    rows, texts = _word_rows(np.random.default_rng(0))
     table = script.word_table(rows, texts, "free", [1.0] * len(rows))
     assert sorted(table) == list(range(len(rows)))  # every line has the evidence it reads
     model, figs = script.fit_words(rows, texts, "free", table)
@@ -419,7 +421,7 @@ def test_fitting_script_learns_a_word_model_from_labelled_lines() -> None:
     assert figs["train_major_precision_words_alone"] >= SpanModel.MAJOR_PRECISION + 0.05
     spans = script.word_spans(texts, model, table)
     train, test, _ = script.split(rows)
-    held = script.span_figures(rows, test, spans)
+    held = script.span_figures(rows, test, spans, "free")
     assert held["f1"] > 0.8 and held["major_precision"] > 0.9
 
 
@@ -457,3 +459,111 @@ def test_word_evidence_is_ready_only_with_what_each_side_reads() -> None:
     assert not word_evidence_ready(fluency, None, "ref")
     assert not word_evidence_ready(fluency, unread, "ref")
     assert word_evidence_ready(fluency, read, "ref")
+
+
+def _script():  # type: ignore[no-untyped-def]
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("calibrate_script",
+                                                  ROOT / "scripts" / "calibrate.py")
+    assert spec is not None and spec.loader is not None
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    return script
+
+
+def test_reference_free_target_is_what_english_alone_shows() -> None:
+    """Without the reference the span and word models learn fluency, style and non-translation
+    errors; with it every error (issue 19)."""
+    script = _script()
+    row = {"line": 7, "length": 40,
+           "gold": [[0, 5, "major"], [6, 10, "minor"], [11, 20, "major"], [21, 30, "minor"],
+                    [31, 35, "minor"]],
+           "gold_categories": ["Accuracy/Mistranslation", "Fluency/Punctuation", "Style/Awkward",
+                               "Terminology/Inappropriate", "Non_translation"]}
+    assert script.gold_spans(row, "ref") == [tuple(g) for g in row["gold"]]
+    assert script.gold_spans(row, "free") == [(6, 10, "minor"), (11, 20, "major"),
+                                              (31, 35, "minor")]
+    free, ref = script._gold(row, "free"), script._gold(row, "ref")
+    assert list(free[:12]) == [0] * 6 + [1] * 4 + [0, 2] and free[25] == 0 and ref[25] == 1
+    assert int((ref > 0).sum()) == 5 + 4 + 9 + 9 + 4 and int((free > 0).sum()) == 4 + 9 + 4
+    # a feature file written before the categories were kept cannot give the free target
+    with pytest.raises(ValueError, match="line 7: no 'gold_categories'.*--rebuild"):
+        script.gold_spans({k: v for k, v in row.items() if k != "gold_categories"}, "free")
+
+
+def _span_rows(rng: np.random.Generator) -> list[dict[str, object]]:
+    """Lines with two grammar rules: 'agreement' findings sit on fluency errors, 'idiom'
+    findings on mistranslations; half the fluency errors are major."""
+    rows: list[dict[str, object]] = []
+    for doc in range(24):
+        for line in range(8):
+            gold, cats, found = [], [], []
+            for slot in range(4):
+                s = 10 * slot
+                kind = rng.integers(3)
+                if kind == 0:
+                    sev = "major" if rng.random() < 0.5 else "minor"
+                    gold.append([s, s + 6, sev])
+                    cats.append("Fluency/Grammar")
+                    found.append([s, s + 6, "grammar", "agreement", sev,
+                                  float(rng.uniform(0.3, 0.9))])
+                elif kind == 1:
+                    gold.append([s, s + 6, "major"])
+                    cats.append("Accuracy/Mistranslation")
+                    found.append([s, s + 6, "grammar", "idiom", "minor",
+                                  float(rng.uniform(0.3, 0.9))])
+            rows.append({"line": len(rows), "doc_id": f"d{doc}", "seg_id": f"{doc}-{line}",
+                         "length": 40, "gold": gold, "gold_categories": cats,
+                         "findings_free": found, "findings_ref": found})
+    return rows
+
+
+def test_span_fit_follows_each_sides_target() -> None:
+    """The same findings, fitted reference-free, keep only the rule that finds what English
+    shows; with the reference both rules find errors. Free majors need strong evidence."""
+    script = _script()
+    rows = _span_rows(np.random.default_rng(3))
+    expected = [2.0] * len(rows)
+    free, figs = script.fit_spans(rows, "free", expected)
+    ref, _ = script.fit_spans(rows, "ref", expected)
+    p_agree = free.probabilities("grammar", "agreement", 2.0, 0.6, False)
+    p_idiom = free.probabilities("grammar", "idiom", 2.0, 0.6, False)
+    assert p_agree[0] > 0.9 and p_idiom[0] < 0.1 and p_idiom[0] < free.keep < p_agree[0]
+    assert ref.probabilities("grammar", "idiom", 2.0, 0.6, False)[0] > 0.9
+    # the free fit drops the mistranslation rule's findings: its spans are all precise
+    assert figs["held_out_precision_ignoring_severity"] == pytest.approx(1.0)
+    assert figs["held_out_recall_ignoring_severity"] == pytest.approx(1.0)
+    assert figs["held_out_all_recall"] < 0.7  # the mistranslations are left to the reference
+    assert free.major >= script.FREE_MAJOR_MIN
+    # a major error is an error: its probability never exceeds the error's
+    for m in (free, ref):
+        for cat in ("agreement", "idiom"):
+            for conf in (0.1, 0.5, 0.9):
+                pe, pm = m.probabilities("grammar", cat, 2.0, conf, True)
+                assert pm <= pe
+    pred = script.apply_span_model(rows, "free", expected, free)
+    assert all(f.category == "agreement" and f.confidence >= free.keep for p in pred for f in p)
+    _train, test, _ = script.split(rows)
+    texts = ["x" * 40] * len(rows)
+    bins = script.span_bins(rows, texts, test, pred, "free")
+    assert sum(b.spans for b in bins) == sum(len(pred[k]) for k in test)
+    assert all(b.precision == pytest.approx(1.0) for b in bins if b.spans)
+
+
+def test_fit_side_reports_held_out_confidence_bins() -> None:
+    """One side's word and span models fitted together: the held-out spans' confidences are
+    binned against the side's gold and kept in the figures."""
+    script = _script()
+    rows, texts = _word_rows(np.random.default_rng(1))
+    unit = fit_poisson([{"words": 8.0}] * 4, [1.0, 2.0, 1.0, 2.0])
+    words, spans, bins = script.fit_side(rows, texts, "free", unit)
+    _train, test, _ = script.split(rows)
+    assert sum(b.spans for b in bins) >= len(test) * 0.8  # about one span per held-out line
+    full = [b for b in bins if b.spans]
+    assert full and all(b.precision > 0.8 for b in full)
+    low = full[0].low
+    assert spans.figures[f"held_out_bin{low:.1f}_precision"] == pytest.approx(full[0].precision)
+    assert words.figures["held_out_f1"] == spans.figures["held_out_f1"] > 0.8
+    table = script.render_bins("free", bins)
+    assert "fluency, style, non-translation" in table and f"{low:.1f}-" in table

@@ -10,11 +10,18 @@ import pytest
 from conftest import FIXTURES
 from mtqa.errors import InputError
 from mtqa.evaluate import (
+    VISIBLE_GOLD,
+    VISIBLE_TAG,
     baselines,
+    confidence_bins,
+    evaluate,
+    evaluation_to_dict,
     kendall,
     load_mqm,
     pairwise_accuracy,
+    render_evaluation,
     span_scores,
+    visible_without_reference,
     within_segment_kendall,
 )
 
@@ -203,3 +210,78 @@ def test_evaluate_command_exits_2_without_traceback(case: str, tmp_path: Path) -
     assert f"error: {path}" in result.stderr
     if case == "all-human":
         assert "--include-human" in result.stderr
+
+
+VISIBLE = [
+    ("Fluency/Punctuation", True), ("Fluency/Grammar", True), ("fluency/spelling", True),
+    ("Style/Awkward", True), ("Non_translation", True), ("Non-translation!", True),
+    ("Accuracy/Untranslated", True), ("Accuracy/Mistranslation", False),
+    ("Accuracy/Addition", False), ("Terminology/Inappropriate", False),
+    ("Locale_convention/Name", False), ("", False),
+]
+
+
+@pytest.mark.parametrize(("category", "visible"), VISIBLE, ids=[c or "empty" for c, _ in VISIBLE])
+def test_visible_without_reference(category: str, visible: bool) -> None:
+    assert visible_without_reference(category) is visible
+
+
+def test_confidence_bins_compare_confidence_with_observed_precision() -> None:
+    text = "x" * 40
+    gold = [[(0, 10, "major"), (20, 24, "minor")]]
+    pred = [[(0, 10, 0.95), (10, 20, 0.1), (20, 28, 0.5), (30, 32, 0.45)]]
+    bins = confidence_bins([text], pred, gold)
+    assert [b.low for b in bins] == pytest.approx([0.0, 0.2, 0.4, 0.6, 0.8])
+    assert [b.high for b in bins] == pytest.approx([0.2, 0.4, 0.6, 0.8, 1.0])
+    assert [b.spans for b in bins] == [1, 0, 2, 0, 1]
+    low, _, mid, _, high = bins
+    assert (low.precision, low.overlap, low.confidence) == pytest.approx((0.0, 0.0, 0.1))
+    assert mid.chars == 10 and mid.precision == pytest.approx(4 / 10)
+    assert mid.confidence == pytest.approx((8 * 0.5 + 2 * 0.45) / 10)
+    assert mid.overlap == pytest.approx(0.5)
+    assert high.precision == pytest.approx(1.0) and high.overlap == pytest.approx(1.0)
+    assert math.isnan(bins[1].precision) and bins[1].shown_spans == 3
+    # what --min-confidence LOW shows: every span at or above the bin's lower edge
+    assert bins[2].shown_spans == 3 and bins[2].shown_precision == pytest.approx(14 / 20)
+    assert bins[0].shown_spans == 4 and bins[0].shown_precision == pytest.approx(14 / 30)
+    assert confidence_bins([text], [[(0, 4, 1.0)]], gold)[-1].spans == 1  # 1.0 is in the last bin
+
+
+def test_spans_are_scored_against_the_errors_english_shows_too() -> None:
+    """On the real MQM sample: spans exactly on the visible (fluency, style) errors are fully
+    precise against that gold and recall only part of all errors."""
+    records = load_mqm(SAMPLE)
+    visible = [[(e.start, e.end, e.severity) for e in r.errors
+                if visible_without_reference(e.category)] for r in records]
+    hidden = [[(e.start, e.end, e.severity) for e in r.errors
+               if not visible_without_reference(e.category)] for r in records]
+    assert sum(map(len, visible)) == 14 + 7 + 2 + 17 and sum(map(len, hidden)) == 72 + 5 + 4
+    conf = [[(s, e, 0.9) for s, e, _v in v] for v in visible]
+    result = evaluate(records, {}, {"exact": visible}, data="sample", with_reference=False,
+                      seconds=0.0, signature="", samples=2, confidences=conf)
+    ours = result.spans[f"exact {VISIBLE_TAG}"]
+    assert (ours.precision, ours.recall) == pytest.approx((1.0, 1.0))
+    every = result.spans["exact"]
+    assert every.recall < 0.5 and every.precision > 0.9  # visible errors overlap a few others
+    assert every.gold_chars > ours.gold_chars
+    top = result.bins[VISIBLE_GOLD][-1]
+    assert top.spans == sum(map(len, visible)) and top.precision == pytest.approx(1.0)
+    assert sum(b.spans for b in result.bins["all errors"]) == top.spans
+    text = render_evaluation(result)
+    assert f"span confidence vs precision, gold: {VISIBLE_GOLD} (the span model target" in text
+    assert "0.8-1.0" in text and f"exact {VISIBLE_TAG}" in text
+    data = evaluation_to_dict(result)
+    assert data["confidence_bins"][VISIBLE_GOLD][-1]["precision"] == 1.0  # type: ignore[index]
+
+
+def test_evaluate_command_prints_confidence_bins() -> None:
+    from typer.testing import CliRunner
+
+    from mtqa.cli import app
+
+    result = CliRunner().invoke(app, ["evaluate", str(SAMPLE), "--checkers", "structure,grammar",
+                                      "--grammar-backend", "harper", "--samples", "5"])
+    assert result.exit_code == 0, result.stderr
+    assert "span confidence vs precision, gold: all errors" in result.stdout
+    assert f"span confidence vs precision, gold: {VISIBLE_GOLD} (the span model" in result.stdout
+    assert f"mtqa spans {VISIBLE_TAG}" in result.stdout
