@@ -396,7 +396,7 @@ def _fit(rows: Sequence[Mapping[str, Any]], raws: Sequence[Mapping[str, float]],
 
 #: the likelihood weight of a paragraph's sentence units against an MQM line's (the lines'
 #: penalties are observed per unit; a paragraph's are spread over its units by length)
-PARAGRAPH_LIKELIHOOD = float(os.environ.get("MTQA_PARAGRAPH_LIKELIHOOD", "1.0"))
+PARAGRAPH_LIKELIHOOD = float(os.environ.get("MTQA_PARAGRAPH_LIKELIHOOD", "0.0"))
 
 
 #: weights of the within-segment ranking term tried (``cal.fit_poisson``), and the folds of the

@@ -232,7 +232,8 @@ def test_script_in_article_text_is_shown_not_run(page: Any, tmp_path: Path) -> N
     _open(page, tmp_path / "evil.html", render_html(Report((report,))))
     assert page.evaluate("typeof window.__pwned") == "undefined"
     assert page.dialogs == []
-    assert page.title() == "mtqa: <script>window.__pwned = 3</script> — FAIL " + f"{report.score:.1f}"
+    verdict = "PASS" if report.verdict.passed else "FAIL"
+    assert page.title() == f"mtqa: <script>window.__pwned = 3</script> — {verdict} {report.score:.1f}"
     assert page.locator("script").count() == 0  # no reference, so not even our own script
     assert page.locator("img").count() == 0
     assert INJECTION in page.locator("article.mt .text").text_content()
