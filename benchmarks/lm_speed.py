@@ -179,7 +179,8 @@ def continuations(n_refs: int, threads: int, cache_dir: Path | None) -> None:
             self.head = head
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
-            out: torch.Tensor = self.head(x)
+            # NOTE: the rows in the head's own type, as surprisal() rounds them for the blocks
+            out: torch.Tensor = self.head(x.to(self.head.weight.dtype))
             return out
 
     head = lm.model.get_output_embeddings()
