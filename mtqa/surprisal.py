@@ -94,8 +94,8 @@ def surprisal(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor
     block: the result is ``logsumexp(logits) - logits[target]`` of the logits the product
     gives, so it is never negative. With bfloat16 weights the rows are rounded to bfloat16 for
     the products (as the decoder's are) and the products' outputs are bfloat16 (oneDNN on CPU
-    has no float32 output for them); the distribution scored is the one those logits define. Any other head is called whole on each
-    chunk.
+    has no float32 output for them); the distribution scored is the one those logits define.
+    Any other head is called whole on each chunk.
     """
     return _head_pass(head, hidden, targets, 0)[0]
 
