@@ -336,3 +336,19 @@ def test_ray_flags_with_the_local_engine_are_usage_errors(corpus: Path, tmp_path
                                  "--checkers", "structure", *flags])
     assert result.exit_code == 2
     assert "apply to --engine ray only" in result.output
+
+
+@pytest.mark.parametrize(("documents", "chunk", "actors", "expected"),
+                         [(40, 32, 2, 5), (200, 32, 2, 25), (2000, 32, 2, 32), (3, 32, 2, 1),
+                          (40, 32, 1, 10), (1, 1, 4, 1)])
+def test_ray_batches_even_out_the_actors_loads(documents: int, chunk: int, actors: int,
+                                                expected: int) -> None:
+    # 40 documents in chunks of 32 gave one actor 32 documents and the other 8: with 2 actors
+    # the run took 2.2x the local engine's time; every actor now gets at least 4 batches
+    from mtqa.ray_engine import BATCHES_PER_ACTOR, _batch_size
+
+    size = _batch_size(documents, chunk, actors)
+    assert size == expected
+    assert size <= chunk
+    batches = -(-documents // size)
+    assert batches >= min(documents, actors * BATCHES_PER_ACTOR)
