@@ -1,4 +1,5 @@
-"""A plain-torch forward pass for Llama-architecture causal LMs (SmolLM2 and its kin).
+"""A plain-torch forward pass for Llama-architecture causal LMs (SmolLM2 and its kin) and
+Gemma-3 text models (Gemma-3-270M).
 
 mtqa only needs the last hidden states and the output projection of a causal LM, for scoring.
 Going through ``transformers`` for that costs a second or two of imports at every process start
@@ -7,9 +8,16 @@ MLP as seven separate projections per layer. This module reads the same ``config
 safetensors weights and computes the same function with fewer, larger matrix products: the
 query, key and value projections are one product, the gate and up projections another.
 
-Only what the default model needs is implemented: RMSNorm, rotary embeddings without scaling,
-grouped-query attention without biases, a SiLU-gated MLP, tied or untied output embeddings.
-``unsupported(config)`` says why any other configuration is left to transformers.
+Only what the supported models need is implemented: RMSNorm, rotary embeddings without scaling,
+grouped-query attention without biases, a SiLU-gated MLP, tied or untied output embeddings; and
+for ``gemma3_text`` what Gemma-3 adds (transformers' ``Gemma3ForCausalLM``): norms that scale by
+``1 + w`` (the 1 is added to the weights once, at load), RMS norms of each head's queries and
+keys, norms of the attention's and the MLP's outputs before the residual adds ("sandwich"
+norms), a tanh-GELU-gated MLP, embeddings scaled by ``sqrt(hidden_size)``, the attention scale
+``query_pre_attn_scalar ** -0.5``, and layers of two types: sliding-window layers (a query sees
+the keys less than ``sliding_window`` positions back, with their own rotary base) and
+full-attention layers. ``unsupported(config)`` says why any other configuration is left to
+transformers.
 
 Precision: the matrix weights (projections, embeddings) are float32 or bfloat16
 (``load_llama(..., dtype=)``, ``cast_weights``); everything else is float32 either way. Only the
@@ -39,14 +47,18 @@ __all__ = [
 ]
 
 _ROPE_TYPES = (None, "default")
+_LAYER_TYPES = ("full_attention", "sliding_attention")
 #: the weight types mtqa runs, by name (as ``Settings.precision`` names them)
 DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
 def unsupported(config: Mapping[str, Any]) -> str | None:
     """Why this module cannot run a model with this ``config.json``, or None when it can."""
-    if config.get("model_type") != "llama":
-        return f"model_type {config.get('model_type')!r} is not 'llama'"
+    kind = config.get("model_type")
+    if kind == "gemma3_text":
+        return _gemma_unsupported(config)
+    if kind != "llama":
+        return f"model_type {kind!r} is neither 'llama' nor 'gemma3_text'"
     if config.get("hidden_act", "silu") != "silu":
         return f"hidden_act {config.get('hidden_act')!r}"
     if config.get("attention_bias") or config.get("mlp_bias"):
@@ -57,6 +69,36 @@ def unsupported(config: Mapping[str, Any]) -> str | None:
     if config.get("pretraining_tp", 1) != 1:
         return "pretraining_tp > 1"
     return None
+
+
+def _gemma_unsupported(config: Mapping[str, Any]) -> str | None:
+    if config.get("hidden_activation", "gelu_pytorch_tanh") != "gelu_pytorch_tanh":
+        return f"hidden_activation {config.get('hidden_activation')!r}"
+    if config.get("attention_bias"):
+        return "projection biases"
+    for key in ("attn_logit_softcapping", "final_logit_softcapping"):
+        if config.get(key) is not None:
+            return f"{key} {config.get(key)!r}"
+    if config.get("use_bidirectional_attention"):
+        return "bidirectional attention"
+    types = config.get("layer_types") or []
+    if len(types) != int(config.get("num_hidden_layers", -1)) or set(types) - set(_LAYER_TYPES):
+        return f"layer_types {types!r}"
+    for name, rope in _gemma_ropes(config).items():
+        if rope.get("rope_type", rope.get("type")) not in _ROPE_TYPES:
+            return f"rope scaling {rope.get('rope_type', rope.get('type'))!r} ({name})"
+    return None
+
+
+def _gemma_ropes(config: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
+    """Each layer type's rotary parameters: transformers 5's ``rope_parameters`` by layer type,
+    or the older ``rope_theta`` / ``rope_local_base_freq`` / ``rope_scaling``."""
+    given = config.get("rope_parameters") or {}
+    if all(t in given for t in _LAYER_TYPES):
+        return {t: given[t] for t in _LAYER_TYPES}
+    scaling = dict(config.get("rope_scaling") or {})
+    return {"full_attention": {**scaling, "rope_theta": config.get("rope_theta", 1e6)},
+            "sliding_attention": {"rope_theta": config.get("rope_local_base_freq", 1e4)}}
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,15 +116,58 @@ class LlamaSpec:
     rope_theta: float
     tie_word_embeddings: bool
     name_or_path: str = ""
+    #: ``llama`` or ``gemma3_text`` (what the fields below switch on)
+    model_type: str = "llama"
+    #: per layer, ``full_attention`` or ``sliding_attention`` (empty: all full)
+    layer_types: tuple[str, ...] = ()
+    #: how far back a sliding-window layer sees (a key ``d`` positions back: ``d < window``)
+    sliding_window: int | None = None
+    #: the rotary base of the sliding-window layers
+    local_rope_theta: float = 10000.0
+    #: the attention scale (None: ``head_dim ** -0.5``)
+    attention_scale: float | None = None
+    #: what the token embeddings are multiplied by
+    embed_scale: float = 1.0
+
+    @property
+    def gemma(self) -> bool:
+        """Gemma-3's layer: query/key norms, sandwich norms, a tanh-GELU MLP."""
+        return self.model_type == "gemma3_text"
+
+    def sliding(self, layer: int) -> bool:
+        """Whether ``layer`` attends through a sliding window."""
+        return bool(self.layer_types) and self.layer_types[layer] == "sliding_attention"
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any], name_or_path: str = "") -> LlamaSpec:
         """Raises ValueError when ``unsupported(config)`` has a reason."""
         why = unsupported(config)
         if why is not None:
-            raise ValueError(f"not a plain Llama model: {why}")
+            raise ValueError(f"not a plain Llama or Gemma-3 model: {why}")
         heads = int(config["num_attention_heads"])
         hidden = int(config["hidden_size"])
+        if config.get("model_type") == "gemma3_text":
+            ropes = _gemma_ropes(config)
+            head_dim = int(config.get("head_dim") or hidden // heads)
+            return cls(
+                vocab_size=int(config["vocab_size"]),
+                hidden_size=hidden,
+                intermediate_size=int(config["intermediate_size"]),
+                num_layers=int(config["num_hidden_layers"]),
+                num_heads=heads,
+                num_kv_heads=int(config.get("num_key_value_heads") or heads),
+                head_dim=head_dim,
+                rms_norm_eps=float(config.get("rms_norm_eps", 1e-6)),
+                rope_theta=float(ropes["full_attention"].get("rope_theta", 1e6)),
+                tie_word_embeddings=bool(config.get("tie_word_embeddings", True)),
+                name_or_path=name_or_path,
+                model_type="gemma3_text",
+                layer_types=tuple(config["layer_types"]),
+                sliding_window=int(config["sliding_window"]),
+                local_rope_theta=float(ropes["sliding_attention"].get("rope_theta", 1e4)),
+                attention_scale=float(config.get("query_pre_attn_scalar", head_dim)) ** -0.5,
+                embed_scale=float(hidden) ** 0.5,
+            )
         rope = config.get("rope_parameters") or {}
         theta = rope.get("rope_theta", config.get("rope_theta", 10000.0))
         return cls(
@@ -128,6 +213,13 @@ class _Layer(nn.Module):
             spec.hidden_size, 2 * spec.intermediate_size, bias=False, device=meta
         )
         self.down = nn.Linear(spec.intermediate_size, spec.hidden_size, bias=False, device=meta)
+        if spec.gemma:
+            # ``post_norm`` is then Gemma's pre-feedforward norm (the MLP's input norm, as
+            # Llama's post-attention norm is); these four are Gemma's own
+            self.q_norm = nn.Parameter(torch.empty(spec.head_dim, device=meta))
+            self.k_norm = nn.Parameter(torch.empty(spec.head_dim, device=meta))
+            self.attn_out_norm = nn.Parameter(torch.empty(spec.hidden_size, device=meta))
+            self.mlp_out_norm = nn.Parameter(torch.empty(spec.hidden_size, device=meta))
 
     def forward(
         self,
@@ -140,13 +232,19 @@ class _Layer(nn.Module):
         """The layer's output, and the keys and values of ``x`` (to continue from later)."""
         s = self.spec
         b, t, _ = x.shape
+        eps = s.rms_norm_eps
         # NOTE: the products' outputs stay in the weights' type where their next step reads
         # them in float32 anyway: a bfloat16 value widens to float32 exactly, so type promotion
         # (``x + y``, ``q * cos``) gives the same floats as converting first, one pass less
-        h = _norm(x, self.input_norm, s.rms_norm_eps, _input_type(self.qkv))
+        h = _norm(x, self.input_norm, eps, _input_type(self.qkv))
         q, k, v = torch.split(_product(self.qkv, h, out=None), list(self.split), dim=-1)
-        q = _rotate(q.view(b, t, s.num_heads, s.head_dim).transpose(1, 2), cos, sin)
-        k = _rotate(k.view(b, t, s.num_kv_heads, s.head_dim).transpose(1, 2), cos, sin)
+        q = q.view(b, t, s.num_heads, s.head_dim)
+        k = k.view(b, t, s.num_kv_heads, s.head_dim)
+        if s.gemma:
+            q = F.rms_norm(q.float(), (s.head_dim,), self.q_norm, eps)
+            k = F.rms_norm(k.float(), (s.head_dim,), self.k_norm, eps)
+        q = _rotate(q.transpose(1, 2), cos, sin)
+        k = _rotate(k.transpose(1, 2), cos, sin)
         v = v.view(b, t, s.num_kv_heads, s.head_dim).transpose(1, 2).float()
         kv = (k, v)
         if past is not None:
@@ -155,13 +253,21 @@ class _Layer(nn.Module):
         # query head j reads key/value head j // (num_heads / num_kv_heads), as transformers'
         # repeat_kv does; enable_gqa does it without copying the keys and values
         a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None,
+                                           scale=s.attention_scale,
                                            enable_gqa=s.num_heads != s.num_kv_heads)
-        x = x + _product(self.o, a.transpose(1, 2).reshape(b, t, -1), out=None)
-        h = _norm(x, self.post_norm, s.rms_norm_eps, _input_type(self.gate_up))
+        o = _product(self.o, a.transpose(1, 2).reshape(b, t, -1), out=None)
+        if s.gemma:
+            o = F.rms_norm(o.float(), (s.hidden_size,), self.attn_out_norm, eps)
+        x = x + o
+        h = _norm(x, self.post_norm, eps, _input_type(self.gate_up))
         # the gate in the weights' type: its product is the down projection's input, rounded
         # to that type anyway (one conversion of the widest activations less)
         gate, up = _product(self.gate_up, h, out=None).chunk(2, dim=-1)
-        out: torch.Tensor = x + _product(self.down, F.silu(gate) * up, out=None)
+        act = F.gelu(gate, approximate="tanh") if s.gemma else F.silu(gate)
+        m = _product(self.down, act * up, out=None)
+        if s.gemma:
+            m = F.rms_norm(m.float(), (s.hidden_size,), self.mlp_out_norm, eps)
+        out: torch.Tensor = x + m
         return out, kv
 
 
@@ -218,6 +324,8 @@ class LlamaDecoder(nn.Module):
         self.norm = nn.Parameter(torch.empty(spec.hidden_size, device=meta))
         half = torch.arange(0, spec.head_dim, 2, dtype=torch.int64).float() / spec.head_dim
         self.register_buffer("inv_freq", 1.0 / (spec.rope_theta**half), persistent=False)
+        self.register_buffer("local_inv_freq", 1.0 / (spec.local_rope_theta**half),
+                             persistent=False)
 
     def forward(
         self,
@@ -249,7 +357,12 @@ class LlamaDecoder(nn.Module):
             raise ValueError("past_lengths describes a cache: pass past too")
         b, t = input_ids.shape
         x = self.embed_tokens(input_ids).float()
+        if self.spec.embed_scale != 1.0:
+            # NOTE: as transformers' Gemma3TextScaledWordEmbedding in float32: the scale as a
+            # float32 number
+            x = x * torch.tensor(self.spec.embed_scale, dtype=torch.float32)
         mask: torch.Tensor | None = None
+        keys: torch.Tensor | None = None  # the keys' positions, where they are not ``pos``
         if past is not None:
             if attention_mask is not None and not _right_padded(attention_mask):
                 raise ValueError("rows that continue a context must be padded at the end")
@@ -259,6 +372,7 @@ class LlamaDecoder(nn.Module):
                 pos = torch.arange(n, n + t, device=x.device, dtype=torch.float32)[None, :]
                 seen = torch.ones(t, n, dtype=torch.bool, device=x.device)
                 mask = torch.cat((seen, causal), dim=1)[None, None]
+                keys = torch.arange(n + t, device=x.device, dtype=torch.float32)[None, :]
             else:
                 if len(past_lengths) != b or past[0][0].shape[0] != b:
                     raise ValueError("past_lengths needs one cache row and one length per row")
@@ -267,6 +381,8 @@ class LlamaDecoder(nn.Module):
                 seen = torch.arange(n, device=x.device)[None, :] < lengths[:, None]
                 mask = torch.cat((seen[:, None, :].expand(b, t, n),
                                   causal[None].expand(b, t, t)), dim=2)[:, None]
+                cached = torch.arange(n, device=x.device, dtype=torch.float32)[None, :]
+                keys = torch.cat((cached.expand(b, n), pos), dim=1)
         elif attention_mask is None or _right_padded(attention_mask):
             pos = torch.arange(t, device=x.device, dtype=torch.float32)[None, :]
         else:
@@ -276,20 +392,51 @@ class LlamaDecoder(nn.Module):
             mask = causal[None, None] & keep[:, None, None, :]
             # a padding position attends to itself, so no row is empty (no NaN to spread)
             mask = mask | torch.eye(t, dtype=torch.bool, device=x.device)[None, None]
-        inv = cast(torch.Tensor, self.inv_freq).to(x.device)
-        freqs = pos[..., None] * inv
-        emb = torch.cat((freqs, freqs), dim=-1)
-        cos = emb.cos()[:, None]
-        sin = emb.sin()
-        half = sin.shape[-1] // 2
-        sin = torch.cat((-sin[..., :half], sin[..., half:]), dim=-1)[:, None]  # see _rotate
+        spec = self.spec
+        rope = {False: _rotary(pos, cast(torch.Tensor, self.inv_freq).to(x.device))}
+        masks = {False: mask}
+        if any(spec.sliding(k) for k in range(spec.num_layers)):
+            rope[True] = _rotary(pos, cast(torch.Tensor, self.local_inv_freq).to(x.device))
+            masks[True] = _window(mask, pos, pos if keys is None else keys,
+                                  cast(int, spec.sliding_window))
         kept: list[tuple[torch.Tensor, torch.Tensor]] = []
         for k, layer in enumerate(self.layers):
-            x, kv = layer(x, cos, sin, mask, None if past is None else past[k])
+            cos, sin = rope[spec.sliding(k)]
+            x, kv = layer(x, cos, sin, masks[spec.sliding(k)], None if past is None else past[k])
             if return_cache:
                 kept.append(kv)
         hidden = F.rms_norm(x, (self.spec.hidden_size,), self.norm, self.spec.rms_norm_eps)
         return DecoderOutput(hidden, tuple(kept) if return_cache else None)
+
+
+def _rotary(pos: torch.Tensor, inv_freq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``cos`` and ``sin`` of the rotary embedding at positions ``pos`` ``(rows, length)``, each
+    ``(rows, 1, length, head_dim)``; ``sin`` carries ``rotate_half``'s sign (see ``_rotate``)."""
+    freqs = pos[..., None] * inv_freq
+    emb = torch.cat((freqs, freqs), dim=-1)
+    sin = emb.sin()
+    half = sin.shape[-1] // 2
+    return emb.cos()[:, None], torch.cat((-sin[..., :half], sin[..., half:]), dim=-1)[:, None]
+
+
+def _window(mask: torch.Tensor | None, pos: torch.Tensor, keys: torch.Tensor,
+            window: int) -> torch.Tensor | None:
+    """``mask`` (None: causal) narrowed to keys less than ``window`` positions back from each
+    query (transformers' ``sliding_window_overlay``: ``kv_idx > q_idx - window``).
+
+    ``pos``: the queries' positions ``(1 | rows, length)``; ``keys``: the keys' ``(1 | rows,
+    keys)``. None (plain causal attention) when no query reaches that far back: then the
+    window changes nothing, and the fused causal kernel stays.
+    """
+    if float(pos.max()) - float(keys.min()) < window:
+        return mask
+    near = (pos[:, :, None] - keys[:, None, :]) < window  # (rows, length, keys)
+    if mask is None:
+        t = pos.shape[-1]
+        mask = torch.ones(t, t, dtype=torch.bool, device=pos.device).tril()[None, None]
+    # NOTE: every query still sees itself (distance 0), padding queries included (their
+    # clamped position is their key's): no row is empty
+    return mask & near[:, None]
 
 
 def _right_padded(mask: torch.Tensor) -> bool:
@@ -357,8 +504,8 @@ def load_llama(directory: Path, weights: Sequence[Path], precision: str = "fp32"
     ``precision`` (``DTYPES``): the type of the matrix weights (norms are float32 either way).
 
     Raises:
-        ValueError: the configuration is not a plain Llama model, or a tensor is missing or has
-            the wrong shape.
+        ValueError: the configuration is not a plain Llama or Gemma-3 model, or a tensor is
+            missing or has the wrong shape.
     """
     from safetensors import safe_open
 
@@ -405,13 +552,23 @@ def load_llama(directory: Path, weights: Sequence[Path], precision: str = "fp32"
     for i, layer in enumerate(cast(list[_Layer], list(lm.model.layers))):
         p = f"model.layers.{i}."
         att, mlp = p + "self_attn.", p + "mlp."
-        put(layer, "input_norm", get(p + "input_layernorm.weight"))
-        put(layer, "post_norm", get(p + "post_attention_layernorm.weight"))
+        if spec.gemma:
+            put(layer, "input_norm", get(p + "input_layernorm.weight") + 1.0)
+            put(layer, "post_norm", get(p + "pre_feedforward_layernorm.weight") + 1.0)
+            put(layer, "attn_out_norm", get(p + "post_attention_layernorm.weight") + 1.0)
+            put(layer, "mlp_out_norm", get(p + "post_feedforward_layernorm.weight") + 1.0)
+            put(layer, "q_norm", get(att + "q_norm.weight") + 1.0)
+            put(layer, "k_norm", get(att + "k_norm.weight") + 1.0)
+        else:
+            put(layer, "input_norm", get(p + "input_layernorm.weight"))
+            put(layer, "post_norm", get(p + "post_attention_layernorm.weight"))
         qkv = torch.cat([get(att + f"{n}_proj.weight") for n in "qkv"])
         put(layer.qkv, "weight", qkv)
         put(layer.o, "weight", get(att + "o_proj.weight"))
         put(layer.gate_up, "weight", torch.cat([get(mlp + "gate_proj.weight"), get(mlp + "up_proj.weight")]))
         put(layer.down, "weight", get(mlp + "down_proj.weight"))
-    put(lm.model, "norm", get("model.norm.weight"))
+    # NOTE: Gemma's norms scale by ``1 + w`` (transformers adds the 1 in float32 at every call;
+    # adding it once here gives the same float32 factors)
+    put(lm.model, "norm", get("model.norm.weight") + (1.0 if spec.gemma else 0.0))
     lm.eval()
     return lm

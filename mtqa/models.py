@@ -184,8 +184,11 @@ def lm_precision(lm_model: str | None = None, *, device: str = "cpu", backend: s
     if backend == "native" or lm_model is None or lm_model == DEFAULT_LM:
         return "bf16"  # the bundled SmolLM2 is a Llama with safetensors weights: native
     if lm_model == GEMMA_LM:
-        # NOTE: gemma3_text is not a Llama (``mtqa.llama.unsupported``): transformers runs it
-        return resolve_precision(precision, "transformers", device)
+        import importlib.util
+
+        if importlib.util.find_spec(_GEMMA_PACKAGE) is None:
+            return precision  # not installed: nothing is read
+        return "bf16"  # a gemma3_text model with safetensors weights once converted: native
     try:
         path = _named_path(lm_model, True, "fluency")
     except CheckerUnavailable:

@@ -412,7 +412,7 @@ def test_gemma_is_found_offline_and_scores_sentences() -> None:
 
     cache = os.environ.get("MTQA_CACHE_DIR")
     with FluencyChecker(lm_model=GEMMA_LM, cache_dir=Path(cache) if cache else None) as c:
-        assert "model:gemma3-270m|rev:a5fd3b62230a|impl:transformers" in c.signature
+        assert "model:gemma3-270m|rev:a5fd3b62230a|impl:native" in c.signature
         clean, garbled = RARE_WORDS[0][1:]
         good, bad = c.check([seg(clean), seg(garbled)])
     assert good.doc_score is not None and bad.doc_score is not None

