@@ -22,7 +22,7 @@ apart), then the local engine again (the machine's load drifts: ratios are to th
 two local runs). Printed: articles/minute (model loading included, as a batch pays it), with
 and without Ray's start-up, the ratio to the local engine (target for 2 actors on 2 cores: at
 least 0.85), the peak memory of every Ray process (PSS and RSS summed over the driver's
-descendants, sampled every 0.2 s), and whether each engine wrote the same JSONL.
+descendants, sampled every second), and whether each engine wrote the same JSONL.
 
     python benchmarks/batch.py --engine ray --checkers structure,fluency
 """
@@ -198,7 +198,7 @@ class _PeakMemory:
         self._thread.start()
 
     def _run(self) -> None:
-        while not self._stop.wait(0.2):
+        while not self._stop.wait(1.0):  # NOTE: a sample reads every process's smaps: 0.2 s took ~20% of a core
             pss, rss = _memory(_descendants(os.getpid()))
             self.peak = (max(self.peak[0], pss), max(self.peak[1], rss))
 

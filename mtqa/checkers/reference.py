@@ -302,7 +302,12 @@ class ReferenceChecker(BaseChecker):
             raise CheckerUnavailable(self.name, "the checker was closed; build a new one")
         t0 = time.perf_counter()
         jobs: list[_Job | None] = []
-        texts: dict[str, int] = {}
+        # NOTE: each document's texts are embedded in a call of their own: the encoder's
+        # float32 products round a text's embedding differently with other texts beside it
+        # (by ~1e-7, enough to flip a printed figure), so a document read with others would
+        # score differently from the same document read alone (issue 21: the Ray engine's
+        # batches are not the local engine's)
+        texts: list[dict[str, int]] = []
         ref_sides: dict[str, _Side] = {}
         for d in docs:
             ref_texts = tuple(r for r in d.doc.ref if r.strip())
@@ -315,18 +320,24 @@ class ReferenceChecker(BaseChecker):
             if self.mode == "parallel":
                 _require_pairing(d, mt, refs, pairing)
             jobs.append(_Job(mt, refs, pairing))
+            mine: dict[str, int] = {}
+            texts.append(mine)
             # NOTE: texts that cannot pair line by line are compared as comparable articles,
             # which use body sentences only: embedding the rest would be wasted time
             pairable = self.mode != "comparable" and all(p is not None for p in pairing)
             for seg in (d, refs[0].seg):
                 for s in seg.sentences:
                     if pairable or s.kind is Kind.BODY:
-                        texts.setdefault(seg.text(s), len(texts))
-        emb = self._embed(list(texts))
+                        mine.setdefault(seg.text(s), len(mine))
+        embedded = iter([(self._embed(list(mine)), mine) for mine in texts])
         t1 = time.perf_counter()
-        plans = [None if job is None else
-                 self._plan(job, _rows(emb, texts, d), _rows(emb, texts, job.refs[0].seg))
-                 for d, job in zip(docs, jobs)]
+        plans: list[tuple[str, list[_Pair], list[_LinePair] | None] | None] = []
+        for d, job in zip(docs, jobs):
+            if job is None:
+                plans.append(None)
+                continue
+            emb, index = next(embedded)
+            plans.append(self._plan(job, _rows(emb, index, d), _rows(emb, index, job.refs[0].seg)))
         t2 = time.perf_counter()
         cond = self._read_pairs([p for p in plans if p is not None])
         t3 = time.perf_counter()
@@ -342,7 +353,7 @@ class ReferenceChecker(BaseChecker):
                 mode, pairs, line_pairs = plan
                 out.append(self._score(mode, job.mt, job.refs, pairs, line_pairs, memo, names, cond))
         logger.debug("reference: %d docs, %d sentences embedded in %.2fs, aligned in %.2fs, "
-                     "LM %.2fs, scored in %.2fs", len(docs), len(texts), t1 - t0, t2 - t1,
+                     "LM %.2fs, scored in %.2fs", len(docs), sum(map(len, texts)), t1 - t0, t2 - t1,
                      t3 - t2, time.perf_counter() - t3)
         return out
 
