@@ -398,6 +398,8 @@ def _score(checker: Checker, docs: list[Document]) -> list[DocumentReport | str]
     """Reports for a chunk; a document that makes the pipeline fail gets an error message."""
     try:
         return list(checker.check_many(docs).documents)
+    except ConfigError:
+        raise  # the settings are wrong for every document, not this one
     except Exception as exc:  # NOTE: one bad document must not stop a batch of thousands
         if len(docs) == 1:
             logger.exception("checking %s failed", docs[0].origin or docs[0].id)

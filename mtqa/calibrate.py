@@ -685,6 +685,30 @@ class Calibration:
         """The fitted model for what ran on this unit, or None if none was fitted."""
         return self.models.get(variant_for(raw))
 
+    def language_model_mismatch(self, checker: str, signature: str) -> str | None:
+        """Why this calibration was not fitted on the language model a checker with this
+        ``signature`` runs (another model, or other weights), or None.
+
+        Fluency signatures name the model as ``model:NAME|rev:SHA``, reference signatures as
+        ``lm:NAME@SHA/PRECISION``. The precision does not count: bf16 and fp32 readings give
+        held-out figures within .005 of each other (models/README.md). A calibration without
+        recorded signatures (an old or hand-made file) cannot tell and says nothing.
+        """
+        fitted = self.provenance.get("signatures")
+        theirs = fitted.get(checker) if isinstance(fitted, Mapping) else None
+        if not isinstance(theirs, str):
+            return None
+        want, got = _lm_identity(theirs), _lm_identity(signature)
+        if want is None or got is None or want == got:
+            return None
+        if got.endswith("@*") and want.split("@", 1)[0] == got[:-2]:
+            return None  # the same model named without its weights (not loaded yet)
+        return (f"the calibration {self.version} was fitted on the readings of {want}, and "
+                f"the {checker} checker would run {got.removesuffix('@*')}: its scores, "
+                f"spans and verdicts would not be calibrated for it. Use a calibration fitted "
+                f"on that model (--calibration FILE; scripts/calibrate.py --lm-model NAME fits "
+                f"one), or the model the calibration was fitted on")
+
     def fingerprint(self) -> str:
         """``version:sha256[:12]`` of the fitted parameters: changes whenever a number does."""
         data = json.dumps(self.to_dict(), sort_keys=True, ensure_ascii=False)
@@ -697,6 +721,15 @@ class Calibration:
                 "spans": {k: m.to_dict() for k, m in sorted(self.spans.items())},
                 "words": {k: m.to_dict() for k, m in sorted(self.words.items())},
                 "models": {k: m.to_dict() for k, m in sorted(self.models.items())}}
+
+
+def _lm_identity(signature: str) -> str | None:
+    """``NAME@SHA`` of the language model a checker signature names, or None."""
+    parts = dict(p.split(":", 1) for p in signature.split("|") if ":" in p)
+    if "model" in parts and "rev" in parts:
+        return f"{parts['model']}@{parts['rev']}"
+    lm = parts.get("lm", "")
+    return lm.split("/", 1)[0] if "@" in lm else None
 
 
 def load_calibration(path: Path | None = None) -> Calibration:

@@ -22,9 +22,9 @@ from mtqa.aggregate import aggregate
 from mtqa.calibrate import Calibration, load_calibration
 from mtqa.checkers.base import load_checker_class
 from mtqa.config import CHECKERS, Settings, check_device
-from mtqa.errors import CheckerUnavailable
+from mtqa.errors import CheckerUnavailable, ConfigError
 from mtqa.gate import SKIP_FAILED, SKIP_TURNED_OFF, Policy, decide, load_policy
-from mtqa.models import ModelPool
+from mtqa.models import DEFAULT_LM, GEMMA_LM, ModelPool
 from mtqa.segment import segment
 from mtqa.types import CheckResult, Document, DocumentReport, Report, SegmentedDocument, Skipped
 
@@ -63,6 +63,7 @@ class Checker:
         calibration_path = (None if self.settings.calibration is None
                             else Path(self.settings.calibration))
         self.calibration: Calibration = load_calibration(calibration_path)
+        self._refuse_another_language_model()
         self._built: dict[str, BaseChecker] = dict(checkers or {})
         #: the models the checkers built here borrow (one copy each); freed by close()
         self.models = ModelPool()
@@ -71,6 +72,20 @@ class Checker:
         self._closed = False
         #: seconds spent per checker name (``check`` calls) and ``NAME.load`` (building it)
         self.timings: dict[str, float] = {}
+
+    def _refuse_another_language_model(self) -> None:
+        """Refuse, before any model loads, a calibration fitted on another language model than
+        the one the settings name, when the name alone tells (the bundled models); ``_get``
+        checks every model, weights included, once it is built."""
+        s = self.settings
+        uses_lm = "fluency" in s.checkers or ("reference" in s.checkers and s.reads_pairs_with_lm)
+        if not uses_lm or s.lm_model not in (None, DEFAULT_LM, GEMMA_LM):
+            return
+        name = s.lm_model or DEFAULT_LM
+        why = self.calibration.language_model_mismatch(
+            "fluency", f"fluency|model:{name}|rev:*")
+        if why is not None:
+            raise ConfigError(why)
 
     def _get(self, name: str) -> BaseChecker | None:
         """The named checker, built on first use; None (and a recorded reason) if unavailable."""
@@ -91,6 +106,10 @@ class Checker:
                 reason = f"not installed in this version of mtqa ({exc})"
                 self._unavailable[name] = reason
                 return None
+            why = self.calibration.language_model_mismatch(name, checker.signature)
+            if why is not None:
+                checker.close()
+                raise ConfigError(why)  # NOTE: refused, not applied to another model's numbers
             self._built[name] = checker
             self.timings[f"{name}.load"] = time.perf_counter() - t0
             return checker

@@ -567,3 +567,59 @@ def test_fit_side_reports_held_out_confidence_bins() -> None:
     assert words.figures["held_out_f1"] == spans.figures["held_out_f1"] > 0.8
     table = script.render_bins("free", bins)
     assert "fluency, style, non-translation" in table and f"{low:.1f}-" in table
+
+
+def test_a_calibration_fitted_on_another_language_model_is_refused(
+        shipped: Calibration, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    fitted = shipped.provenance["signatures"]
+    assert isinstance(fitted, dict)
+    smol = str(fitted["fluency"])
+    # the same model and weights: nothing to say, in either precision (bf16 ~ fp32 held out)
+    assert shipped.language_model_mismatch("fluency", smol) is None
+    assert shipped.language_model_mismatch("fluency", smol.replace("prec:bf16", "prec:fp32")) is None
+    assert shipped.language_model_mismatch("reference", str(fitted["reference"])) is None
+    gemma = ("fluency|model:gemma3-270m|rev:a5fd3b62230a|impl:native|prec:bf16|win:1024|ctx:256"
+             "|scale:x|mtqa:0.1.0")
+    why = shipped.language_model_mismatch("fluency", gemma)
+    assert why is not None and "gemma3-270m@a5fd3b62230a" in why and "SmolLM2-135M-Instruct" in why
+    ref = str(fitted["reference"]).replace("lm:SmolLM2-135M-Instruct@b179c9523d0e",
+                                           "lm:gemma3-270m@a5fd3b62230a")
+    assert "gemma3-270m@a5fd3b62230a" in (shipped.language_model_mismatch("reference", ref) or "")
+    # a reference checker without its LM, a checker without one: nothing to compare
+    assert shipped.language_model_mismatch("reference", ref.split("|lm:")[0] + "|lm:none") is None
+    assert shipped.language_model_mismatch("structure", "structure|lang:en") is None
+    # the pipeline refuses it: before loading anything when the settings name the model ...
+    with pytest.raises(ConfigError, match=r"fitted on the readings of SmolLM2.*gemma3-270m"):
+        Checker(Settings(lm_model="gemma3-270m"))
+    with pytest.raises(ConfigError, match="gemma3-270m"):
+        Checker(Settings(lm_model="gemma3-270m", checkers=("structure", "reference"),
+                         ref_lm=True))
+    Checker(Settings(lm_model="gemma3-270m", checkers=("structure", "grammar")))  # no LM runs
+    Checker(Settings(lm_model="gemma3-270m", checkers=("structure", "reference")))
+    # ... and with a calibration fitted on that model, it is applied
+    data = json.loads(json.dumps(shipped.to_dict()))
+    data["provenance"]["signatures"]["fluency"] = gemma
+    own = tmp_path / "gemma-calibration.json"
+    own.write_text(json.dumps(data), encoding="utf-8")
+    Checker(Settings(lm_model="gemma3-270m", calibration=str(own)))
+    # ... and once a checker is built, by its model and weights (any model: a path, an id)
+    import mtqa.pipeline as pipeline
+
+    class OnGemma:
+        signature = gemma
+        closed = False
+
+        @classmethod
+        def from_settings(cls, settings: Settings, models: object = None) -> OnGemma:
+            return cls()
+
+        def close(self) -> None:
+            OnGemma.closed = True
+
+    monkeypatch.setattr(pipeline, "load_checker_class", lambda name: OnGemma)
+    checker = Checker(Settings(checkers=("fluency",)))
+    with pytest.raises(ConfigError, match="not be calibrated for it"):
+        checker._get("fluency")
+    assert OnGemma.closed  # its model is freed
+    with pytest.raises(ConfigError, match="not be calibrated for it"):
+        checker.check("The talks went well.")
