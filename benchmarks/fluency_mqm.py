@@ -18,6 +18,12 @@ part) take seconds::
     python benchmarks/fluency_mqm.py --limit 600              # quick look (~2 min)
     python benchmarks/fluency_mqm.py --cache out/mqm.pkl      # full file
     python benchmarks/fluency_mqm.py --cache out/mqm.pkl --fit --tune
+    python benchmarks/fluency_mqm.py --lm-model gemma3-270m --cache out/gemma.pkl --fit --write-norms
+
+``--write-norms`` (with ``--fit``) stores the fitted norms under the model's entry in
+``mtqa/data/fluency_scale.json`` (``norms``), which the checker then applies for that model and
+weights; refit its 0-100 scale after it (``scripts/fit_fluency.py --lm-model ...``), since the
+scale's measures are computed with the norms.
 """
 
 from __future__ import annotations
@@ -265,7 +271,7 @@ def report(lines: Sequence[Line], results: Sequence[CheckResult]) -> None:
 
 
 def fit(lines: Sequence[Line], checker: FluencyChecker, docs: Sequence[SegmentedDocument],
-        scores: Sequence[WordScores]) -> None:
+        scores: Sequence[WordScores]) -> dict[str, object]:
     """Fit the expected excess of correct words (no rater marked them) by rarity and kind."""
     knots = np.asarray(checker.RARITY_KNOTS)
     cols: list[list[np.ndarray]] = [[] for _ in range(8)]
@@ -320,6 +326,34 @@ def fit(lines: Sequence[Line], checker: FluencyChecker, docs: Sequence[Segmented
     for name, value in fitted.items():
         print(f"    {name} = {value}")
         setattr(checker, name, value)
+    return fitted
+
+
+def write_norms(checker: FluencyChecker, fitted: dict[str, object], command: str) -> None:
+    """Store ``fitted`` as the word norms of the checker's model in the shipped scale file."""
+    import subprocess
+
+    from mtqa.checkers.fluency import NORMS, SCALE_FILE, SCALE_SCHEMA
+
+    out = ROOT / "mtqa" / SCALE_FILE
+    doc = json.loads(out.read_text(encoding="utf-8")) if out.exists() else {
+        "schema": SCALE_SCHEMA, "models": {}}
+    entry = doc["models"].get(checker.model_name)
+    if entry is None or entry.get("weights_sha") != checker.weights_sha:
+        entry = {"weights_sha": checker.weights_sha}  # a scale for other weights goes
+    try:
+        git = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+                             capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        git = "unknown"
+    entry["norms"] = {k: list(v) if isinstance(v, tuple) else v for k, v in fitted.items()
+                      if k in NORMS}
+    entry["norms_fit"] = {"data": "mqm_2021_zhen.jsonl, first 41 documents, unmarked words",
+                          "command": command, "mtqa_git": git}
+    doc["models"][checker.model_name] = entry
+    out.write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
+    print(f"wrote the word norms of {checker.model_name} into {out.relative_to(ROOT)}; refit "
+          f"its scale now: python scripts/fit_fluency.py --lm-model ...")
 
 
 # --- tuning -------------------------------------------------------------------------------------
@@ -383,19 +417,26 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--precision", default=FluencyChecker.PRECISION)
     ap.add_argument("--fit", action="store_true", help="fit the rarity calibration on 41 docs")
     ap.add_argument("--tune", action="store_true", help="print the span/score grids on 41 docs")
+    ap.add_argument("--lm-model", default=None, help="e.g. gemma3-270m (default: SmolLM2)")
+    ap.add_argument("--write-norms", action="store_true",
+                    help="with --fit: store the norms for this model in fluency_scale.json")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
     lines = load(args.data, args.limit)
     toks = sum(len(x.mt) for x in lines) / 4.4
     print(f"{len(lines)} lines, {len({x.doc_id for x in lines})} docs, about {toks:.0f} tokens: "
           f"about {toks / 400 / 60:.0f} min at 400 tokens/s (fp32 on 2 cores); bf16 ~3x faster")
-    checker = FluencyChecker(cache_dir=args.cache_dir, batch_size=args.batch_size,
-                             threads=args.threads, precision=args.precision)
+    checker = FluencyChecker(lm_model=args.lm_model, cache_dir=args.cache_dir,
+                             batch_size=args.batch_size, threads=args.threads,
+                             precision=args.precision)
     started = time.perf_counter()
     docs, scores = score_lines(lines, checker, args.cache)
     print(f"LM pass {time.perf_counter() - started:.0f}s; {checker.signature}")
     if args.fit:
-        fit(lines, checker, docs, scores)
+        fitted = fit(lines, checker, docs, scores)
+        if args.write_norms:
+            write_norms(checker, fitted, "python benchmarks/fluency_mqm.py --fit --write-norms"
+                        + (f" --lm-model {args.lm_model}" if args.lm_model else ""))
     if args.tune:
         tune(lines, checker, docs, scores)
     results = [checker.analyse(d, s) for d, s in zip(docs, scores)]

@@ -104,7 +104,9 @@ def main() -> None:
     except (OSError, subprocess.CalledProcessError):
         git = "unknown"
     body = {"measures": list(names), **params}
-    digest = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:8]
+    # NOTE: the word norms the measures were read with name the fit too (none: as before)
+    named = {**body, "norms": checker.norms} if checker.norms else body
+    digest = hashlib.sha256(json.dumps(named, sort_keys=True).encode()).hexdigest()[:8]
     entry = {
         "version": f"{dt.date.today().isoformat()}-{digest}",
         "weights_sha": checker.weights_sha,
@@ -119,6 +121,11 @@ def main() -> None:
     }
     doc = json.loads(OUT.read_text(encoding="utf-8")) if OUT.exists() else {
         "schema": SCHEMA, "models": {}}
+    old = doc["models"].get(checker.model_name) or {}
+    if old.get("weights_sha") == checker.weights_sha:
+        for key in ("norms", "norms_fit"):  # the word norms the measures were computed with
+            if key in old:
+                entry[key] = old[key]
     doc["models"][checker.model_name] = entry
     OUT.write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
     print(f"wrote {OUT.relative_to(ROOT)} [{checker.model_name}] version {entry['version']}")

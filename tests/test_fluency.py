@@ -157,6 +157,53 @@ def test_scale_for_other_weights_is_not_applied(tmp_path: Path) -> None:
         load_scale("m", "aaaaaaaaaaaa", path)
 
 
+def test_a_models_own_word_norms_are_read_and_checked(tmp_path: Path) -> None:
+    import json
+
+    from mtqa.checkers.fluency import NORMS, load_norms
+
+    knots = len(FluencyChecker.RARITY_KNOTS)
+    norms = {"EXPECTED_EXCESS": [-1.0] * knots, "FIRST_WORD_OFFSET": 3.5}
+    entry = {"weights_sha": "aaaaaaaaaaaa", "norms": norms}  # norms fitted, no scale yet
+    path = tmp_path / "scale.json"
+    path.write_text(json.dumps({"schema": "mtqa.fluency-scale/1", "models": {"m": entry}}))
+    assert load_scale("m", "aaaaaaaaaaaa", path) is None  # no scale in the entry
+    assert load_norms("m", "aaaaaaaaaaaa", path) == {
+        "EXPECTED_EXCESS": (-1.0,) * knots, "FIRST_WORD_OFFSET": 3.5}
+    assert load_norms("m", "bbbbbbbbbbbb", path) == {}  # other weights: the defaults
+    assert load_norms("other", "aaaaaaaaaaaa", path) == {}
+    assert set(norms) <= set(NORMS)
+    for bad, why in [({"NO_SUCH": 1.0}, "unknown norm"),
+                     ({"EXPECTED_EXCESS": [1.0, 2.0]}, f"needs {knots} values"),
+                     ({"FIRST_WORD_OFFSET": "x"}, "malformed")]:
+        entry["norms"] = bad
+        path.write_text(json.dumps({"schema": "mtqa.fluency-scale/1", "models": {"m": entry}}))
+        with pytest.raises(ConfigError, match=why) as info:
+            load_norms("m", "aaaaaaaaaaaa", path)
+        assert str(path) in str(info.value)
+
+
+@pytest.mark.model
+def test_word_norms_fitted_for_a_model_change_its_readings_and_signature(
+        monkeypatch: pytest.MonkeyPatch, checker: FluencyChecker) -> None:
+    from mtqa.checkers import fluency as fl
+
+    model, tokenizer = checker._require()
+    plain = FluencyChecker(model=model, tokenizer=tokenizer)
+    knots = len(FluencyChecker.RARITY_KNOTS)
+    monkeypatch.setattr(fl, "load_norms", lambda *a, **k: {
+        "EXPECTED_EXCESS": (-6.0,) * knots, "RARE_TOKEN_EXCESS": 0.5})
+    own = FluencyChecker(model=model, tokenizer=tokenizer)
+    assert own.EXPECTED_EXCESS == (-6.0,) * knots and own.RARE_TOKEN_EXCESS == 0.5
+    assert FluencyChecker.EXPECTED_EXCESS != own.EXPECTED_EXCESS  # the class keeps its own
+    assert "|norms:" in own.signature and "|norms:" not in plain.signature
+    doc = seg("The minister said on Tuesday that the talks would resume next week.")
+    ws = plain.score_words([doc])[0]
+    a, b = plain.analyse(doc, ws), own.analyse(doc, ws)
+    # a lower expected excess makes every word look worse: the sentence scores lower
+    assert b.doc_score is not None and a.doc_score is not None and b.doc_score < a.doc_score
+
+
 def test_sentence_measures_follow_their_definitions() -> None:
     lm = np.array([3.0, 8.0, 1.0])  # surprisals (nats) of 3 words
     uni = np.array([4.0, 10.0, 0.0])  # the last is punctuation

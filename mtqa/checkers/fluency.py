@@ -15,6 +15,7 @@ whose standardised excess stands out from their own document's.
 from __future__ import annotations
 
 import bisect
+import hashlib
 import json
 import logging
 import math
@@ -25,7 +26,7 @@ from dataclasses import dataclass, fields
 from importlib import resources
 from pathlib import Path
 from types import MappingProxyType
-from typing import TYPE_CHECKING, ClassVar, Self, cast
+from typing import TYPE_CHECKING, Any, ClassVar, Self, cast
 
 import numpy as np
 
@@ -133,13 +134,52 @@ SCALE_FILE = "data/fluency_scale.json"
 SCALE_SCHEMA = "mtqa.fluency-scale/1"
 
 
-def load_scale(model: str, weights_sha: str, path: Path | None = None) -> FluencyScale | None:
-    """The fitted scale for ``model`` with these weights, or None when there is none: a scale
-    fitted for other weights is never applied.
+#: the word norms (what a correct word's excess is expected to be, ``FluencyChecker``'s class
+#: constants of these names) a model's entry in the scale file may fit for its own readings
+#: (``benchmarks/fluency_mqm.py --fit --write-norms``); absent ones keep the defaults, fitted
+#: on SmolLM2's readings
+NORMS: tuple[str, ...] = (
+    "EXPECTED_EXCESS", "EXCESS_SPREAD", "PUNCT_ONLY_EXCESS", "PUNCT_ONLY_SPREAD",
+    "FIRST_WORD_OFFSET", "SENTENCE_START_OFFSET", "OPEN_PUNCT_OFFSET", "RARE_TOKEN_EXCESS",
+    "RARE_TOKEN_SPREAD",
+)
+#: norms that are one value per rarity knot (``FluencyChecker.RARITY_KNOTS``)
+_KNOT_NORMS = ("EXPECTED_EXCESS", "EXCESS_SPREAD")
+
+
+def load_norms(model: str, weights_sha: str, path: Path | None = None
+               ) -> dict[str, float | tuple[float, ...]]:
+    """The word norms fitted for ``model`` with these weights (``NORMS``), empty when none
+    were: then the defaults apply.
 
     Raises:
-        ConfigError: the file is unreadable or malformed.
+        ConfigError: the file is unreadable, or its norms are malformed.
     """
+    where, entry = _scale_entry(model, weights_sha, path)
+    raw = (entry or {}).get("norms") or {}
+    out: dict[str, float | tuple[float, ...]] = {}
+    try:
+        if not isinstance(raw, dict):
+            raise TypeError("norms must be an object")
+        for name, value in raw.items():
+            if name not in NORMS:
+                raise ValueError(f"unknown norm {name!r}")
+            if name in _KNOT_NORMS:
+                values = tuple(float(v) for v in value)
+                if len(values) != len(FluencyChecker.RARITY_KNOTS):
+                    raise ValueError(f"{name} needs {len(FluencyChecker.RARITY_KNOTS)} values")
+                out[name] = values
+            else:
+                out[name] = float(value)
+    except (TypeError, ValueError) as exc:
+        err = f"{where}: malformed word norms for {model} ({exc})"
+        raise ConfigError(err) from exc
+    return out
+
+
+def _scale_entry(model: str, weights_sha: str, path: Path | None
+                 ) -> tuple[str, dict[str, object] | None]:
+    """Where the scale file is, and ``model``'s entry in it when fitted for these weights."""
     where = str(path) if path is not None else f"mtqa/{SCALE_FILE}"
     try:
         text = (path.read_text(encoding="utf-8") if path is not None
@@ -153,11 +193,25 @@ def load_scale(model: str, weights_sha: str, path: Path | None = None) -> Fluenc
         raise ConfigError(err)
     entry = data.get("models", {}).get(model)
     if entry is None:
-        return None
+        return where, None
     if entry.get("weights_sha") != weights_sha:
         logger.warning("fluency scale for %s was fitted on weights %s, not %s: not applied",
                        model, entry.get("weights_sha"), weights_sha)
+        return where, None
+    return where, cast("dict[str, object]", entry)
+
+
+def load_scale(model: str, weights_sha: str, path: Path | None = None) -> FluencyScale | None:
+    """The fitted scale for ``model`` with these weights, or None when there is none: a scale
+    fitted for other weights is never applied.
+
+    Raises:
+        ConfigError: the file is unreadable or malformed.
+    """
+    where, found = _scale_entry(model, weights_sha, path)
+    if found is None or "measures" not in found:
         return None
+    entry = cast("dict[str, Any]", found)
     try:
         measures = tuple(str(m) for m in entry["measures"])
         unknown = [m for m in measures if m not in MEASURES]
@@ -175,6 +229,15 @@ def load_scale(model: str, weights_sha: str, path: Path | None = None) -> Fluenc
         err = f"{where}: fluency scale for {model}: measures, mean, scale and coef differ in length"
         raise ConfigError(err)
     return scale
+
+
+def _norms_tag(norms: Mapping[str, object]) -> str:
+    """``|norms:DIGEST`` naming a model's own word norms in the signature; "" for the defaults
+    (signatures of models without them are unchanged)."""
+    if not norms:
+        return ""
+    digest = hashlib.sha256(json.dumps(dict(norms), sort_keys=True).encode()).hexdigest()[:8]
+    return f"|norms:{digest}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -356,6 +419,10 @@ class FluencyChecker(BaseChecker):
             prefix = found
         #: the fitted 0-100 scale for this model (None: the legacy MQM-penalty map below)
         self.scale: FluencyScale | None = load_scale(self.model_name, self.weights_sha)
+        #: the word norms fitted for this model (``NORMS``), over the class defaults
+        self.norms = load_norms(self.model_name, self.weights_sha)
+        for name, value in self.norms.items():
+            setattr(self, name, value)  # NOTE: instance values over the ClassVar defaults
         module = _apply_precision(model, "int8") if self.precision == "int8" else model
         module.eval()
         self._model: torch.nn.Module | None = module.to(device)
@@ -384,6 +451,7 @@ class FluencyChecker(BaseChecker):
             f"|prec:{self.precision}"
             f"|win:{self.window}|ctx:{self.context}"
             f"|scale:{self.scale.version if self.scale is not None else 'legacy'}"
+            f"{_norms_tag(self.norms)}"
             f"|mtqa:{__version__}"
         )
 
