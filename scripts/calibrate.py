@@ -84,7 +84,7 @@ def _unevidence(d: Mapping[str, Any] | None) -> WordEvidence | None:
 
 
 def build_features(path: Path, out: Path, lm_cache: Path | None, limit: int | None,
-                   precision: str = "auto") -> None:
+                   precision: str = "auto", lm_model: str | None = None) -> None:
     """Run every checker on every MT line and write one JSON object per line to ``out``."""
     from mtqa.checkers.fluency import FluencyChecker, WordScores
     from mtqa.checkers.grammar import GrammarChecker
@@ -99,7 +99,7 @@ def build_features(path: Path, out: Path, lm_cache: Path | None, limit: int | No
         segs = list(dict.fromkeys(records[i].seg_id for i in keep))[: max(1, limit // 13)]
         chosen = set(segs)
         keep = [i for i in keep if records[i].seg_id in chosen]
-    fluency = FluencyChecker(precision=precision)
+    fluency = FluencyChecker(lm_model=lm_model, precision=precision)
     words: dict[int, WordScores] = {}
     if lm_cache is not None and lm_cache.is_file():
         with lm_cache.open("rb") as fh:
@@ -128,7 +128,8 @@ def build_features(path: Path, out: Path, lm_cache: Path | None, limit: int | No
     logger.info("structure, grammar, reference on %d lines", len(keep))
     structure = StructureChecker()
     grammar = GrammarChecker(backend="harper")
-    reference = ReferenceChecker(mode="parallel", lm=True, lm_precision=precision)
+    reference = ReferenceChecker(mode="parallel", lm=True, lm_model=lm_model,
+                                 lm_precision=precision)
     st_free = structure.check(free_docs)
     st_ref = structure.check(ref_docs)
     gr_free = grammar.check(free_docs)
@@ -168,7 +169,8 @@ def build_features(path: Path, out: Path, lm_cache: Path | None, limit: int | No
 
 
 def build_paragraph_features(path: Path, out: Path, lm_cache: Path | None,
-                             precision: str = "auto", docs_limit: int | None = None) -> None:
+                             precision: str = "auto", docs_limit: int | None = None,
+                             lm_model: str | None = None) -> None:
     """Run every checker on paragraph units (``mtqa.evaluate.paragraph_units``) and write one JSON object per
     paragraph to ``out``: its lines, their MQM penalties and character ranges, the summed
     penalty, shifted gold spans, and for each side the raw features of each scoring unit
@@ -190,7 +192,7 @@ def build_paragraph_features(path: Path, out: Path, lm_cache: Path | None,
                  for k, p in enumerate(plan)]
     ref_docs = [segment(Document(id=f"p{k}", mt=p.record.hypothesis, ref=(p.record.reference,)))
                 for k, p in enumerate(plan)]
-    fluency = FluencyChecker(precision=precision)
+    fluency = FluencyChecker(lm_model=lm_model, precision=precision)
     words: dict[int, WordScores] = {}
     if lm_cache is not None and lm_cache.is_file():
         with lm_cache.open("rb") as fh:
@@ -212,7 +214,8 @@ def build_paragraph_features(path: Path, out: Path, lm_cache: Path | None,
     fluency.close()
     structure = StructureChecker()
     grammar = GrammarChecker(backend="harper")
-    reference = ReferenceChecker(mode="parallel", lm=True, lm_precision=precision)
+    reference = ReferenceChecker(mode="parallel", lm=True, lm_model=lm_model,
+                                 lm_precision=precision)
     st_free, st_ref = structure.check(free_docs), structure.check(ref_docs)
     gr_free, gr_ref = grammar.check(free_docs), grammar.check(ref_docs)
     rf = []
@@ -980,6 +983,9 @@ def main() -> None:
     parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
                         help="The LM's weight type for the feature pass (auto: bf16 where the "
                              "CPU has it natively, as mtqa's default).")
+    parser.add_argument("--lm-model", default=None,
+                        help="the language model to read with (default: the bundled SmolLM2; "
+                             "gemma3-270m: Gemma-3-270M)")
     parser.add_argument("--l2", type=float, default=10.0)
     parser.add_argument("--cap", type=float, default=25.0,
                         help="MQM penalties above this are fitted as this (non-translation).")
@@ -997,11 +1003,13 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     if args.rebuild or not args.features.is_file():
-        build_features(args.data, args.features, args.lm_cache, args.limit, args.precision)
+        build_features(args.data, args.features, args.lm_cache, args.limit, args.precision,
+                       args.lm_model)
     if args.paragraph_features is not None and (args.rebuild or
                                                 not args.paragraph_features.is_file()):
         build_paragraph_features(args.data, args.paragraph_features, args.paragraph_lm_cache,
-                                 args.precision, None if args.limit is None else 2)
+                                 args.precision, None if args.limit is None else 2,
+                                 args.lm_model)
     if args.build_only:
         return
     head, rows = read_features(args.features)

