@@ -146,21 +146,26 @@ class LlamaSpec:
             raise ValueError(f"not a plain Llama or Gemma-3 model: {why}")
         heads = int(config["num_attention_heads"])
         hidden = int(config["hidden_size"])
-        if config.get("model_type") == "gemma3_text":
+        head_dim = int(config.get("head_dim") or hidden // heads)
+        gemma = config.get("model_type") == "gemma3_text"
+        common: dict[str, Any] = {
+            "vocab_size": int(config["vocab_size"]),
+            "hidden_size": hidden,
+            "intermediate_size": int(config["intermediate_size"]),
+            "num_layers": int(config["num_hidden_layers"]),
+            "num_heads": heads,
+            "num_kv_heads": int(config.get("num_key_value_heads") or heads),
+            "head_dim": head_dim,
+            "rms_norm_eps": float(config.get("rms_norm_eps", 1e-6)),
+            # NOTE: Gemma ties its embeddings unless told otherwise, Llama does not
+            "tie_word_embeddings": bool(config.get("tie_word_embeddings", gemma)),
+            "name_or_path": name_or_path,
+        }
+        if gemma:
             ropes = _gemma_ropes(config)
-            head_dim = int(config.get("head_dim") or hidden // heads)
             return cls(
-                vocab_size=int(config["vocab_size"]),
-                hidden_size=hidden,
-                intermediate_size=int(config["intermediate_size"]),
-                num_layers=int(config["num_hidden_layers"]),
-                num_heads=heads,
-                num_kv_heads=int(config.get("num_key_value_heads") or heads),
-                head_dim=head_dim,
-                rms_norm_eps=float(config.get("rms_norm_eps", 1e-6)),
+                **common,
                 rope_theta=float(ropes["full_attention"].get("rope_theta", 1e6)),
-                tie_word_embeddings=bool(config.get("tie_word_embeddings", True)),
-                name_or_path=name_or_path,
                 model_type="gemma3_text",
                 layer_types=tuple(config["layer_types"]),
                 sliding_window=int(config["sliding_window"]),
@@ -169,20 +174,8 @@ class LlamaSpec:
                 embed_scale=float(hidden) ** 0.5,
             )
         rope = config.get("rope_parameters") or {}
-        theta = rope.get("rope_theta", config.get("rope_theta", 10000.0))
-        return cls(
-            vocab_size=int(config["vocab_size"]),
-            hidden_size=hidden,
-            intermediate_size=int(config["intermediate_size"]),
-            num_layers=int(config["num_hidden_layers"]),
-            num_heads=heads,
-            num_kv_heads=int(config.get("num_key_value_heads") or heads),
-            head_dim=int(config.get("head_dim") or hidden // heads),
-            rms_norm_eps=float(config.get("rms_norm_eps", 1e-6)),
-            rope_theta=float(theta),
-            tie_word_embeddings=bool(config.get("tie_word_embeddings", False)),
-            name_or_path=name_or_path,
-        )
+        return cls(**common,
+                   rope_theta=float(rope.get("rope_theta", config.get("rope_theta", 10000.0))))
 
 
 #: per layer, the keys (after the rotary embedding) and values of contexts, ``(rows, kv_heads,
