@@ -732,11 +732,17 @@ def _lm_identity(signature: str) -> str | None:
     return lm.split("/", 1)[0] if "@" in lm else None
 
 
-def load_calibration(path: Path | None = None) -> Calibration:
-    """The calibration at ``path``, or the one shipped with mtqa."""
+#: calibrations shipped for language models other than the default, by ``lm_model`` name
+SHIPPED_FOR_MODEL: dict[str, str] = {"gemma3-270m": "data/calibration-gemma3-270m.json"}
+
+
+def load_calibration(path: Path | None = None, lm_model: str | None = None) -> Calibration:
+    """The calibration at ``path``, or the one shipped with mtqa for ``lm_model`` (None: the
+    default model's; a model with a calibration of its own in ``SHIPPED_FOR_MODEL`` gets that)."""
     if path is None:
-        text = resources.files("mtqa").joinpath("data/calibration.json").read_text("utf-8")
-        where = "mtqa/data/calibration.json"
+        name = SHIPPED_FOR_MODEL.get(lm_model or "", "data/calibration.json")
+        text = resources.files("mtqa").joinpath(name).read_text("utf-8")
+        where = f"mtqa/{name}"
     else:
         text = read_config_text(path, "calibration file")
         where = str(path)

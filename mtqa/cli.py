@@ -458,7 +458,8 @@ def _mqm_records(data: Path, settings: Settings, *, limit: int | None, include_h
         return records
     from mtqa.calibrate import load_calibration
 
-    calib = load_calibration(None if settings.calibration is None else Path(settings.calibration))
+    calib = load_calibration(None if settings.calibration is None else Path(settings.calibration),
+                              settings.lm_model)
     held = calib.provenance.get("held_out_docs")
     if not isinstance(held, list) or not held:
         raise ConfigError(f"{calib.path}: names no held-out documents; use --split all")

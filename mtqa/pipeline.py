@@ -62,7 +62,7 @@ class Checker:
         self.policy = policy if policy is not None else load_policy(policy_path)
         calibration_path = (None if self.settings.calibration is None
                             else Path(self.settings.calibration))
-        self.calibration: Calibration = load_calibration(calibration_path)
+        self.calibration: Calibration = load_calibration(calibration_path, self.settings.lm_model)
         self._refuse_another_language_model()
         self._built: dict[str, BaseChecker] = dict(checkers or {})
         #: the models the checkers built here borrow (one copy each); freed by close()

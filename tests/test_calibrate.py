@@ -589,13 +589,23 @@ def test_a_calibration_fitted_on_another_language_model_is_refused(
     assert shipped.language_model_mismatch("reference", ref.split("|lm:")[0] + "|lm:none") is None
     assert shipped.language_model_mismatch("structure", "structure|lang:en") is None
     # the pipeline refuses it: before loading anything when the settings name the model ...
+    smol = tmp_path / "smol-calibration.json"
+    smol.write_text(json.dumps(shipped.to_dict()), encoding="utf-8")
     with pytest.raises(ConfigError, match=r"fitted on the readings of SmolLM2.*gemma3-270m"):
-        Checker(Settings(lm_model="gemma3-270m"))
+        Checker(Settings(lm_model="gemma3-270m", calibration=str(smol)))
     with pytest.raises(ConfigError, match="gemma3-270m"):
         Checker(Settings(lm_model="gemma3-270m", checkers=("structure", "reference"),
-                         ref_lm=True))
-    Checker(Settings(lm_model="gemma3-270m", checkers=("structure", "grammar")))  # no LM runs
-    Checker(Settings(lm_model="gemma3-270m", checkers=("structure", "reference")))
+                         ref_lm=True, calibration=str(smol)))
+    no_lm = ("structure", "grammar")
+    Checker(Settings(lm_model="gemma3-270m", checkers=no_lm, calibration=str(smol)))
+    Checker(Settings(lm_model="gemma3-270m", checkers=("structure", "reference"),
+                     calibration=str(smol)))
+    # ... while the model's own shipped calibration is picked without being named
+    own_shipped = Checker(Settings(lm_model="gemma3-270m")).calibration
+    fitted_on = own_shipped.provenance["signatures"]
+    assert isinstance(fitted_on, dict) and "model:gemma3-270m|" in str(fitted_on["fluency"])
+    assert "lm:gemma3-270m@" in str(fitted_on["reference"])
+    assert own_shipped.fingerprint() != shipped.fingerprint()
     # ... and with a calibration fitted on that model, it is applied
     data = json.loads(json.dumps(shipped.to_dict()))
     data["provenance"]["signatures"]["fluency"] = gemma
