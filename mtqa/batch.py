@@ -254,9 +254,7 @@ def config_signature(settings: Settings, calibration: str = "") -> str:
     """
     data = settings.to_dict()
     data.pop("policy", None)
-    reads_lm = "fluency" in settings.checkers or (
-        "reference" in settings.checkers and settings.reads_pairs_with_lm)
-    if reads_lm:  # NOTE: else the precision changes nothing (and torch need not be imported)
+    if settings.reads_with_lm:  # NOTE: else the precision changes nothing (nor is torch imported)
         data["precision"] = lm_precision(settings.lm_model, device=settings.device,
                                          backend=settings.lm_backend, precision=settings.precision)
     return json.dumps({"mtqa": __version__, "settings": data, "calibration": calibration},

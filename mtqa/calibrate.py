@@ -59,8 +59,8 @@ if TYPE_CHECKING:
     from numpy.typing import NDArray
 
 __all__ = [
-    "SCORE_HALF", "SCORE_SHAPE", "WORD_INPUTS", "Calibration", "UnitModel", "WordModel", "load_calibration",
-    "penalty_to_score", "unit_features", "variant_for", "word_evidence_ready", "word_inputs",
+    "SCORE_HALF", "SCORE_SHAPE", "WORD_INPUTS", "Calibration", "UnitModel", "WordModel",
+    "lm_identity", "load_calibration", "penalty_to_score", "unit_features", "variant_for", "word_evidence_ready", "word_inputs",
 ]
 
 SCHEMA = "mtqa.calibration/1"
@@ -685,26 +685,24 @@ class Calibration:
         """The fitted model for what ran on this unit, or None if none was fitted."""
         return self.models.get(variant_for(raw))
 
-    def language_model_mismatch(self, checker: str, signature: str) -> str | None:
-        """Why this calibration was not fitted on the language model a checker with this
-        ``signature`` runs (another model, or other weights), or None.
+    def language_model_mismatch(self, checker: str, used: str | None) -> str | None:
+        """Why this calibration was not fitted on the language model ``used`` by ``checker``
+        (``NAME@SHA`` as ``lm_identity`` reads it off a signature, or ``NAME`` alone before the
+        model is loaded: then only the name is compared), or None.
 
-        Fluency signatures name the model as ``model:NAME|rev:SHA``, reference signatures as
-        ``lm:NAME@SHA/PRECISION``. The precision does not count: bf16 and fp32 readings give
-        held-out figures within .005 of each other (models/README.md). A calibration without
-        recorded signatures (an old or hand-made file) cannot tell and says nothing.
+        The precision does not count: bf16 and fp32 readings give held-out figures within .005
+        of each other (models/README.md). A calibration without recorded signatures (an old or
+        hand-made file), or a checker without a language model (``used`` None), says nothing.
         """
         fitted = self.provenance.get("signatures")
         theirs = fitted.get(checker) if isinstance(fitted, Mapping) else None
-        if not isinstance(theirs, str):
+        want = lm_identity(theirs) if isinstance(theirs, str) else None
+        if want is None or used is None:
             return None
-        want, got = _lm_identity(theirs), _lm_identity(signature)
-        if want is None or got is None or want == got:
+        if want == used or ("@" not in used and want.split("@", 1)[0] == used):
             return None
-        if got.endswith("@*") and want.split("@", 1)[0] == got[:-2]:
-            return None  # the same model named without its weights (not loaded yet)
         return (f"the calibration {self.version} was fitted on the readings of {want}, and "
-                f"the {checker} checker would run {got.removesuffix('@*')}: its scores, "
+                f"the {checker} checker would run {used}: its scores, "
                 f"spans and verdicts would not be calibrated for it. Use a calibration fitted "
                 f"on that model (--calibration FILE; scripts/calibrate.py --lm-model NAME fits "
                 f"one), or the model the calibration was fitted on")
@@ -723,8 +721,10 @@ class Calibration:
                 "models": {k: m.to_dict() for k, m in sorted(self.models.items())}}
 
 
-def _lm_identity(signature: str) -> str | None:
-    """``NAME@SHA`` of the language model a checker signature names, or None."""
+def lm_identity(signature: str) -> str | None:
+    """``NAME@SHA`` of the language model a checker signature names, or None: fluency
+    signatures name it as ``model:NAME|rev:SHA``, reference signatures as
+    ``lm:NAME@SHA/PRECISION``."""
     parts = dict(p.split(":", 1) for p in signature.split("|") if ":" in p)
     if "model" in parts and "rev" in parts:
         return f"{parts['model']}@{parts['rev']}"

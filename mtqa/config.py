@@ -146,6 +146,12 @@ class Settings:
         _validate(self)
 
     @property
+    def reads_with_lm(self) -> bool:
+        """Whether any checker these settings run reads with the language model."""
+        return "fluency" in self.checkers or ("reference" in self.checkers
+                                              and self.reads_pairs_with_lm)
+
+    @property
     def reads_pairs_with_lm(self) -> bool:
         """Whether the reference checker reads pairs with the LM (``ref_lm``, resolved)."""
         return "fluency" in self.checkers if self.ref_lm is None else self.ref_lm

@@ -19,7 +19,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING
 
 from mtqa.aggregate import aggregate
-from mtqa.calibrate import Calibration, load_calibration
+from mtqa.calibrate import Calibration, lm_identity, load_calibration
 from mtqa.checkers.base import load_checker_class
 from mtqa.config import CHECKERS, Settings, check_device
 from mtqa.errors import CheckerUnavailable, ConfigError
@@ -78,12 +78,9 @@ class Checker:
         the one the settings name, when the name alone tells (the bundled models); ``_get``
         checks every model, weights included, once it is built."""
         s = self.settings
-        uses_lm = "fluency" in s.checkers or ("reference" in s.checkers and s.reads_pairs_with_lm)
-        if not uses_lm or s.lm_model not in (None, DEFAULT_LM, GEMMA_LM):
+        if not s.reads_with_lm or s.lm_model not in (None, DEFAULT_LM, GEMMA_LM):
             return
-        name = s.lm_model or DEFAULT_LM
-        why = self.calibration.language_model_mismatch(
-            "fluency", f"fluency|model:{name}|rev:*")
+        why = self.calibration.language_model_mismatch("fluency", s.lm_model or DEFAULT_LM)
         if why is not None:
             raise ConfigError(why)
 
@@ -106,7 +103,7 @@ class Checker:
                 reason = f"not installed in this version of mtqa ({exc})"
                 self._unavailable[name] = reason
                 return None
-            why = self.calibration.language_model_mismatch(name, checker.signature)
+            why = self.calibration.language_model_mismatch(name, lm_identity(checker.signature))
             if why is not None:
                 checker.close()
                 raise ConfigError(why)  # NOTE: refused, not applied to another model's numbers

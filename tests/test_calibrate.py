@@ -571,23 +571,31 @@ def test_fit_side_reports_held_out_confidence_bins() -> None:
 
 def test_a_calibration_fitted_on_another_language_model_is_refused(
         shipped: Calibration, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from mtqa.calibrate import lm_identity
+
+    def mismatch(checker: str, signature: str) -> str | None:
+        return shipped.language_model_mismatch(checker, lm_identity(signature))
+
     fitted = shipped.provenance["signatures"]
     assert isinstance(fitted, dict)
     smol = str(fitted["fluency"])
     # the same model and weights: nothing to say, in either precision (bf16 ~ fp32 held out)
-    assert shipped.language_model_mismatch("fluency", smol) is None
-    assert shipped.language_model_mismatch("fluency", smol.replace("prec:bf16", "prec:fp32")) is None
-    assert shipped.language_model_mismatch("reference", str(fitted["reference"])) is None
+    assert mismatch("fluency", smol) is None
+    assert mismatch("fluency", smol.replace("prec:bf16", "prec:fp32")) is None
+    assert mismatch("reference", str(fitted["reference"])) is None
     gemma = ("fluency|model:gemma3-270m|rev:a5fd3b62230a|impl:native|prec:bf16|win:1024|ctx:256"
              "|scale:x|mtqa:0.1.0")
-    why = shipped.language_model_mismatch("fluency", gemma)
+    why = mismatch("fluency", gemma)
     assert why is not None and "gemma3-270m@a5fd3b62230a" in why and "SmolLM2-135M-Instruct" in why
     ref = str(fitted["reference"]).replace("lm:SmolLM2-135M-Instruct@b179c9523d0e",
                                            "lm:gemma3-270m@a5fd3b62230a")
-    assert "gemma3-270m@a5fd3b62230a" in (shipped.language_model_mismatch("reference", ref) or "")
+    assert "gemma3-270m@a5fd3b62230a" in (mismatch("reference", ref) or "")
     # a reference checker without its LM, a checker without one: nothing to compare
-    assert shipped.language_model_mismatch("reference", ref.split("|lm:")[0] + "|lm:none") is None
-    assert shipped.language_model_mismatch("structure", "structure|lang:en") is None
+    assert mismatch("reference", ref.split("|lm:")[0] + "|lm:none") is None
+    assert mismatch("structure", "structure|lang:en") is None
+    # before loading, by the model's name alone: the fitted model's own name passes
+    assert shipped.language_model_mismatch("fluency", "SmolLM2-135M-Instruct") is None
+    assert "gemma3-270m" in (shipped.language_model_mismatch("fluency", "gemma3-270m") or "")
     # the pipeline refuses it: before loading anything when the settings name the model ...
     smol = tmp_path / "smol-calibration.json"
     smol.write_text(json.dumps(shipped.to_dict()), encoding="utf-8")

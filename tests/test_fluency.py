@@ -191,7 +191,7 @@ def test_word_norms_fitted_for_a_model_change_its_readings_and_signature(
     model, tokenizer = checker._require()
     plain = FluencyChecker(model=model, tokenizer=tokenizer)
     knots = len(FluencyChecker.RARITY_KNOTS)
-    monkeypatch.setattr(fl, "load_norms", lambda *a, **k: {
+    monkeypatch.setattr(fl, "_norms_of", lambda *a, **k: {
         "EXPECTED_EXCESS": (-6.0,) * knots, "RARE_TOKEN_EXCESS": 0.5})
     own = FluencyChecker(model=model, tokenizer=tokenizer)
     assert own.EXPECTED_EXCESS == (-6.0,) * knots and own.RARE_TOKEN_EXCESS == 0.5

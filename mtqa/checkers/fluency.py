@@ -155,7 +155,11 @@ def load_norms(model: str, weights_sha: str, path: Path | None = None
     Raises:
         ConfigError: the file is unreadable, or its norms are malformed.
     """
-    where, entry = _scale_entry(model, weights_sha, path)
+    return _norms_of(model, *_scale_entry(model, weights_sha, path))
+
+
+def _norms_of(model: str, where: str, entry: Mapping[str, object] | None
+              ) -> dict[str, float | tuple[float, ...]]:
     raw = (entry or {}).get("norms") or {}
     out: dict[str, float | tuple[float, ...]] = {}
     try:
@@ -208,7 +212,11 @@ def load_scale(model: str, weights_sha: str, path: Path | None = None) -> Fluenc
     Raises:
         ConfigError: the file is unreadable or malformed.
     """
-    where, found = _scale_entry(model, weights_sha, path)
+    return _scale_of(model, weights_sha, *_scale_entry(model, weights_sha, path))
+
+
+def _scale_of(model: str, weights_sha: str, where: str, found: Mapping[str, object] | None
+              ) -> FluencyScale | None:
     if found is None or "measures" not in found:
         return None
     entry = cast("dict[str, Any]", found)
@@ -418,9 +426,11 @@ class FluencyChecker(BaseChecker):
                 raise CheckerUnavailable(self.name, err)
             prefix = found
         #: the fitted 0-100 scale for this model (None: the legacy MQM-penalty map below)
-        self.scale: FluencyScale | None = load_scale(self.model_name, self.weights_sha)
+        where, entry = _scale_entry(self.model_name, self.weights_sha, None)
+        self.scale: FluencyScale | None = _scale_of(self.model_name, self.weights_sha, where,
+                                                    entry)
         #: the word norms fitted for this model (``NORMS``), over the class defaults
-        self.norms = load_norms(self.model_name, self.weights_sha)
+        self.norms = _norms_of(self.model_name, where, entry)
         for name, value in self.norms.items():
             setattr(self, name, value)  # NOTE: instance values over the ClassVar defaults
         module = _apply_precision(model, "int8") if self.precision == "int8" else model

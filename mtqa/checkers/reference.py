@@ -307,9 +307,11 @@ class ReferenceChecker(BaseChecker):
         # (by ~1e-7, enough to flip a printed figure), so a document read with others would
         # score differently from the same document read alone (issue 21: the Ray engine's
         # batches are not the local engine's)
-        texts: list[dict[str, int]] = []
+        texts: list[dict[str, int]] = []  # per document, its texts' rows in its embeddings
         ref_sides: dict[str, _Side] = {}
         for d in docs:
+            mine: dict[str, int] = {}
+            texts.append(mine)
             ref_texts = tuple(r for r in d.doc.ref if r.strip())
             if not ref_texts:
                 jobs.append(None)
@@ -320,8 +322,6 @@ class ReferenceChecker(BaseChecker):
             if self.mode == "parallel":
                 _require_pairing(d, mt, refs, pairing)
             jobs.append(_Job(mt, refs, pairing))
-            mine: dict[str, int] = {}
-            texts.append(mine)
             # NOTE: texts that cannot pair line by line are compared as comparable articles,
             # which use body sentences only: embedding the rest would be wasted time
             pairable = self.mode != "comparable" and all(p is not None for p in pairing)
@@ -329,15 +329,12 @@ class ReferenceChecker(BaseChecker):
                 for s in seg.sentences:
                     if pairable or s.kind is Kind.BODY:
                         mine.setdefault(seg.text(s), len(mine))
-        embedded = iter([(self._embed(list(mine)), mine) for mine in texts])
+        embedded = [self._embed(list(mine)) if job is not None else None
+                    for job, mine in zip(jobs, texts)]
         t1 = time.perf_counter()
-        plans: list[tuple[str, list[_Pair], list[_LinePair] | None] | None] = []
-        for d, job in zip(docs, jobs):
-            if job is None:
-                plans.append(None)
-                continue
-            emb, index = next(embedded)
-            plans.append(self._plan(job, _rows(emb, index, d), _rows(emb, index, job.refs[0].seg)))
+        plans = [None if job is None or emb is None else
+                 self._plan(job, _rows(emb, mine, d), _rows(emb, mine, job.refs[0].seg))
+                 for d, job, emb, mine in zip(docs, jobs, embedded, texts)]
         t2 = time.perf_counter()
         cond = self._read_pairs([p for p in plans if p is not None])
         t3 = time.perf_counter()
