@@ -76,6 +76,24 @@ def test_logits_match_transformers(tmp_path: Path, family: str, tied: bool) -> N
 
 
 @pytest.mark.parametrize("family", FAMILIES)
+def test_bf16_load_converts_large_matrices_in_blocks_to_the_same_weights(
+        tmp_path: Path, family: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The embedding and head are converted to bf16 a few rows at a time (so their float32 copy
+    is never whole in memory): the weights are the ones a whole conversion gives."""
+    import mtqa.llama as llama
+
+    hf, path = _tiny_hf(tmp_path, family, tie_word_embeddings=False)
+    whole = load_llama(path, [path / "model.safetensors"], "bf16")
+    monkeypatch.setattr(llama, "CAST_BLOCK", 48 * 5)  # 5 rows of 48 per block, a partial last
+    blocked = load_llama(path, [path / "model.safetensors"], "bf16")
+    for (name, a), (_, b) in zip(whole.named_parameters(), blocked.named_parameters()):
+        assert a.dtype == b.dtype and torch.equal(a, b), name
+    want = hf.get_output_embeddings().weight.detach().to(torch.bfloat16)
+    assert torch.equal(blocked.lm_head.weight, want)
+    assert blocked.model.embed_tokens.weight.dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("family", FAMILIES)
 def test_padding_and_masks(tmp_path: Path, family: str) -> None:
     hf, path = _tiny_hf(tmp_path, family)
     native = load_llama(path, [path / "model.safetensors"])
