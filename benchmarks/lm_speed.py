@@ -1,7 +1,17 @@
 """LM speed on this machine in float32 and bfloat16, one run, and cold start.
 
     python benchmarks/lm_speed.py [--threads 2] [--docs 16] [--sentences 500] [--rounds 2]
-        [--references 32] [--skip-cold]
+        [--references 32] [--skip-cold] [--lm-model NAME]
+    python benchmarks/lm_speed.py --compare-models [--threads 2] [--docs 16] [--rounds 3]
+
+``--compare-models`` instead times the two supported models on the same text in one run
+(SmolLM2-135M and Gemma-3-270M, each in fp32 and bf16, rounds interleaved): the fluency
+checker's reading in seconds and words/s (tokens differ between their vocabularies, words do
+not), a warm check of the seed pair with its reference, the 500 BNC sentences, and each model's
+cold start and peak RSS in a fresh process. It prints the figure the default model is chosen
+on: Gemma-3-270M's bf16 speed against SmolLM2's fp32 speed.
+
+Otherwise, for one model (``--lm-model``, default the default model):
 
 Printed, fp32 and bf16 interleaved within the run (the machine may be shared: the load average
 is printed, and ratios within one run are the figures that carry):
@@ -56,7 +66,8 @@ from mtqa.checkers.fluency import FluencyChecker
 from mtqa.segment import segment
 from mtqa.types import Document
 cache = None if sys.argv[1] == "-" else Path(sys.argv[1])
-checker = FluencyChecker(cache_dir=cache, threads=int(sys.argv[2]))
+checker = FluencyChecker(cache_dir=cache, threads=int(sys.argv[2]),
+                         lm_model=None if sys.argv[3] == "-" else sys.argv[3])
 t1 = time.perf_counter()
 doc = segment(Document("abc", Path("seeds/000_df5d74dac48ad764.txt").read_text(encoding="utf-8")))
 res = checker.check([doc])[0]
@@ -134,7 +145,8 @@ def agreement(docs: list[SegmentedDocument], a: list[CheckResult], b: list[Check
     return inter / union if union else 1.0
 
 
-def continuations(n_refs: int, threads: int, cache_dir: Path | None) -> None:
+def continuations(n_refs: int, threads: int, cache_dir: Path | None,
+                  lm_model: str | None = None) -> None:
     """Plain reading vs reading after the reference, and the blocked vocabulary projection."""
     import torch
 
@@ -142,7 +154,7 @@ def continuations(n_refs: int, threads: int, cache_dir: Path | None) -> None:
     from mtqa.surprisal import score_continuations, score_sequences, surprisal
 
     torch.set_num_threads(threads)
-    lm = load_lm(cache_dir=cache_dir)
+    lm = load_lm(lm_model, cache_dir=cache_dir)
     pairs: dict[tuple[str, str], None] = {}
     refs: set[str] = set()
     with DATA.open(encoding="utf-8") as fh:
@@ -204,10 +216,11 @@ def continuations(n_refs: int, threads: int, cache_dir: Path | None) -> None:
           f"medians of 5 interleaved); max |difference| {diff:.1e} nats", flush=True)
 
 
-def cold_start(threads: int, cache_dir: Path | None) -> None:
+def cold_start(threads: int, cache_dir: Path | None, lm_model: str | None = None) -> None:
     cache = str(cache_dir) if cache_dir else "-"
     t = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-c", COLD, cache, str(threads)], cwd=ROOT,
+    proc = subprocess.Popen([sys.executable, "-c", COLD, cache, str(threads), lm_model or "-"],
+                            cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "HF_HUB_OFFLINE": "1"})
     report, wall = "", 0.0
@@ -218,7 +231,7 @@ def cold_start(threads: int, cache_dir: Path | None) -> None:
             break
     _, err = proc.communicate()
     exited = time.perf_counter() - t
-    print(f"cold start: {wall:.2f}s from process start to report ({exited:.2f}s to exit); "
+    print(f"cold start{f' ({lm_model})' if lm_model else ''}: {wall:.2f}s from process start to report ({exited:.2f}s to exit); "
           f"{report[7:] if report else err[-500:]}", flush=True)
 
 
@@ -230,7 +243,8 @@ def same_spans(x: CheckResult, y: CheckResult) -> bool:
 def lm_reading(docs: list[SegmentedDocument], args: argparse.Namespace,
                gemm: dict[str, dict[str, float]]) -> None:
     """Tokens/s per precision (interleaved rounds), bf16 against fp32, batch invariance."""
-    checkers = {p: FluencyChecker(cache_dir=args.cache_dir, threads=args.threads, precision=p)
+    checkers = {p: FluencyChecker(cache_dir=args.cache_dir, threads=args.threads, precision=p,
+                                  lm_model=args.lm_model)
                 for p in PRECISIONS}
     params = sum(p.numel() for p in checkers["fp32"]._require()[0].parameters())
     for c in checkers.values():
@@ -294,7 +308,8 @@ def pipeline_runs(args: argparse.Namespace) -> None:
             if len(sentences) == args.sentences:
                 break
     cache = str(args.cache_dir) if args.cache_dir else None
-    checkers = {p: Checker(Settings(precision=p, threads=args.threads, cache_dir=cache))
+    checkers = {p: Checker(Settings(precision=p, threads=args.threads, cache_dir=cache,
+                                    lm_model=args.lm_model))
                 for p in PRECISIONS}
     pair_times: dict[str, list[float]] = {p: [] for p in PRECISIONS}
     for c in checkers.values():
@@ -323,6 +338,68 @@ def pipeline_runs(args: argparse.Namespace) -> None:
         c.close()
 
 
+MODELS = {"SmolLM2-135M": "SmolLM2-135M-Instruct", "Gemma-3-270M": "gemma3-270m"}
+
+
+def compare_models(args: argparse.Namespace) -> None:
+    """Both supported models, both precisions, on the same text in one run (rounds interleaved)."""
+    from mtqa.config import Settings
+    from mtqa.io import load, read_text
+    from mtqa.pipeline import Checker
+    from mtqa.types import Document as Doc
+
+    print(f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores; threads {args.threads}")
+    for label, name in MODELS.items():
+        cold_start(args.threads, args.cache_dir, name)
+    docs = news_docs(args.docs)
+    n_words = sum(len(d.doc.mt.split()) for d in docs)
+    runs = [(label, name, p) for label, name in MODELS.items() for p in PRECISIONS]
+    fl = {(label, p): FluencyChecker(cache_dir=args.cache_dir, threads=args.threads, precision=p,
+                                     lm_model=name) for label, name, p in runs}
+    for c in fl.values():
+        c.score_words(docs[:1])  # warm-up
+    times: dict[tuple[str, str], list[float]] = {k: [] for k in fl}
+    for _ in range(args.rounds):
+        for k, c in fl.items():
+            t = time.perf_counter()
+            c.score_words(docs)
+            times[k].append(time.perf_counter() - t)
+    med = {k: float(np.median(v)) for k, v in times.items()}
+    for (label, p), dt in med.items():
+        print(f"LM reading {label} {p}: {n_words} words in {dt:.1f}s (median of {args.rounds}; "
+              f"{', '.join(f'{x:.1f}' for x in times[(label, p)])}): {n_words / dt:.0f} words/s",
+              flush=True)
+    for c in fl.values():
+        c.close()
+    ratio = med[("SmolLM2-135M", "fp32")] / med[("Gemma-3-270M", "bf16")]
+    print(f"Gemma-3-270M bf16 speed / SmolLM2-135M fp32 speed: {ratio:.2f} "
+          f"(>= 1: Gemma in bf16 reads at least as fast as SmolLM2 did in fp32)", flush=True)
+    seeds = ROOT / "seeds"
+    pair = [d for d in load(seeds / SEEDS[0], ref=(read_text(seeds / SEEDS[1]),))
+            if isinstance(d, Doc)]
+    sentences = []
+    with BNC.open(encoding="utf-8") as fh:
+        for raw in fh:
+            sentences.append(Doc(f"s{len(sentences)}", json.loads(raw)["text"]))
+            if len(sentences) == 500:
+                break
+    cache = str(args.cache_dir) if args.cache_dir else None
+    for label, name, p in runs:
+        c = Checker(Settings(precision=p, threads=args.threads, cache_dir=cache, lm_model=name))
+        c.check_many(pair)  # loads every checker
+        pt = []
+        for _ in range(3):
+            t = time.perf_counter()
+            c.check_many(pair)
+            pt.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        c.check_many(sentences)
+        st = time.perf_counter() - t
+        print(f"{label} {p}: warm seed pair with reference {np.median(pt):.2f}s (median of 3); "
+              f"{len(sentences)} BNC sentences {st:.1f}s", flush=True)
+        c.close()
+
+
 def main() -> None:
     global DATA  # noqa: PLW0603 - the file the readers below open
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -335,11 +412,17 @@ def main() -> None:
     ap.add_argument("--references", type=int, default=32,
                     help="MQM references whose translations are read after them (0: skip)")
     ap.add_argument("--data", type=Path, default=DATA, help="the WMT21 zh-en MQM file (default: ../shared/data/ beside the repository)")
+    ap.add_argument("--lm-model", help="the model to time (default: the default model)")
+    ap.add_argument("--compare-models", action="store_true",
+                    help="time SmolLM2-135M and Gemma-3-270M side by side instead")
     args = ap.parse_args()
     DATA = args.data
+    if args.compare_models:
+        compare_models(args)
+        return
     print(f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores; threads {args.threads}")
     if not args.skip_cold:
-        cold_start(args.threads, args.cache_dir)
+        cold_start(args.threads, args.cache_dir, args.lm_model)
         # NOTE: measured before this process loads torch, so the children's ru_maxrss (which a
         # child inherits from its parent across fork/exec) is the cold-start process's own peak.
         child = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
@@ -355,7 +438,7 @@ def main() -> None:
     if args.sentences:
         pipeline_runs(args)
     if args.references:
-        continuations(args.references, args.threads, args.cache_dir)
+        continuations(args.references, args.threads, args.cache_dir, args.lm_model)
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"peak RSS of this process (both precisions' models loaded): {rss:.0f} MB")
     print(f"load average {os.getloadavg()[0]:.2f}")

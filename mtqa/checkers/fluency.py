@@ -377,8 +377,10 @@ class FluencyChecker(BaseChecker):
         if precision not in _PRECISIONS:
             err = f"fluency: precision must be one of {', '.join(_PRECISIONS)}, got {precision!r}"
             raise ConfigError(err)
-        if not 0 <= context < window:
-            err = f"fluency: need 0 <= context < window, got context={context}, window={window}"
+        if not 0 <= context < window - 1:
+            err = (f"fluency: need 0 <= context < window - 1 (a window is the prefix token, the "
+                   f"context, then at least one token to score), got context={context}, "
+                   f"window={window}")
             raise ConfigError(err)
         try:
             import torch
@@ -459,7 +461,7 @@ class FluencyChecker(BaseChecker):
         return (
             f"fluency|model:{self.model_name}|rev:{self.weights_sha}|impl:{self.backend}"
             f"|prec:{self.precision}"
-            f"|win:{self.window}|ctx:{self.context}"
+            f"|win:{self.window}|ctx:{self.context}|open:prefix"
             f"|scale:{self.scale.version if self.scale is not None else 'legacy'}"
             f"{_norms_tag(self.norms)}"
             f"|mtqa:{__version__}"
@@ -780,20 +782,25 @@ def sentence_measures(lm: NDArray[np.float64], unigram: NDArray[np.float64],
 
 
 def _windows(doc: int, ids: Sequence[int], prefix: int, window: int, context: int) -> list[_Window]:
-    """Overlapping windows over ``[prefix] + ids`` that score every token exactly once.
+    """Overlapping windows ``[prefix] + ids[start:end]`` of at most ``window`` tokens that score
+    every token exactly once.
 
-    Each window after the first repeats at least ``context`` already-scored tokens before the
-    tokens it scores; the last one is aligned to the end of the text to get the most context.
+    Every window opens with the prefix token, so the model reads each as the start of a text:
+    Gemma puts much of its attention on the BOS at position 0 and reads a window that opens
+    mid-sentence without it badly (word log-probs of The Hill read in 96-token windows
+    correlated .71 with the whole reading without it, .95 with it; SmolLM2 .94). Each window after the
+    first repeats at least ``context`` already-scored tokens before the tokens it scores; the
+    last one is aligned to the end of the text to get the most context.
     """
-    seq = [prefix, *ids]
+    span = window - 1  # ids per window, after the prefix
     out: list[_Window] = []
-    done = 1  # positions of seq before this one are scored (0 is the prefix)
-    while done < len(seq):
-        start = 0 if done == 1 else done - context
-        end = min(start + window, len(seq))
-        if end == len(seq):
-            start = max(0, min(start, end - window))
-        out.append(_Window(doc, tuple(seq[start:end]), done - start, done - 1))
+    done = 0  # ids before this one are scored
+    while done < len(ids):
+        start = 0 if done == 0 else done - context
+        end = min(start + span, len(ids))
+        if end == len(ids):
+            start = max(0, min(start, end - span))
+        out.append(_Window(doc, (prefix, *ids[start:end]), 1 + done - start, done))
         done = end
     return out
 
