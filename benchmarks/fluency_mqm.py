@@ -417,7 +417,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--precision", default=FluencyChecker.PRECISION)
     ap.add_argument("--fit", action="store_true", help="fit the rarity calibration on 41 docs")
     ap.add_argument("--tune", action="store_true", help="print the span/score grids on 41 docs")
-    ap.add_argument("--lm-model", default=None, help="e.g. gemma3-270m (default: SmolLM2)")
+    ap.add_argument("--lm-model", default=None, help="e.g. SmolLM2-135M-Instruct (default: the default model, gemma3-270m)")
     ap.add_argument("--write-norms", action="store_true",
                     help="with --fit: store the norms for this model in fluency_scale.json")
     args = ap.parse_args(argv)

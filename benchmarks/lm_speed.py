@@ -350,7 +350,8 @@ def compare_models(args: argparse.Namespace) -> None:
 
     print(f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores; threads {args.threads}")
     for label, name in MODELS.items():
-        cold_start(args.threads, args.cache_dir, name)
+        if not args.skip_cold:
+            cold_start(args.threads, args.cache_dir, name)
     docs = news_docs(args.docs)
     n_words = sum(len(d.doc.mt.split()) for d in docs)
     runs = [(label, name, p) for label, name in MODELS.items() for p in PRECISIONS]

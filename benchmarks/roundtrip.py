@@ -208,7 +208,7 @@ def main() -> None:
     ap.add_argument("--speed", type=int, default=0, metavar="N",
                     help="tokens/s and batch invariance on the first N sentences")
     ap.add_argument("--speed-with", action="append", default=[], metavar="MODEL:PRECISION",
-                    help="with --speed: also this model (default: the bundled one) in this "
+                    help="with --speed: also this model (default: the default model) in this "
                          "precision, interleaved (repeatable), e.g. default:fp32")
     args = ap.parse_args()
     rows = load(args.data)

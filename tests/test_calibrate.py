@@ -612,6 +612,12 @@ def test_a_calibration_fitted_on_another_language_model_is_refused(
     # the pipeline refuses it: before loading anything when the settings name the model ...
     smol = tmp_path / "smol-calibration.json"
     smol.write_text(json.dumps(shipped.to_dict()), encoding="utf-8")
+    # the default model (Gemma) with SmolLM2's calibration, and SmolLM2 with the default one
+    with pytest.raises(ConfigError, match=r"fitted on the readings of SmolLM2.*gemma3-270m"):
+        Checker(Settings(calibration=str(smol)))
+    with pytest.raises(ConfigError, match=r"fitted on the readings of gemma3-270m.*SmolLM2"):
+        Checker(Settings(lm_model="SmolLM2-135M-Instruct",
+                         calibration=str(ROOT / "models" / "calibration.json")))
     with pytest.raises(ConfigError, match=r"fitted on the readings of SmolLM2.*gemma3-270m"):
         Checker(Settings(lm_model="gemma3-270m", calibration=str(smol)))
     with pytest.raises(ConfigError, match="gemma3-270m"):
@@ -656,3 +662,22 @@ def test_a_calibration_fitted_on_another_language_model_is_refused(
     assert OnGemma.closed  # its model is freed
     with pytest.raises(ConfigError, match="not be calibrated for it"):
         checker.check("The talks went well.")
+
+
+def test_calibrate_script_names_and_checks_the_model_its_features_were_read_with(
+        tmp_path: Path) -> None:
+    """scripts/calibrate.py takes the model from the feature file's fluency signature: a file
+    read with SmolLM2 is refused for the default model (Gemma) instead of being written as
+    Gemma's calibration, and accepted with --lm-model SmolLM2-135M-Instruct."""
+    script = _script()
+    smol = {"signatures": {"fluency": "fluency|model:SmolLM2-135M-Instruct|rev:b179c9523d0e|"
+                                      "impl:native|prec:bf16|mtqa:0.1.0"}}
+    gemma = {"signatures": {"fluency": "fluency|model:gemma3-270m|rev:a5fd3b62230a|"
+                                       "impl:native|prec:bf16|mtqa:0.1.0"}}
+    features = tmp_path / "features.jsonl"
+    with pytest.raises(SystemExit, match="read with SmolLM2-135M-Instruct, not gemma3-270m"):
+        script.features_model(smol, features, None)
+    assert script.features_model(smol, features, "SmolLM2-135M-Instruct") == "SmolLM2-135M-Instruct"
+    assert script.features_model(gemma, features, None) == "gemma3-270m"
+    with pytest.raises(SystemExit, match="names no language model"):
+        script.features_model({"signatures": {}}, features, None)

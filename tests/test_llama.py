@@ -188,15 +188,18 @@ def test_batches_bound_rows_and_padded_tokens(
 
 
 @pytest.mark.model
-def test_default_model_runs_natively_with_transformers_numbers() -> None:
-    """The bundled SmolLM2 runs on mtqa.llama by default and scores as transformers does."""
+def test_smollm2_runs_natively_with_transformers_numbers() -> None:
+    """SmolLM2-135M (``--lm-model SmolLM2-135M-Instruct``) runs on mtqa.llama by default and
+    scores as transformers does (the default model, Gemma-3-270M, has its own such test in
+    tests/test_precision.py)."""
     from mtqa.segment import segment
     from mtqa.types import Document
 
-    native = FluencyChecker(precision="fp32")  # auto may pick bf16 (tests/test_precision.py)
+    smol = "SmolLM2-135M-Instruct"
+    native = FluencyChecker(precision="fp32", lm_model=smol)  # auto may pick bf16
     assert isinstance(native._require()[0], LlamaLM)
-    assert "|impl:native|" in native.signature
-    reference = FluencyChecker(backend="transformers")
+    assert "|impl:native|" in native.signature and "model:SmolLM2-135M-Instruct|" in native.signature
+    reference = FluencyChecker(backend="transformers", lm_model=smol)
     assert not isinstance(reference._require()[0], LlamaLM)
     assert "|impl:transformers|" in reference.signature
     doc = segment(Document("abc", read(ABC)[:4000]))

@@ -1,8 +1,9 @@
 """Fluency from language-model surprisal, normalised for word rarity (SLOR), and garbled spans.
 
 Per document, the body sentences (boilerplate is skipped) are read as one text, a paragraph per
-line, in overlapping windows after an ``<|endoftext|>`` prefix so that the first word is scored
-too. Token surprisals are summed per word (a run of non-space characters). A word's *excess* is
+line, in overlapping windows, each opened by the model's prefix token (``<|endoftext|>`` for
+SmolLM2, ``<bos>`` for Gemma) so that the first word is scored too and every window reads as the
+start of a text. Token surprisals are summed per word (a run of non-space characters). A word's *excess* is
 its LM surprisal minus its unigram surprisal from ``wordfreq`` (the SLOR numerator, Pauls & Klein
 2012; Lau et al. 2017): a name or a rare correct word is hard for the LM *and* rare. The excess is
 then standardised against what correct words of the same rarity and kind (first word, opening
