@@ -266,7 +266,7 @@ def load_lm(
             model = model.to(torch.bfloat16)
         tokenizer = _fast_tokenizer(path, hf_tokenizer, checker)
     else:
-        model = _load_native(path, device, checker, resolved)
+        model = _load_native(path, device, checker, resolved, cached=lm_model in SHIPPED_LMS)
         tokenizer = _fast_tokenizer(path, None, checker)
     prefix = prefix_token_id(tokenizer, _special_tokens(path))
     if prefix is None:
@@ -369,15 +369,19 @@ def _native_unsupported(path: Path) -> str | None:
     return None
 
 
-def _load_native(path: Path, device: str, checker: str, precision: str) -> torch.nn.Module:
-    """The native model in ``precision`` (resolved: ``fp32`` or ``bf16``) on ``device``."""
+def _load_native(path: Path, device: str, checker: str, precision: str,
+                 cached: bool = False) -> torch.nn.Module:
+    """The native model in ``precision`` (resolved: ``fp32`` or ``bf16``) on ``device``;
+    ``cached``: ``path`` is mtqa's own converted cache, where the model converted to
+    ``precision`` is kept too (``mtqa.llama.load_llama_cached``)."""
     try:
-        from mtqa.llama import load_llama
+        from mtqa.llama import load_llama, load_llama_cached
     except ImportError as exc:
         err = f"torch is not installed ({exc}); install mtqa's dependencies"
         raise CheckerUnavailable(checker, err) from exc
     try:
-        model = load_llama(path, _weight_files(path), precision)
+        load = load_llama_cached if cached else load_llama
+        model = load(path, _weight_files(path), precision)
     except (OSError, ValueError) as exc:
         err = f"cannot load the language model from {path} ({exc})"
         raise CheckerUnavailable(checker, err) from exc

@@ -93,6 +93,42 @@ def test_bf16_load_converts_large_matrices_in_blocks_to_the_same_weights(
     assert blocked.model.embed_tokens.weight.dtype == torch.bfloat16
 
 
+@pytest.mark.parametrize(("family", "tied"),
+                         [("llama", True), ("llama", False), ("gemma3", True)],
+                         ids=["tied", "untied", "gemma3"])
+def test_converted_model_is_cached_and_read_back_exactly(tmp_path: Path, family: str,
+                                                         tied: bool) -> None:
+    """The bf16 model written beside the cache's weights reads back as the same parameters
+    (ties kept), a file of another layout or a broken one is not read, fp32 writes nothing."""
+    import mtqa.llama as llama
+
+    _, path = _tiny_hf(tmp_path, family, tie_word_embeddings=tied)
+    weights = [path / "model.safetensors"]
+    assert isinstance(llama.load_llama_cached(path, weights, "fp32"), LlamaLM)
+    assert not list(path.glob("native-*"))
+    first = llama.load_llama_cached(path, weights, "bf16")  # converts and writes
+    (cached,) = path.glob("native-bf16-*.safetensors")
+    assert cached.name == f"native-bf16-{llama._layout_tag()}.safetensors"
+    again = llama.load_llama_cached(path, weights, "bf16")  # reads the file
+    want = dict(load_llama(path, weights, "bf16").named_parameters())
+    for lm in (first, again):
+        got = dict(lm.named_parameters())
+        assert got.keys() == want.keys()
+        for name, tensor in want.items():
+            assert got[name].dtype == tensor.dtype and torch.equal(got[name], tensor), name
+        assert (lm.lm_head.weight is lm.model.embed_tokens.weight) == tied
+    ids = torch.randint(0, TINY["vocab_size"], (2, 20))
+    with torch.inference_mode():
+        assert torch.equal(first(ids), again(ids))
+    # a broken file is ignored (and replaced); another layout's file is removed on writing
+    cached.write_bytes(b"not safetensors")
+    stale = path / "native-bf16-000000000000.safetensors"
+    stale.write_bytes(b"old layout")
+    third = llama.load_llama_cached(path, weights, "bf16")
+    assert torch.equal(third.model.norm, want["model.norm"])
+    assert sorted(p.name for p in path.glob("native-*")) == [cached.name]
+
+
 @pytest.mark.parametrize("family", FAMILIES)
 def test_padding_and_masks(tmp_path: Path, family: str) -> None:
     hf, path = _tiny_hf(tmp_path, family)
