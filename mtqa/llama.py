@@ -565,6 +565,7 @@ def _save_converted(lm: LlamaLM, directory: Path, cached: Path) -> None:
             if lm.lm_head.weight is lm.model.embed_tokens.weight:
                 del state["model.embed_tokens.weight"]  # tied: stored once, as the head
             save_file(state, tmp)
+            os.chmod(tmp, 0o644)  # NOTE: mkstemp makes it 0600; readable like the cache's other files
             os.replace(tmp, cached)
         finally:
             if os.path.exists(tmp):

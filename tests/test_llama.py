@@ -109,6 +109,7 @@ def test_converted_model_is_cached_and_read_back_exactly(tmp_path: Path, family:
     first = llama.load_llama_cached(path, weights, "bf16")  # converts and writes
     (cached,) = path.glob("native-bf16-*.safetensors")
     assert cached.name == f"native-bf16-{llama._layout_tag()}.safetensors"
+    assert cached.stat().st_mode & 0o777 == 0o644  # readable by whoever shares the cache
     again = llama.load_llama_cached(path, weights, "bf16")  # reads the file
     want = dict(load_llama(path, weights, "bf16").named_parameters())
     for lm in (first, again):
