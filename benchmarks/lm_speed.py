@@ -291,22 +291,29 @@ def lm_reading(docs: list[SegmentedDocument], args: argparse.Namespace,
         c.close()
 
 
-def pipeline_runs(args: argparse.Namespace) -> None:
-    """Warm seed-pair check with its reference, and the sentence batch, per precision."""
-    from mtqa.config import Settings
+def pipeline_inputs(n_sentences: int) -> tuple[list[Document], list[Document]]:
+    """The seed pair (the ABC copy with The Hill as reference) and the first ``n_sentences`` BNC
+    sentences, one document each."""
     from mtqa.io import load, read_text
-    from mtqa.pipeline import Checker
-    from mtqa.types import Document as Doc
 
     seeds = ROOT / "seeds"
     ref = read_text(seeds / SEEDS[1])
-    pair = [d for d in load(seeds / SEEDS[0], ref=(ref,)) if isinstance(d, Doc)]
-    sentences = []
+    pair = [d for d in load(seeds / SEEDS[0], ref=(ref,)) if isinstance(d, Document)]
+    sentences: list[Document] = []
     with BNC.open(encoding="utf-8") as fh:
         for raw in fh:
-            sentences.append(Doc(f"s{len(sentences)}", json.loads(raw)["text"]))
-            if len(sentences) == args.sentences:
+            if len(sentences) == n_sentences:
                 break
+            sentences.append(Document(f"s{len(sentences)}", json.loads(raw)["text"]))
+    return pair, sentences
+
+
+def pipeline_runs(args: argparse.Namespace) -> None:
+    """Warm seed-pair check with its reference, and the sentence batch, per precision."""
+    from mtqa.config import Settings
+    from mtqa.pipeline import Checker
+
+    pair, sentences = pipeline_inputs(args.sentences)
     cache = str(args.cache_dir) if args.cache_dir else None
     checkers = {p: Checker(Settings(precision=p, threads=args.threads, cache_dir=cache,
                                     lm_model=args.lm_model))
@@ -344,9 +351,7 @@ MODELS = {"SmolLM2-135M": "SmolLM2-135M-Instruct", "Gemma-3-270M": "gemma3-270m"
 def compare_models(args: argparse.Namespace) -> None:
     """Both supported models, both precisions, on the same text in one run (rounds interleaved)."""
     from mtqa.config import Settings
-    from mtqa.io import load, read_text
     from mtqa.pipeline import Checker
-    from mtqa.types import Document as Doc
 
     print(f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores; threads {args.threads}")
     for label, name in MODELS.items():
@@ -375,15 +380,7 @@ def compare_models(args: argparse.Namespace) -> None:
     ratio = med[("SmolLM2-135M", "fp32")] / med[("Gemma-3-270M", "bf16")]
     print(f"Gemma-3-270M bf16 speed / SmolLM2-135M fp32 speed: {ratio:.2f} "
           f"(>= 1: Gemma in bf16 reads at least as fast as SmolLM2 did in fp32)", flush=True)
-    seeds = ROOT / "seeds"
-    pair = [d for d in load(seeds / SEEDS[0], ref=(read_text(seeds / SEEDS[1]),))
-            if isinstance(d, Doc)]
-    sentences = []
-    with BNC.open(encoding="utf-8") as fh:
-        for raw in fh:
-            sentences.append(Doc(f"s{len(sentences)}", json.loads(raw)["text"]))
-            if len(sentences) == 500:
-                break
+    pair, sentences = pipeline_inputs(500)
     cache = str(args.cache_dir) if args.cache_dir else None
     for label, name, p in runs:
         c = Checker(Settings(precision=p, threads=args.threads, cache_dir=cache, lm_model=name))

@@ -426,14 +426,7 @@ def gate(rows: Sequence[dict[str, object]], reports: Sequence[DocumentReport],
     where = policy_path or "mtqa/data/default_policy.toml"
     print(f"\npolicy {policy.name!r} ({where}), each sentence its own document "
           f"(blocked share, blocking rules):")
-    parts = {
-        "originals": [i for i, r in enumerate(rows) if r["is_original"]],
-        f"round trips rated >= {GOOD}": [i for i, r in enumerate(rows) if not r["is_original"]
-                                         and float(r["rating"]) >= GOOD],  # type: ignore[arg-type]
-        f"round trips rated < {GOOD}": [i for i, r in enumerate(rows) if not r["is_original"]
-                                        and float(r["rating"]) < GOOD],  # type: ignore[arg-type]
-    }
-    for name, idx in parts.items():
+    for name, idx in groups(rows).items():
         blocked = [i for i in idx if not verdicts[i].passed]
         rules = Counter(x.rule for i in blocked for x in verdicts[i].reasons if x.blocking)
         score = np.array([reports[i].score for i in idx])
@@ -441,6 +434,17 @@ def gate(rows: Sequence[dict[str, object]], reports: Sequence[DocumentReport],
         print(f"  {name:26s} n={len(idx):4d} blocked {len(blocked) / len(idx):6.1%}  "
               f"score median {np.median(score):5.1f}  fluency median {np.median(flu):5.1f}  "
               + ", ".join(f"{k} {v}" for k, v in rules.most_common()))
+
+
+def groups(rows: Sequence[dict[str, object]]) -> dict[str, list[int]]:
+    """Row indices of the originals, the good round trips (rated >= GOOD) and the bad ones."""
+    return {
+        "originals": [i for i, r in enumerate(rows) if r["is_original"]],
+        f"round trips rated >= {GOOD}": [i for i, r in enumerate(rows) if not r["is_original"]
+                                         and float(r["rating"]) >= GOOD],  # type: ignore[arg-type]
+        f"round trips rated < {GOOD}": [i for i, r in enumerate(rows) if not r["is_original"]
+                                        and float(r["rating"]) < GOOD],  # type: ignore[arg-type]
+    }
 
 
 def grid(rows: Sequence[dict[str, object]], reports: Sequence[DocumentReport],
@@ -452,16 +456,13 @@ def grid(rows: Sequence[dict[str, object]], reports: Sequence[DocumentReport],
     from mtqa.gate import decide, load_policy
 
     policy = load_policy(policy_path)
-    orig = np.array([bool(r["is_original"]) for r in rows])
-    bad = ~orig & (np.array([float(r["rating"]) for r in rows]) < GOOD)  # type: ignore[arg-type]
-    good = ~orig & ~bad
+    parts = list(groups(rows).values())
     print("\nmin_fluency min_score: blocked originals / round trips >= 2.5 / < 2.5")
     for mf in (30, 35, 40, 45, 50):
         for ms in (0, 20, 30, 40, 50):
             p = dataclasses.replace(policy, min_fluency=float(mf), min_score=float(ms))
             blocked = np.array([not decide(d, p).passed for d in reports])
-            print(f"  {mf:3d} {ms:3d}: {blocked[orig].mean():6.1%} {blocked[good].mean():6.1%} "
-                  f"{blocked[bad].mean():6.1%}")
+            print(f"  {mf:3d} {ms:3d}: " + " ".join(f"{blocked[idx].mean():6.1%}" for idx in parts))
 
 
 if __name__ == "__main__":

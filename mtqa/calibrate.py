@@ -60,7 +60,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "SCORE_HALF", "SCORE_SHAPE", "WORD_INPUTS", "Calibration", "UnitModel", "WordModel",
-    "lm_identity", "load_calibration", "penalty_to_score", "unit_features", "variant_for", "word_evidence_ready", "word_inputs",
+    "lm_identity", "load_calibration", "shipped_calibration", "penalty_to_score", "unit_features", "variant_for", "word_evidence_ready", "word_inputs",
 ]
 
 SCHEMA = "mtqa.calibration/1"
@@ -737,11 +737,18 @@ def lm_identity(signature: str) -> str | None:
 SHIPPED_FOR_MODEL: dict[str, str] = {"SmolLM2-135M-Instruct": "data/calibration-smollm2-135m.json"}
 
 
+def shipped_calibration(lm_model: str | None = None) -> str:
+    """The package path (``data/NAME.json``) of the calibration shipped for ``lm_model`` (None:
+    the default model's; a model with a calibration of its own in ``SHIPPED_FOR_MODEL`` gets
+    that; its file in the repository is ``models/NAME.json``)."""
+    return SHIPPED_FOR_MODEL.get(lm_model or "", "data/calibration.json")
+
+
 def load_calibration(path: Path | None = None, lm_model: str | None = None) -> Calibration:
-    """The calibration at ``path``, or the one shipped with mtqa for ``lm_model`` (None: the
-    default model's; a model with a calibration of its own in ``SHIPPED_FOR_MODEL`` gets that)."""
+    """The calibration at ``path``, or the one shipped with mtqa for ``lm_model``
+    (``shipped_calibration``)."""
     if path is None:
-        name = SHIPPED_FOR_MODEL.get(lm_model or "", "data/calibration.json")
+        name = shipped_calibration(lm_model)
         text = resources.files("mtqa").joinpath(name).read_text("utf-8")
         where = f"mtqa/{name}"
     else:

@@ -570,8 +570,9 @@ def _save_converted(lm: LlamaLM, directory: Path, cached: Path) -> None:
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
-        for old in directory.glob("native-*.safetensors"):
-            if old != cached and old.name.split("-")[1] == cached.name.split("-")[1]:
+        layouts = cached.name.rsplit("-", 1)[0] + "-*.safetensors"  # this precision's
+        for old in directory.glob(layouts):
+            if old != cached:
                 old.unlink(missing_ok=True)
     except (OSError, RuntimeError, ValueError) as exc:
         logger.info("not caching the converted model in %s: %s", directory, exc)
@@ -608,10 +609,13 @@ def load_llama(directory: Path, weights: Sequence[Path], precision: str = "fp32"
     # it read so far counts in the process's resident memory (Gemma's 1.07 GB float32 file
     # peaked the bf16 load at 1.9 GB); closed, the pages stay in the page cache only
 
-    def get(key: str) -> torch.Tensor:
+    def file_of(key: str) -> str:
         if key not in where:
             raise ValueError(f"tensor {key} is missing from {', '.join(p.name for p in weights)}")
-        with safe_open(str(where[key]), framework="pt") as fh:
+        return str(where[key])
+
+    def get(key: str) -> torch.Tensor:
+        with safe_open(file_of(key), framework="pt") as fh:
             tensor: torch.Tensor = fh.get_tensor(key).float()
         return tensor
 
@@ -632,9 +636,7 @@ def load_llama(directory: Path, weights: Sequence[Path], precision: str = "fp32"
         float32: read whole, the bf16 load peaked at 1.9 GB)."""
         if matrix == torch.float32:
             return get(key)
-        if key not in where:
-            raise ValueError(f"tensor {key} is missing from {', '.join(p.name for p in weights)}")
-        with safe_open(str(where[key]), framework="pt") as fh:
+        with safe_open(file_of(key), framework="pt") as fh:
             rows = fh.get_slice(key)
             shape = tuple(rows.get_shape())
             out = torch.empty(shape, dtype=matrix)

@@ -56,7 +56,6 @@ from mtqa.models import DEFAULT_LM, SHIPPED_LMS, file_sha256  # noqa: E402
 from mtqa.types import CheckResult, Document, Finding, Severity, WordEvidence  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "mqm_2021_zhen.jsonl"  # ../shared/data, as CI lays it out
-OUT = ROOT / "models" / "calibration.json"
 HELD_OUT_DOCS = 10
 logger = logging.getLogger("calibrate")
 
@@ -1077,8 +1076,7 @@ def main() -> None:
         if read_with not in SHIPPED_LMS:
             sys.exit(f"calibrate: the features were read with {read_with}, not a shipped model: "
                      "name the calibration file to write with --out")
-        shipped = cal.SHIPPED_FOR_MODEL.get(read_with)
-        args.out = ROOT / "models" / Path(shipped).name if shipped else OUT
+        args.out = ROOT / "models" / Path(cal.shipped_calibration(read_with)).name
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(calib.to_dict(), indent=2, ensure_ascii=False) + "\n",
                         encoding="utf-8")
