@@ -550,7 +550,8 @@ def serve(
     max_batch: Annotated[int, typer.Option(
         help="Documents per micro-batch.")] = ServeOptions.MAX_BATCH,
     max_wait_ms: Annotated[float, typer.Option(
-        help="Longest wait for a micro-batch to fill, ms.")] = ServeOptions.MAX_WAIT_MS,
+        help="Longest pause after the last arrival while a micro-batch fills, ms (longer, "
+             "up to 5% of the last batch's run time, while its clients come back).")] = ServeOptions.MAX_WAIT_MS,
     max_queue: Annotated[int, typer.Option(
         help="Documents waiting at most; beyond it, 429.")] = ServeOptions.MAX_QUEUE,
     timeout: Annotated[float, typer.Option(

@@ -320,3 +320,4 @@ def test_rows_continue_their_own_contexts_in_one_pass(tmp_path: Path, family: st
             decoder(cont, past=read.cache, past_lengths=[9])
         with pytest.raises(ValueError, match="pass past too"):
             decoder(cont, past_lengths=[9, 5])
+

@@ -653,6 +653,57 @@ def test_batcher_a_failing_document_costs_only_itself() -> None:
     b.stop()
 
 
+class _SlowChecker:
+    """Records each batch; each batch takes ``seconds`` (a model's run time)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.batches: list[list[str]] = []
+        self._real = Checker(Settings(checkers=("structure",)))
+
+    def check_many(self, docs: Any) -> Report:
+        docs = list(docs)
+        self.batches.append([d.id for d in docs])
+        time.sleep(self.seconds)
+        return self._real.check_many(docs)
+
+    def close(self) -> None:
+        self._real.close()
+
+
+def test_batcher_waits_for_the_clients_of_the_last_batch_to_come_back() -> None:
+    """Closed-loop clients answered by one batch send their next requests one after another;
+    a pause longer than max_wait between them must not split them into a batch of one and a
+    batch of the rest (which then alternate forever). A lone client is not held back."""
+    fake = _SlowChecker(0.6)
+    inflight = {"n": 0}
+    b = MicroBatcher(fake, max_batch=8, max_wait=0.001, max_queue=64, max_batch_chars=10_000,
+                     in_flight=lambda: inflight["n"])
+    b.start()
+    inflight["n"] = 4
+    first = b.submit([Document(f"a{i}", f"Text {i}.") for i in range(4)], timeout=30)
+    [f.result(10) for f in first]
+    futures = []
+    for i in range(4):  # they come back 6 ms apart (6 x max_wait); in flight once they arrive
+        inflight["n"] = i + 1
+        futures += b.submit([Document(f"b{i}", f"Again {i}.")], timeout=30)
+        time.sleep(0.006)
+    [f.result(10) for f in futures]
+    assert fake.batches == [["a0", "a1", "a2", "a3"], ["b0", "b1", "b2", "b3"]]
+    b.stop()
+    # a lone client (nobody else in flight, its last batch held one document) is answered at
+    # once, though max_wait is long
+    lone = _SlowChecker(0.0)
+    b = MicroBatcher(lone, max_batch=8, max_wait=5.0, max_queue=64, max_batch_chars=10_000,
+                     in_flight=lambda: 1)
+    b.start()
+    for i in range(3):
+        (f,) = b.submit([Document(f"c{i}", "Alone.")], timeout=30)
+        f.result(2)  # raises TimeoutError if held back by max_wait
+    assert lone.batches == [["c0"], ["c1"], ["c2"]]
+    b.stop()
+
+
 def test_batcher_respects_the_character_budget() -> None:
     fake = _GatedChecker()
     b = MicroBatcher(fake, max_batch=8, max_wait=0.0, max_queue=8, max_batch_chars=25)

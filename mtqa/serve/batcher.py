@@ -1,9 +1,10 @@
 """The micro-batcher: one worker thread owns the Checker and runs every model call.
 
 Requests put documents into a bounded queue and wait on a future. The worker takes up to
-``max_batch`` queued documents (and at most ``max_batch_chars`` characters), waiting at most
-``max_wait`` seconds for more to arrive, runs one ``check_many`` and answers each future. While
-it runs, new requests queue up, so under load batches fill by themselves. A full queue refuses
+``max_batch`` queued documents (and at most ``max_batch_chars`` characters), waiting up to
+``max_wait`` seconds after the last arrival for more (longer while the last batch's clients come
+back: ``MicroBatcher._gather``), runs one ``check_many`` and answers each future. While it runs,
+new requests queue up, so under load batches fill by themselves. A full queue refuses
 at once (``QueueFull``: the service answers 429) instead of piling up; model calls never run in
 Starlette's thread pool. Background work (async jobs) runs only when no request is waiting.
 """
@@ -65,6 +66,15 @@ class _Background:
 class MicroBatcher:
     """Batches concurrent checks onto one model-owning thread (see the module docstring)."""
 
+    #: pause for the last batch's clients coming back, as a share of its run time
+    RETURN_PAUSE = 0.05
+    #: longest gathering, in pauses of ``max_wait`` and as a share of the last batch's run time
+    GATHER_CAP = 25
+    RETURN_CAP = 0.2
+
+    #: the longest a batch is gathered, in pauses (``max_wait``): arrivals keep extending it
+    GATHER_CAP = 25
+
     def __init__(self, checker: CheckerLike, *, max_batch: int, max_wait: float, max_queue: int,
                  max_batch_chars: int, warmup: Sequence[Document] = (),
                  on_batch: Callable[[int], None] | None = None,
@@ -88,8 +98,12 @@ class MicroBatcher:
         #: the warm-up report (None until ready); why warm-up failed, if it did
         self.warmup_report: Report | None = None
         self.failure: str | None = None
-        #: seconds per micro-batch run, the last ones (for Retry-After)
+        #: seconds per micro-batch run, the last ones (for Retry-After and the return pause)
         self._last_seconds = 0.1
+        #: documents in the last micro-batch
+        self._last_size = 0
+        #: documents in the last micro-batch
+        self._last_size = 0
 
     # -- the request side (event loop) ----------------------------------------------------------
 
@@ -179,16 +193,32 @@ class MicroBatcher:
                 self._run_background(background)
 
     def _gather(self) -> list[_Item]:
-        """Take queued items (holding the lock): up to max_batch / max_batch_chars, waiting a little."""
+        """Take queued items (holding the lock): up to max_batch / max_batch_chars, waiting a little.
+
+        More documents are waited for while requests in flight have not reached the queue, for
+        up to ``max_wait`` after the last arrival. While the batch is smaller than the last one,
+        the last one's clients are on their way back (each sends its next request once its
+        answer is out, one after another): their pause is longer, ``RETURN_PAUSE`` of the last
+        batch's run time, since a batch run at the first of them would hold one or two documents
+        and cost nearly as much as a full one. Gathering never takes longer than ``GATHER_CAP``
+        pauses of ``max_wait`` or ``RETURN_CAP`` of the last batch's run time, which bounds what
+        waiting can cost when nobody comes back.
+        """
         batch: list[_Item] = []
         chars = 0
-        until = time.monotonic() + self.max_wait
+        start = last = time.monotonic()
+        returning = max(self.max_wait, self.RETURN_PAUSE * self._last_seconds)
+        cap = start + max(self.GATHER_CAP * self.max_wait, self.RETURN_CAP * self._last_seconds)
         while len(batch) < self.max_batch:
             if not self._items:
-                left = until - time.monotonic()
-                if left <= 0 or self._stopping:
+                if self._stopping:
                     break
-                if self._in_flight is not None and len(batch) >= self._in_flight():
+                expected = len(batch) < self._last_size
+                coming = self._in_flight is None or len(batch) < self._in_flight()
+                if not (expected or coming):
+                    break  # a lone client is not held back
+                left = min(last + (returning if expected else self.max_wait), cap) - time.monotonic()
+                if left <= 0:
                     break
                 self._cond.wait(left)
                 continue
@@ -197,10 +227,11 @@ class MicroBatcher:
             if batch and chars + size > self.max_batch_chars:
                 break
             self._items.popleft()
+            last = time.monotonic()
             # NOTE: a request that timed out (504 already sent) cancelled its future: skip it
             if not item.future.set_running_or_notify_cancel():
                 continue
-            if item.deadline <= time.monotonic():
+            if item.deadline <= last:
                 item.future.set_exception(DeadlineExceeded())
                 continue
             batch.append(item)
@@ -222,6 +253,8 @@ class MicroBatcher:
         t0 = time.perf_counter()
         outcomes = self._check([i.doc for i in batch])
         self._last_seconds = 0.5 * self._last_seconds + 0.5 * (time.perf_counter() - t0)
+        self._last_size = len(batch)
+        self._last_size = len(batch)
         if self._on_batch is not None:
             self._on_batch(len(batch))
         for item, outcome in zip(batch, outcomes):
