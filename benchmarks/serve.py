@@ -8,8 +8,8 @@ client sends until the shared list is used up, so it stops by itself), the two s
 turns; then the same documents go through one ``Checker.check_many`` in this process.
 
 Printed, per document kind and concurrency: documents/s, p50/p95/p99 latency and the mean
-micro-batch (documents per model call, from ``/metrics``) of each server, direct ``check_many`` documents/s, the ratio server / direct (target at 32 clients:
->= 0.9) and the micro-batcher's gain over one-at-a-time (a ratio); then the server overhead
+micro-batch (documents per model call, from ``/metrics``) of each server, direct
+``check_many`` documents/s, the ratio server / direct (target at 32 clients: >= 0.9) and the micro-batcher's gain over one-at-a-time (a ratio); then the server overhead
 (p50 of a one-client request minus the direct time for the same document, for short documents)
 and the peak RSS of each server. The documents come from ``../shared/data`` relative to the
 repository (``--data`` to point elsewhere).

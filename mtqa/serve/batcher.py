@@ -72,9 +72,6 @@ class MicroBatcher:
     GATHER_CAP = 25
     RETURN_CAP = 0.2
 
-    #: the longest a batch is gathered, in pauses (``max_wait``): arrivals keep extending it
-    GATHER_CAP = 25
-
     def __init__(self, checker: CheckerLike, *, max_batch: int, max_wait: float, max_queue: int,
                  max_batch_chars: int, warmup: Sequence[Document] = (),
                  on_batch: Callable[[int], None] | None = None,
@@ -100,8 +97,6 @@ class MicroBatcher:
         self.failure: str | None = None
         #: seconds per micro-batch run, the last ones (for Retry-After and the return pause)
         self._last_seconds = 0.1
-        #: documents in the last micro-batch
-        self._last_size = 0
         #: documents in the last micro-batch
         self._last_size = 0
 
@@ -253,7 +248,6 @@ class MicroBatcher:
         t0 = time.perf_counter()
         outcomes = self._check([i.doc for i in batch])
         self._last_seconds = 0.5 * self._last_seconds + 0.5 * (time.perf_counter() - t0)
-        self._last_size = len(batch)
         self._last_size = len(batch)
         if self._on_batch is not None:
             self._on_batch(len(batch))
