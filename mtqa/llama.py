@@ -25,8 +25,9 @@ inputs of the matrix products are rounded to the weights' type (the products acc
 float32); the residual stream, RMSNorm, rotary embeddings, attention (its softmax included) and
 the SiLU gate run in float32, and so do the outputs (``last_hidden_state``, the cache). On CPUs
 with native bfloat16 (AVX512-BF16, AMX) the products run about three times faster. No step
-depends on other rows of a batch except through the shape of the pass (``mtqa.surprisal`` pads
-every pass to a length the row itself decides: see there).
+depends on other rows of a batch: every matrix product runs on exactly ``ROWS`` rows
+(``row_product``), and ``mtqa.surprisal`` pads every pass to a length the row itself decides
+(see there), so a row's floats do not depend on which rows share its pass.
 """
 
 from __future__ import annotations
@@ -44,8 +45,8 @@ import torch.nn.functional as F
 from torch import nn
 
 __all__ = [
-    "Cache", "DecoderOutput", "LlamaLM", "LlamaSpec", "cast_weights", "load_llama",
-    "load_llama_cached", "precision_of", "unsupported",
+    "ROWS", "Cache", "DecoderOutput", "LlamaLM", "LlamaSpec", "cast_weights", "load_llama",
+    "load_llama_cached", "precision_of", "row_product", "unsupported",
 ]
 
 logger = logging.getLogger(__name__)
@@ -278,8 +279,49 @@ def _product(linear: nn.Linear, x: torch.Tensor,
     if not isinstance(w, torch.Tensor):
         y: torch.Tensor = linear(x)
     else:
-        y = F.linear(x.to(w.dtype), w)
+        y = row_product(x.to(w.dtype), w)
     return y if out is None else y.to(out)
+
+
+#: rows of every matrix product the model runs (the decoder's projections and, in
+#: ``mtqa.surprisal``, the vocabulary head): a product of more rows is run as products of
+#: exactly this many, the last one padded with zero rows. oneDNN and MKL pick their kernels and
+#: blocking by the shape of a product, rows included, and a row's result changes with them
+#: (with AMX bfloat16, by up to 1/64 of a value for 33-300 rows of a 1,024 x 640 product; in
+#: float32 by ~1e-7 where K is 1,024 or more); at one shape it does not depend on its position
+#: or on the other rows. With AMX on two cores 512 rows run at 1,550-1,850 GFLOP/s on the
+#: model's shapes, 256 at 1,100-1,500, 32 at ~480: padding a pass's last product to 512 rows
+#: (256 wasted on average) costs less than smaller products from ~300 rows a pass on (a lone
+#: short document pays most: ~0.1 s more with Gemma). ``benchmarks/lm_speed.py`` prints them.
+ROWS = 512
+
+
+def row_product(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """``F.linear(x, w)`` run as products of exactly ``ROWS`` rows of ``x`` (flattened to its
+    last dimension), so that a row's result depends on that row and ``w`` alone: the same
+    floats whichever other rows share the call and however many there are (issue 17). No
+    gradients (the products write into the output's rows)."""
+    with torch.no_grad():
+        return _row_product(x, w)
+
+
+def _row_product(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    k, n = x.shape[-1], w.shape[0]
+    flat = x.reshape(-1, k)
+    m = flat.shape[0]
+    if m == ROWS:
+        return torch.mm(flat, w.t()).view(*x.shape[:-1], n)
+    # NOTE: mm writing into the output's rows is 2-20% faster than copying each F.linear's
+    # result there, with the same floats
+    y = torch.empty((m, n), dtype=w.dtype, device=x.device)
+    whole = m - m % ROWS
+    for c in range(0, whole, ROWS):
+        torch.mm(flat[c : c + ROWS], w.t(), out=y[c : c + ROWS])
+    if whole < m:
+        last = flat.new_zeros((ROWS, k))
+        last[: m - whole] = flat[whole:]
+        y[whole:] = torch.mm(last, w.t())[: m - whole]
+    return y.view(*x.shape[:-1], n)
 
 
 def _input_type(linear: nn.Linear) -> torch.dtype:

@@ -6,15 +6,15 @@ and cut into batches of at most ``max_rows`` rows and ``max_tokens`` padded posi
 the end (so causal attention alone keeps padding out of every real position), and the results
 come back in input order.
 
-Batch invariance: with bfloat16 weights (``mtqa.llama``) a sequence's numbers are the same
-floats whichever other sequences share its forward pass, and for any ``max_rows``. Every row of
-a pass is padded to ``padded_length`` of its own length (a pass only holds rows of one padded
-length), so the shapes a row meets depend on the row alone but for the number of rows, and the
-number of rows does not change a row's result in oneDNN's bfloat16 matrix products (measured
-for 1-3,000 rows on the model's shapes) nor in the attention kernel, whose blocking does change
-with the sequence length (hence the row's own length). In float32, MKL picks its matrix-product
-kernel by the number of rows, so results agree up to rounding (~1e-7 relative), not bit for
-bit. ``tests/test_precision.py`` checks both. ``score_continuations`` scores texts given a context (the reference
+Batch invariance: with ``mtqa.llama``'s models a sequence's numbers are the same floats
+whichever other sequences share its forward pass, and for any ``max_rows``, in bfloat16 and
+float32. Every row of a pass is padded to ``padded_length`` of its own length (a pass only
+holds rows of one padded length), so the attention kernel, whose blocking changes with the
+sequence length, sees a length the row alone decides; and every matrix product, the vocabulary
+head's included (``HEAD_CHUNK``), runs on a fixed number of rows (``mtqa.llama.ROWS``), the
+last one padded: oneDNN and MKL choose kernels by the number of rows, and with AMX bfloat16 a
+row's result changes with it by up to 1/64 of a value (issue 17; AVX512-BF16 without AMX did
+not show it). ``tests/test_precision.py`` checks both. ``score_continuations`` scores texts given a context (the reference
 checker reads a translation after its reference): a context that several items share is read
 once when the model can continue from a cache (``mtqa.llama``).
 
@@ -36,7 +36,8 @@ __all__ = [
     "score_sequences_top", "surprisal", "surprisal_top",
 ]
 
-#: hidden states turned into vocabulary logits at once (bounds peak memory)
+#: hidden states turned into vocabulary logits at once (bounds peak memory): every product of
+#: the head has this many rows, the last chunk padded (as the decoder's have ``mtqa.llama.ROWS``)
 HEAD_CHUNK = 512
 #: vocabulary entries per block of the log-normaliser: a block of logits (HEAD_CHUNK x HEAD_BLOCK
 #: floats, 4 MB) stays in cache between the projection and its logsumexp, which makes the
@@ -114,7 +115,16 @@ def surprisal_top(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Te
 
 def _head_pass(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor,
                top: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Surprisals of ``targets`` and, with ``top > 0``, the ids of each row's top tokens."""
+    """Surprisals of ``targets`` and, with ``top > 0``, the ids of each row's top tokens
+    (no gradients: the products write into a buffer)."""
+    import torch
+
+    with torch.no_grad():
+        return _head_rows(head, hidden, targets, top)
+
+
+def _head_rows(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor,
+               top: int) -> tuple[torch.Tensor, torch.Tensor | None]:
     import torch
 
     weight = getattr(head, "weight", None)
@@ -126,13 +136,23 @@ def _head_pass(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tenso
         rows, wanted = hidden[c : c + HEAD_CHUNK], targets[c : c + HEAD_CHUNK]
         if blocked:
             assert weight is not None  # noqa: S101 - checked above
-            rows = rows.to(weight.dtype)
+            # NOTE: every product of the head has HEAD_CHUNK rows, the last chunk padded with
+            # zero rows: a row's logits then do not depend on how many rows share its chunk
+            # (oneDNN's kernels change with the number of rows; see mtqa.llama.ROWS)
+            n = len(wanted)
+            full = rows.new_zeros((HEAD_CHUNK, rows.shape[1]), dtype=weight.dtype)
+            full[:n] = rows
+            rows = full
             norms = []
             cand_values: list[torch.Tensor] = []
             cand_ids: list[torch.Tensor] = []
             picked = torch.zeros(len(wanted), dtype=torch.float32, device=rows.device)
+            buffer = torch.empty((HEAD_CHUNK, HEAD_BLOCK), dtype=weight.dtype, device=rows.device)
             for v in range(0, weight.shape[0], HEAD_BLOCK):
-                logits = rows @ weight[v : v + HEAD_BLOCK].T
+                block = weight[v : v + HEAD_BLOCK]
+                # one buffer for every block's logits (each is read before the next is written)
+                logits = (torch.mm(rows, block.t(), out=buffer) if len(block) == HEAD_BLOCK
+                          else torch.mm(rows, block.t()))[:n]
                 norms.append(_logsumexp(logits))
                 # NOTE: the target's logit is read from the same block of logits the
                 # normaliser sums (not a separate dot product): in bfloat16 the product's

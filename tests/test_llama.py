@@ -321,3 +321,38 @@ def test_rows_continue_their_own_contexts_in_one_pass(tmp_path: Path, family: st
         with pytest.raises(ValueError, match="pass past too"):
             decoder(cont, past_lengths=[9, 5])
 
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bf16", "fp32"])
+@pytest.mark.parametrize(("k", "n"), [(640, 1536), (1024, 640), (2048, 640), (640, 4096),
+                                      (576, 960), (1536, 576)])
+def test_a_rows_product_does_not_depend_on_the_other_rows(k: int, n: int,
+                                                          dtype: torch.dtype) -> None:
+    """The decoder's products (Gemma-3-270M's and SmolLM2's shapes): a row gives the same floats
+    alone, among 33, 300 or 1,300 rows, anywhere among them. oneDNN's AMX kernels change with
+    the number of rows (issue 17: 64-300 rows of 2,048 x 640 in bf16 gave other floats than
+    2,048 rows); every product runs on exactly ROWS rows."""
+    from mtqa.llama import ROWS, row_product
+
+    torch.manual_seed(k + n)
+    w = (torch.randn(n, k) * 0.05).to(dtype)
+    pool = torch.randn(1300, k).to(dtype)
+    probe = pool[:5]
+    alone = row_product(probe, w)
+    assert alone.shape == (5, n) and alone.dtype == dtype
+    assert torch.equal(alone, torch.mm(torch.cat([probe, probe.new_zeros(ROWS - 5, k)]),
+                                       w.t())[:5])
+    for m in (33, 64, 300, ROWS, ROWS + 1, 1300):
+        at = torch.randperm(m)[:5]
+        x = pool[torch.randperm(1300)[:m]].clone()
+        x[at] = probe
+        assert torch.equal(row_product(x, w)[at], alone), m
+    # any leading shape: (batch, length, k) as the decoder passes it
+    assert torch.equal(row_product(pool[:300].reshape(3, 100, k), w).reshape(300, n)[:5], alone)
+    # and the vocabulary head: a row's surprisal does not depend on how many rows are scored
+    head = torch.nn.Linear(k, 3000, bias=False).to(dtype)
+    targets = torch.randint(0, 3000, (1300,))
+    states = torch.randn(1300, k)
+    every = surprisal(head, states, targets)
+    for m in (1, 40, 700):
+        assert torch.equal(surprisal(head, states[:m], targets[:m]), every[:m]), m
