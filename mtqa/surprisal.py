@@ -186,6 +186,47 @@ def _head_rows(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tenso
     return values, best
 
 
+class _HeadPool:
+    """Rows for the vocabulary head, gathered across forward passes: the head runs on every
+    full ``HEAD_CHUNK`` of them as they come and once, padded, on the rest at ``finish``. Each
+    pass's head products would otherwise pad their last chunk (256 rows of 512 wasted on
+    average, per pass); the floats are the same either way, since every product has
+    ``HEAD_CHUNK`` rows whichever rows fill it."""
+
+    def __init__(self, head: torch.nn.Module, top: int) -> None:
+        self.head, self.top = head, top
+        self.pending: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.count = 0
+        self.values: list[torch.Tensor] = []
+        self.best: list[torch.Tensor] = []
+
+    def add(self, states: torch.Tensor, targets: torch.Tensor) -> None:
+        self.pending.append((states, targets))
+        self.count += len(targets)
+        if self.count >= HEAD_CHUNK:
+            self._run(self.count - self.count % HEAD_CHUNK)
+
+    def finish(self) -> tuple[list[float], list[tuple[int, ...]]]:
+        """Every row's surprisal and top ids (none without ``top``), in the order added."""
+        if self.count:
+            self._run(self.count)
+        values = [v for part in self.values for v in part.tolist()]
+        best = [tuple(t) for part in self.best for t in part.tolist()]
+        return values, best
+
+    def _run(self, n: int) -> None:
+        import torch
+
+        states = torch.cat([s for s, _ in self.pending])
+        targets = torch.cat([t for _, t in self.pending])
+        got, best = _head_pass(self.head, states[:n], targets[:n], self.top)
+        self.values.append(got)
+        if best is not None:
+            self.best.append(best)
+        self.pending = [(states[n:], targets[n:])] if n < len(targets) else []
+        self.count = len(targets) - n
+
+
 def _logsumexp(logits: torch.Tensor) -> torch.Tensor:
     """``torch.logsumexp(logits.float(), dim=1)`` as explicit float32 steps (the row maximum,
     ``exp(x - max)``, its sum, ``log``, ``+ max``) on one float32 copy of ``logits``, each step
@@ -245,6 +286,8 @@ def _score_sequences(
     order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i][0]))
     out: list[list[float]] = [[] for _ in seqs]
     best: list[list[tuple[int, ...]]] = [[] for _ in seqs]
+    pool = _HeadPool(head, top)
+    scored: list[tuple[int, int]] = []  # (sequence, tokens scored) in the pool's order
     with torch.inference_mode():
         for members in batches([len(seqs[i][0]) for i in order], max_rows, max_tokens):
             picked_order = [order[k] for k in members if len(seqs[order[k]][0]) > seqs[order[k]][1]]
@@ -261,25 +304,24 @@ def _score_sequences(
                 targets.extend(seq[first:])
             hidden = decoder(input_ids=ids, attention_mask=mask).last_hidden_state
             chosen = hidden[torch.tensor(rows), torch.tensor(cols)]
-            scored, ids_top = _head_pass(head, chosen, torch.tensor(targets, device=chosen.device),
-                                         top)
-            values = scored.tolist()
-            tops = [tuple(t) for t in ids_top.tolist()] if ids_top is not None else []
-            pos = 0
-            for i in picked_order:
-                n = len(seqs[i][0]) - seqs[i][1]
-                out[i] = values[pos : pos + n]
-                if top:
-                    best[i] = tops[pos : pos + n]
-                pos += n
+            pool.add(chosen, torch.tensor(targets, device=chosen.device))
+            scored.extend((i, len(seqs[i][0]) - seqs[i][1]) for i in picked_order)
+        values, tops = pool.finish()
+    pos = 0
+    for i, n in scored:
+        out[i] = values[pos : pos + n]
+        if top:
+            best[i] = tops[pos : pos + n]
+        pos += n
     return out, best
 
 
-def _continue(decoder: torch.nn.Module, head: torch.nn.Module, cache: Cache,
+def _continue(decoder: torch.nn.Module, cache: Cache,
               lengths: Sequence[int], last: torch.Tensor, conts: Sequence[tuple[int, int]],
-              items: Sequence[tuple[Sequence[int], Sequence[int]]], out: list[list[float]],
-              max_rows: int, max_tokens: int, device: str) -> None:
-    """Score continuations ``conts`` (item, row of its context in ``cache``) into ``out``.
+              items: Sequence[tuple[Sequence[int], Sequence[int]]], pool: _HeadPool,
+              scored: list[int], max_rows: int, max_tokens: int, device: str) -> None:
+    """Read continuations ``conts`` (item, row of its context in ``cache``) into ``pool``,
+    the items in ``scored`` in the order their rows were added.
 
     ``cache`` holds a batch of contexts (row ``r``: its first ``lengths[r]`` positions),
     ``last`` their last hidden states ``(rows, hidden)``. Continuations of different contexts
@@ -302,11 +344,8 @@ def _continue(decoder: torch.nn.Module, head: torch.nn.Module, cache: Cache,
         states = torch.cat([torch.cat((last[r : r + 1], hidden[b, : len(items[i][1]) - 1]))
                             for b, (i, r) in enumerate(picked)])
         targets = torch.tensor([t for i, _ in picked for t in items[i][1]], device=states.device)
-        values = surprisal(head, states, targets).tolist()
-        pos = 0
-        for i, _ in picked:
-            out[i] = values[pos : pos + len(items[i][1])]
-            pos += len(items[i][1])
+        pool.add(states, targets)
+        scored.extend(i for i, _ in picked)
 
 
 def score_continuations(
@@ -341,6 +380,8 @@ def score_continuations(
     contexts = list(groups)
     by_length = sorted(range(len(contexts)), key=lambda g: -len(contexts[g]))
     out: list[list[float]] = [[] for _ in items]
+    pool = _HeadPool(head, 0)
+    scored: list[int] = []
     with torch.inference_mode():
         # contexts are read in batches, padded at the end: each row's cache, cut to its own
         # length, is what reading it alone gives (up to float rounding)
@@ -353,6 +394,11 @@ def score_continuations(
             last = read.last_hidden_state[torch.arange(len(picked)),
                                           torch.tensor(lengths) - 1]
             conts = [(i, r) for r, g in enumerate(picked) for i in groups[contexts[g]]]
-            _continue(decoder, head, read.cache, lengths, last, conts, items, out,
+            _continue(decoder, read.cache, lengths, last, conts, items, pool, scored,
                       max_rows, max_tokens, device)
+        values, _ = pool.finish()
+    pos = 0
+    for i in scored:
+        out[i] = values[pos : pos + len(items[i][1])]
+        pos += len(items[i][1])
     return out
