@@ -220,40 +220,47 @@ class _Layer(nn.Module):
             self.mlp_out_norm = nn.Parameter(torch.empty(spec.hidden_size, device=meta))
 
     def forward(
-        self,
-        x: torch.Tensor,
-        cos: torch.Tensor,
-        sin: torch.Tensor,
-        mask: torch.Tensor | None,
-        past: tuple[torch.Tensor, torch.Tensor] | None = None,
-    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
-        """The layer's output, and the keys and values of ``x`` (to continue from later)."""
+        self, x: torch.Tensor, groups: Sequence[_Attention]
+    ) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
+        """The layer's output for ``x``, the rows of one or more passes stacked ``(rows,
+        hidden)`` (group ``i``: the next ``groups[i].rows`` rows, ``(b, t)`` flattened), and each
+        group's keys and values (to continue from later). The matrix products, norms and the MLP
+        run on all rows at once; attention runs on each group, over its own keys."""
         s = self.spec
-        b, t, _ = x.shape
         eps = s.rms_norm_eps
         # NOTE: the products' outputs stay in the weights' type where their next step reads
         # them in float32 anyway: a bfloat16 value widens to float32 exactly, so type promotion
         # (``x + y``, ``q * cos``) gives the same floats as converting first, one pass less
         h = _norm(x, self.input_norm, eps, _input_type(self.qkv))
-        q, k, v = torch.split(_product(self.qkv, h, out=None), list(self.split), dim=-1)
-        q = q.view(b, t, s.num_heads, s.head_dim)
-        k = k.view(b, t, s.num_kv_heads, s.head_dim)
-        if s.gemma:
-            q = F.rms_norm(q.float(), (s.head_dim,), self.q_norm, eps)
-            k = F.rms_norm(k.float(), (s.head_dim,), self.k_norm, eps)
-        q = _rotate(q.transpose(1, 2), cos, sin)
-        k = _rotate(k.transpose(1, 2), cos, sin)
-        v = v.view(b, t, s.num_kv_heads, s.head_dim).transpose(1, 2).float()
-        kv = (k, v)
-        if past is not None:
-            k = torch.cat((past[0].expand(b, -1, -1, -1), k), dim=2)
-            v = torch.cat((past[1].expand(b, -1, -1, -1), v), dim=2)
-        # query head j reads key/value head j // (num_heads / num_kv_heads), as transformers'
-        # repeat_kv does; enable_gqa does it without copying the keys and values
-        a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None,
-                                           scale=s.attention_scale,
-                                           enable_gqa=s.num_heads != s.num_kv_heads)
-        o = _product(self.o, a.transpose(1, 2).reshape(b, t, -1), out=None)
+        qkv = _product(self.qkv, h, out=None)
+        heads: list[torch.Tensor] = []
+        kvs: list[tuple[torch.Tensor, torch.Tensor]] = []
+        start = 0
+        for g in groups:
+            b, t = g.b, g.t
+            part = qkv[start : start + b * t].view(b, t, -1)
+            start += b * t
+            q, k, v = torch.split(part, list(self.split), dim=-1)
+            q = q.view(b, t, s.num_heads, s.head_dim)
+            k = k.view(b, t, s.num_kv_heads, s.head_dim)
+            if s.gemma:
+                q = F.rms_norm(q.float(), (s.head_dim,), self.q_norm, eps)
+                k = F.rms_norm(k.float(), (s.head_dim,), self.k_norm, eps)
+            q = _rotate(q.transpose(1, 2), g.cos, g.sin)
+            k = _rotate(k.transpose(1, 2), g.cos, g.sin)
+            v = v.view(b, t, s.num_kv_heads, s.head_dim).transpose(1, 2).float()
+            kvs.append((k, v))
+            if g.past is not None:
+                k = torch.cat((g.past[0].expand(b, -1, -1, -1), k), dim=2)
+                v = torch.cat((g.past[1].expand(b, -1, -1, -1), v), dim=2)
+            # query head j reads key/value head j // (num_heads / num_kv_heads), as
+            # transformers' repeat_kv does; enable_gqa does it without copying them
+            att = F.scaled_dot_product_attention(q, k, v, attn_mask=g.mask,
+                                                 is_causal=g.mask is None,
+                                                 scale=s.attention_scale,
+                                                 enable_gqa=s.num_heads != s.num_kv_heads)
+            heads.append(att.transpose(1, 2).reshape(b * t, -1))
+        o = _product(self.o, heads[0] if len(heads) == 1 else torch.cat(heads), out=None)
         if s.gemma:
             o = F.rms_norm(o.float(), (s.hidden_size,), self.attn_out_norm, eps)
         x = x + o
@@ -266,7 +273,29 @@ class _Layer(nn.Module):
         if s.gemma:
             m = F.rms_norm(m.float(), (s.hidden_size,), self.mlp_out_norm, eps)
         out: torch.Tensor = x + m
-        return out, kv
+        return out, kvs
+
+
+class _Attention(NamedTuple):
+    """What one group of rows (one pass: ``b`` rows of ``t`` positions) attends with in one
+    layer: its rotary ``cos``/``sin``, its mask (None: causal) and the cache it continues."""
+
+    b: int
+    t: int
+    cos: torch.Tensor
+    sin: torch.Tensor
+    mask: torch.Tensor | None
+    past: tuple[torch.Tensor, torch.Tensor] | None
+
+
+class _Pass(NamedTuple):
+    """One pass's embedded inputs ``(b, t, hidden)`` and, by layer type (sliding or not), its
+    rotary embeddings and masks; ``past`` the cache it continues (None: none)."""
+
+    x: torch.Tensor
+    rope: dict[bool, tuple[torch.Tensor, torch.Tensor]]
+    masks: dict[bool, torch.Tensor | None]
+    past: Cache | None
 
 
 def _product(linear: nn.Linear, x: torch.Tensor,
@@ -398,6 +427,49 @@ class LlamaDecoder(nn.Module):
             raise ValueError("return_cache reads a context; it does not extend a cache")
         if past_lengths is not None and past is None:
             raise ValueError("past_lengths describes a cache: pass past too")
+        hidden, kept = self._layers([self._pass(input_ids, attention_mask, past, past_lengths)],
+                                    return_cache)
+        return DecoderOutput(hidden[0], kept[0] if return_cache else None)
+
+    def forward_many(
+        self, passes: Sequence[tuple[torch.Tensor, torch.Tensor | None]]
+    ) -> list[torch.Tensor]:
+        """``forward(ids, mask).last_hidden_state`` of each pass (no cache), the passes run
+        through the layers together: each matrix product runs once on all their rows (the
+        same floats: a row's product does not depend on the other rows, ``row_product``), so
+        passes of a few hundred rows do not each pad a product to ``ROWS``. Attention stays
+        within each pass."""
+        hidden, _ = self._layers([self._pass(ids, mask, None, None) for ids, mask in passes],
+                                 False)
+        return hidden
+
+    def _layers(self, passes: Sequence[_Pass], return_cache: bool
+                ) -> tuple[list[torch.Tensor], list[Cache]]:
+        spec = self.spec
+        shapes = [p.x.shape[:2] for p in passes]
+        flat = [p.x.reshape(-1, spec.hidden_size) for p in passes]
+        x = flat[0] if len(flat) == 1 else torch.cat(flat)
+        kept: list[list[tuple[torch.Tensor, torch.Tensor]]] = [[] for _ in passes]
+        for k, layer in enumerate(self.layers):
+            sliding = spec.sliding(k)
+            groups = [_Attention(b, t, *p.rope[sliding], p.masks[sliding],
+                                 None if p.past is None else p.past[k])
+                      for (b, t), p in zip(shapes, passes)]
+            x, kvs = layer(x, groups)
+            if return_cache:
+                for mine, kv in zip(kept, kvs):
+                    mine.append(kv)
+        hidden = F.rms_norm(x, (spec.hidden_size,), self.norm, spec.rms_norm_eps)
+        out: list[torch.Tensor] = []
+        start = 0
+        for b, t in shapes:
+            out.append(hidden[start : start + b * t].view(b, t, spec.hidden_size))
+            start += b * t
+        return out, [tuple(c) for c in kept]
+
+    def _pass(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
+              past: Cache | None, past_lengths: Sequence[int] | None) -> _Pass:
+        """The embedded inputs, positions' rotary embeddings and masks of one pass."""
         b, t = input_ids.shape
         x = self.embed_tokens(input_ids).float()
         if self.spec.embed_scale != 1.0:
@@ -442,14 +514,7 @@ class LlamaDecoder(nn.Module):
             rope[True] = _rotary(pos, cast(torch.Tensor, self.local_inv_freq).to(x.device))
             masks[True] = _window(mask, pos, pos if keys is None else keys,
                                   cast(int, spec.sliding_window))
-        kept: list[tuple[torch.Tensor, torch.Tensor]] = []
-        for k, layer in enumerate(self.layers):
-            cos, sin = rope[spec.sliding(k)]
-            x, kv = layer(x, cos, sin, masks[spec.sliding(k)], None if past is None else past[k])
-            if return_cache:
-                kept.append(kv)
-        hidden = F.rms_norm(x, (self.spec.hidden_size,), self.norm, self.spec.rms_norm_eps)
-        return DecoderOutput(hidden, tuple(kept) if return_cache else None)
+        return _Pass(x, rope, masks, past)
 
 
 def _rotary(pos: torch.Tensor, inv_freq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

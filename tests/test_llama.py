@@ -356,3 +356,36 @@ def test_a_rows_product_does_not_depend_on_the_other_rows(k: int, n: int,
     every = surprisal(head, states, targets)
     for m in (1, 40, 700):
         assert torch.equal(surprisal(head, states[:m], targets[:m]), every[:m]), m
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+@pytest.mark.parametrize("family", FAMILIES)
+def test_passes_run_together_give_each_pass_its_own_floats(tmp_path: Path, family: str,
+                                                           precision: str) -> None:
+    """forward_many runs passes of other widths (and masks, a sliding window shorter than
+    some) through the layers together: each pass's hidden states are the floats of running
+    it alone, and score_sequences, which packs its passes so, returns the floats of scoring
+    each sequence alone."""
+    _, path = _tiny_hf(tmp_path, family)
+    native = load_llama(path, [path / "model.safetensors"], precision=precision)
+    decoder = native.get_decoder()
+    torch.manual_seed(2)
+    passes = []
+    for rows, width, real in ((3, 40, 33), (1, 8, 8), (5, 16, 12), (2, 64, 64)):
+        ids = torch.randint(0, 97, (rows, width))
+        mask = (torch.arange(width)[None] < torch.tensor([[real]] * rows)).long()
+        passes.append((ids, mask))
+    left = torch.ones(2, 16, dtype=torch.long)
+    left[:, :4] = 0  # padding at the start: an explicit mask
+    passes.append((torch.randint(0, 97, (2, 16)), left))
+    with torch.inference_mode():
+        alone = [decoder(ids, mask).last_hidden_state for ids, mask in passes]
+        together = decoder.forward_many(passes)
+    assert [t.shape for t in together] == [a.shape for a in alone]
+    for a, t in zip(alone, together):
+        assert torch.equal(a, t)
+    rng = torch.Generator().manual_seed(5)
+    seqs = [(torch.randint(0, 97, (n,), generator=rng).tolist(), 1)
+            for n in (5, 9, 17, 17, 30, 31, 44, 60, 61, 90, 3, 12)]
+    each = [score_sequences(native, [s], max_rows=8, max_tokens=512)[0] for s in seqs]
+    assert score_sequences(native, seqs, max_rows=3, max_tokens=128) == each
