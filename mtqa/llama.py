@@ -432,16 +432,27 @@ class LlamaDecoder(nn.Module):
         return DecoderOutput(hidden[0], kept[0] if return_cache else None)
 
     def forward_many(
-        self, passes: Sequence[tuple[torch.Tensor, torch.Tensor | None]]
-    ) -> list[torch.Tensor]:
-        """``forward(ids, mask).last_hidden_state`` of each pass (no cache), the passes run
-        through the layers together: each matrix product runs once on all their rows (the
-        same floats: a row's product does not depend on the other rows, ``row_product``), so
-        passes of a few hundred rows do not each pad a product to ``ROWS``. Attention stays
-        within each pass."""
-        hidden, _ = self._layers([self._pass(ids, mask, None, None) for ids, mask in passes],
-                                 False)
-        return hidden
+        self,
+        passes: Sequence[tuple[torch.Tensor, torch.Tensor | None]
+                         | tuple[torch.Tensor, torch.Tensor | None, Cache, Sequence[int] | None]],
+        *,
+        return_cache: bool = False,
+    ) -> list[DecoderOutput]:
+        """``forward`` of each pass, the passes run through the layers together: each matrix
+        product runs once on all their rows (the same floats: a row's product does not depend
+        on the other rows, ``row_product``), so passes of a few hundred rows do not each pad a
+        product to ``ROWS``. Attention stays within each pass. A pass is ``(ids, mask)`` or
+        ``(ids, mask, past, past_lengths)`` (as ``forward`` takes them; ``return_cache`` only
+        without ``past``)."""
+        prepared = []
+        for one in passes:
+            ids, mask = one[0], one[1]
+            past, lengths = (one[2], one[3]) if len(one) == 4 else (None, None)
+            if past is not None and return_cache:
+                raise ValueError("return_cache reads a context; it does not extend a cache")
+            prepared.append(self._pass(ids, mask, past, lengths))
+        hidden, kept = self._layers(prepared, return_cache)
+        return [DecoderOutput(h, kept[i] if return_cache else None) for i, h in enumerate(hidden)]
 
     def _layers(self, passes: Sequence[_Pass], return_cache: bool
                 ) -> tuple[list[torch.Tensor], list[Cache]]:

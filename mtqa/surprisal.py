@@ -24,7 +24,7 @@ torch is imported inside the functions: importing this module costs nothing.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, NamedTuple, TypeVar, cast
 
 if TYPE_CHECKING:
     import torch
@@ -53,14 +53,17 @@ HEAD_BLOCK = 2048
 PACK_TOKENS = 8192
 
 
-def _packs(passes: Sequence[list[int]], widths: Sequence[int]) -> list[list[list[int]]]:
-    """Consecutive passes gathered while their padded positions (rows x width) stay within
-    ``PACK_TOKENS`` (a pass larger than that alone)."""
-    out: list[list[list[int]]] = []
+_T = TypeVar("_T")
+
+
+def _packs(passes: Sequence[_T], sizes: Sequence[int], limit: int = PACK_TOKENS
+           ) -> list[list[_T]]:
+    """Consecutive passes gathered while their padded positions (``sizes``: rows x width)
+    stay within ``limit`` (a pass larger than that alone)."""
+    out: list[list[_T]] = []
     size = 0
-    for members, width in zip(passes, widths):
-        mine = len(members) * width
-        if out and size + mine <= PACK_TOKENS:
+    for members, mine in zip(passes, sizes):
+        if out and size + mine <= limit:
             out[-1].append(members)
             size += mine
         else:
@@ -318,10 +321,10 @@ def _score_sequences(
             passes.append(picked_order)
     many = getattr(decoder, "forward_many", None)
     with torch.inference_mode():
-        for pack in _packs(passes, [padded_length(len(seqs[p[0]][0])) for p in passes]):
+        for pack in _packs(passes, [len(p) * padded_length(len(seqs[p[0]][0])) for p in passes]):
             inputs = [_padded([seqs[i][0] for i in picked], device) for picked in pack]
             if many is not None and len(pack) > 1:
-                states = many(inputs)
+                states = [o.last_hidden_state for o in many(inputs)]
             else:
                 states = [decoder(input_ids=ids, attention_mask=mask).last_hidden_state
                           for ids, mask in inputs]
@@ -347,12 +350,23 @@ def _score_sequences(
     return out, best
 
 
-def _continue(decoder: torch.nn.Module, cache: Cache,
-              lengths: Sequence[int], last: torch.Tensor, conts: Sequence[tuple[int, int]],
-              items: Sequence[tuple[Sequence[int], Sequence[int]]], pool: _HeadPool,
-              scored: list[int], max_rows: int, max_tokens: int, device: str) -> None:
-    """Read continuations ``conts`` (item, row of its context in ``cache``) into ``pool``,
-    the items in ``scored`` in the order their rows were added.
+class _Continuations(NamedTuple):
+    """One pass of continuations: ``picked`` (item, row of its context in ``last``), the
+    inputs, the rows of their contexts' cache and its lengths."""
+
+    picked: list[tuple[int, int]]
+    ids: torch.Tensor
+    mask: torch.Tensor
+    past: Cache
+    lengths: list[int]
+    last: torch.Tensor
+
+
+def _continuation_passes(cache: Cache, lengths: Sequence[int], last: torch.Tensor,
+                         conts: Sequence[tuple[int, int]],
+                         items: Sequence[tuple[Sequence[int], Sequence[int]]],
+                         max_rows: int, max_tokens: int, device: str) -> list[_Continuations]:
+    """The passes that read continuations ``conts`` (item, row of its context in ``cache``).
 
     ``cache`` holds a batch of contexts (row ``r``: its first ``lengths[r]`` positions),
     ``last`` their last hidden states ``(rows, hidden)``. Continuations of different contexts
@@ -360,6 +374,7 @@ def _continue(decoder: torch.nn.Module, cache: Cache,
     """
     import torch
 
+    out = []
     order = sorted(conts, key=lambda c: -len(items[c[0]][1]))
     for run in batches([len(items[i][1]) for i, _ in order], max_rows, max_tokens):
         picked = [order[k] for k in run]
@@ -369,14 +384,8 @@ def _continue(decoder: torch.nn.Module, cache: Cache,
         # shapes of the pass do not depend on which contexts share it
         index = torch.tensor(rows, device=cache[0][0].device)
         past = tuple((k[index], v[index]) for k, v in cache)
-        hidden = decoder(ids, mask, past=past, past_lengths=[lengths[r] for r in rows]
-                         ).last_hidden_state
-        # the first token of each is predicted by its context's last position
-        states = torch.cat([torch.cat((last[r : r + 1], hidden[b, : len(items[i][1]) - 1]))
-                            for b, (i, r) in enumerate(picked)])
-        targets = torch.tensor([t for i, _ in picked for t in items[i][1]], device=states.device)
-        pool.add(states, targets)
-        scored.extend(i for i, _ in picked)
+        out.append(_Continuations(picked, ids, mask, past, [lengths[r] for r in rows], last))
+    return out
 
 
 def score_continuations(
@@ -415,18 +424,36 @@ def score_continuations(
     scored: list[int] = []
     with torch.inference_mode():
         # contexts are read in batches, padded at the end: each row's cache, cut to its own
-        # length, is what reading it alone gives (up to float rounding)
-        for run in batches([len(contexts[g]) for g in by_length], max_rows, max_tokens):
-            picked = [by_length[k] for k in run]
-            ids, mask = _padded([contexts[g] for g in picked], device)
-            read = decoder(ids, mask, return_cache=True)
-            assert read.cache is not None  # noqa: S101 - asked for
-            lengths = [len(contexts[g]) for g in picked]
-            last = read.last_hidden_state[torch.arange(len(picked)),
-                                          torch.tensor(lengths) - 1]
-            conts = [(i, r) for r, g in enumerate(picked) for i in groups[contexts[g]]]
-            _continue(decoder, read.cache, lengths, last, conts, items, pool, scored,
-                      max_rows, max_tokens, device)
+        # length, is what reading it alone gives; batches of other lengths run through the
+        # layers together (up to max_tokens positions: the caches held at once), and so do
+        # the continuation passes that follow them (up to PACK_TOKENS)
+        runs = [[by_length[k] for k in run]
+                for run in batches([len(contexts[g]) for g in by_length], max_rows, max_tokens)]
+        sizes = [len(r) * padded_length(len(contexts[r[0]])) for r in runs]
+        for pack in _packs(runs, sizes, max_tokens):
+            reads = decoder.forward_many([_padded([contexts[g] for g in picked], device)
+                                          for picked in pack], return_cache=True)
+            todo: list[_Continuations] = []
+            for picked, read in zip(pack, reads):
+                assert read.cache is not None  # noqa: S101 - asked for
+                lengths = [len(contexts[g]) for g in picked]
+                last = read.last_hidden_state[torch.arange(len(picked)),
+                                              torch.tensor(lengths) - 1]
+                conts = [(i, r) for r, g in enumerate(picked) for i in groups[contexts[g]]]
+                todo.extend(_continuation_passes(read.cache, lengths, last, conts, items,
+                                                 max_rows, max_tokens, device))
+            for run in _packs(todo, [c.ids.numel() for c in todo]):
+                outs = decoder.forward_many([(c.ids, c.mask, c.past, c.lengths) for c in run])
+                for c, o in zip(run, outs):
+                    hidden = o.last_hidden_state
+                    # the first token of each is predicted by its context's last position
+                    states = torch.cat([torch.cat((c.last[r : r + 1],
+                                                   hidden[b, : len(items[i][1]) - 1]))
+                                        for b, (i, r) in enumerate(c.picked)])
+                    targets = torch.tensor([t for i, _ in c.picked for t in items[i][1]],
+                                           device=states.device)
+                    pool.add(states, targets)
+                    scored.extend(i for i, _ in c.picked)
         values, _ = pool.finish()
     pos = 0
     for i in scored:

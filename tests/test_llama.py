@@ -380,12 +380,26 @@ def test_passes_run_together_give_each_pass_its_own_floats(tmp_path: Path, famil
     passes.append((torch.randint(0, 97, (2, 16)), left))
     with torch.inference_mode():
         alone = [decoder(ids, mask).last_hidden_state for ids, mask in passes]
-        together = decoder.forward_many(passes)
+        together = [o.last_hidden_state for o in decoder.forward_many(passes)]
+        # and passes that continue cached contexts, beside ones that read anew
+        read = decoder(passes[0][0], passes[0][1], return_cache=True)
+        cont = (torch.randint(0, 97, (3, 8)), torch.ones(3, 8, dtype=torch.long), read.cache,
+                [33, 20, 7])
+        cont_alone = decoder(cont[0], cont[1], past=cont[2], past_lengths=cont[3])
+        mixed = decoder.forward_many([passes[2], cont, passes[3]])
+        with pytest.raises(ValueError, match="return_cache"):
+            decoder.forward_many([cont], return_cache=True)
     assert [t.shape for t in together] == [a.shape for a in alone]
     for a, t in zip(alone, together):
         assert torch.equal(a, t)
+    assert torch.equal(mixed[1].last_hidden_state, cont_alone.last_hidden_state)
+    assert torch.equal(mixed[0].last_hidden_state, alone[2])
     rng = torch.Generator().manual_seed(5)
     seqs = [(torch.randint(0, 97, (n,), generator=rng).tolist(), 1)
             for n in (5, 9, 17, 17, 30, 31, 44, 60, 61, 90, 3, 12)]
     each = [score_sequences(native, [s], max_rows=8, max_tokens=512)[0] for s in seqs]
     assert score_sequences(native, seqs, max_rows=3, max_tokens=128) == each
+    # continuations: contexts of several lengths, some shared, read in packed passes
+    items = [(s[:k], s[k:]) for s, _ in seqs for k in (1, len(s) // 2) if len(s) > k]
+    one = [score_continuations(native, [it], max_rows=8, max_tokens=512)[0] for it in items]
+    assert score_continuations(native, items, max_rows=3, max_tokens=128) == one
