@@ -423,18 +423,15 @@ class LlamaDecoder(nn.Module):
         that continue different contexts share a forward pass.
         ``return_cache`` returns the keys and values of this call's tokens (not with ``past``).
         """
-        if past is not None and return_cache:
-            raise ValueError("return_cache reads a context; it does not extend a cache")
-        if past_lengths is not None and past is None:
-            raise ValueError("past_lengths describes a cache: pass past too")
-        hidden, kept = self._layers([self._pass(input_ids, attention_mask, past, past_lengths)],
-                                    return_cache)
-        return DecoderOutput(hidden[0], kept[0] if return_cache else None)
+        one = ((input_ids, attention_mask) if past is None and past_lengths is None
+               else (input_ids, attention_mask, past, past_lengths))
+        return self.forward_many([one], return_cache=return_cache)[0]
 
     def forward_many(
         self,
         passes: Sequence[tuple[torch.Tensor, torch.Tensor | None]
-                         | tuple[torch.Tensor, torch.Tensor | None, Cache, Sequence[int] | None]],
+                         | tuple[torch.Tensor, torch.Tensor | None, Cache | None,
+                                 Sequence[int] | None]],
         *,
         return_cache: bool = False,
     ) -> list[DecoderOutput]:
@@ -450,6 +447,8 @@ class LlamaDecoder(nn.Module):
             past, lengths = (one[2], one[3]) if len(one) == 4 else (None, None)
             if past is not None and return_cache:
                 raise ValueError("return_cache reads a context; it does not extend a cache")
+            if lengths is not None and past is None:
+                raise ValueError("past_lengths describes a cache: pass past too")
             prepared.append(self._pass(ids, mask, past, lengths))
         hidden, kept = self._layers(prepared, return_cache)
         return [DecoderOutput(h, kept[i] if return_cache else None) for i, h in enumerate(hidden)]

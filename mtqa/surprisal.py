@@ -225,20 +225,35 @@ class _HeadPool:
         self.count = 0
         self.values: list[torch.Tensor] = []
         self.best: list[torch.Tensor] = []
+        #: (sequence, rows) of what was added, in order
+        self.owners: list[tuple[int, int]] = []
 
-    def add(self, states: torch.Tensor, targets: torch.Tensor) -> None:
+    def add(self, states: torch.Tensor, targets: torch.Tensor,
+            owners: Sequence[tuple[int, int]]) -> None:
+        """Rows ``states`` predicting ``targets``; ``owners``: whose they are, in order
+        (sequence index, number of rows)."""
         self.pending.append((states, targets))
+        self.owners.extend(owners)
         self.count += len(targets)
         if self.count >= HEAD_CHUNK:
             self._run(self.count - self.count % HEAD_CHUNK)
 
-    def finish(self) -> tuple[list[float], list[tuple[int, ...]]]:
-        """Every row's surprisal and top ids (none without ``top``), in the order added."""
+    def finish(self, sequences: int) -> tuple[list[list[float]], list[list[tuple[int, ...]]]]:
+        """Each of ``sequences`` sequences' surprisals and top ids (none without ``top``, or
+        for a sequence nothing was added for)."""
         if self.count:
             self._run(self.count)
         values = [v for part in self.values for v in part.tolist()]
         best = [tuple(t) for part in self.best for t in part.tolist()]
-        return values, best
+        out: list[list[float]] = [[] for _ in range(sequences)]
+        tops: list[list[tuple[int, ...]]] = [[] for _ in range(sequences)]
+        pos = 0
+        for i, n in self.owners:
+            out[i] = values[pos : pos + n]
+            if self.top:
+                tops[i] = best[pos : pos + n]
+            pos += n
+        return out, tops
 
     def _run(self, n: int) -> None:
         import torch
@@ -310,10 +325,7 @@ def _score_sequences(
     decoder = cast("torch.nn.Module", model.get_decoder())  # type: ignore[operator]
     head = cast("torch.nn.Module", model.get_output_embeddings())  # type: ignore[operator]
     order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i][0]))
-    out: list[list[float]] = [[] for _ in seqs]
-    best: list[list[tuple[int, ...]]] = [[] for _ in seqs]
     pool = _HeadPool(head, top)
-    scored: list[tuple[int, int]] = []  # (sequence, tokens scored) in the pool's order
     passes = []
     for members in batches([len(seqs[i][0]) for i in order], max_rows, max_tokens):
         picked_order = [order[k] for k in members if len(seqs[order[k]][0]) > seqs[order[k]][1]]
@@ -323,7 +335,7 @@ def _score_sequences(
     with torch.inference_mode():
         for pack in _packs(passes, [len(p) * padded_length(len(seqs[p[0]][0])) for p in passes]):
             inputs = [_padded([seqs[i][0] for i in picked], device) for picked in pack]
-            if many is not None and len(pack) > 1:
+            if many is not None:
                 states = [o.last_hidden_state for o in many(inputs)]
             else:
                 states = [decoder(input_ids=ids, attention_mask=mask).last_hidden_state
@@ -338,16 +350,9 @@ def _score_sequences(
                     cols.extend(range(first - 1, len(seq) - 1))
                     targets.extend(seq[first:])
                 chosen = hidden[torch.tensor(rows), torch.tensor(cols)]
-                pool.add(chosen, torch.tensor(targets, device=chosen.device))
-                scored.extend((i, len(seqs[i][0]) - seqs[i][1]) for i in picked_order)
-        values, tops = pool.finish()
-    pos = 0
-    for i, n in scored:
-        out[i] = values[pos : pos + n]
-        if top:
-            best[i] = tops[pos : pos + n]
-        pos += n
-    return out, best
+                pool.add(chosen, torch.tensor(targets, device=chosen.device),
+                         [(i, len(seqs[i][0]) - seqs[i][1]) for i in picked_order])
+        return pool.finish(len(seqs))
 
 
 class _Continuations(NamedTuple):
@@ -419,9 +424,7 @@ def score_continuations(
             groups.setdefault(tuple(ctx), []).append(i)
     contexts = list(groups)
     by_length = sorted(range(len(contexts)), key=lambda g: -len(contexts[g]))
-    out: list[list[float]] = [[] for _ in items]
     pool = _HeadPool(head, 0)
-    scored: list[int] = []
     with torch.inference_mode():
         # contexts are read in batches, padded at the end: each row's cache, cut to its own
         # length, is what reading it alone gives; batches of other lengths run through the
@@ -452,11 +455,5 @@ def score_continuations(
                                         for b, (i, r) in enumerate(c.picked)])
                     targets = torch.tensor([t for i, _ in c.picked for t in items[i][1]],
                                            device=states.device)
-                    pool.add(states, targets)
-                    scored.extend(i for i, _ in c.picked)
-        values, _ = pool.finish()
-    pos = 0
-    for i in scored:
-        out[i] = values[pos : pos + len(items[i][1])]
-        pos += len(items[i][1])
-    return out
+                    pool.add(states, targets, [(i, len(items[i][1])) for i, _ in c.picked])
+        return pool.finish(len(items))[0]
