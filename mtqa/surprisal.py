@@ -23,6 +23,7 @@ torch is imported inside the functions: importing this module costs nothing.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, NamedTuple, TypeVar, cast
 
@@ -170,8 +171,7 @@ def _head_rows(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tenso
             full[:n] = rows
             rows = full
             norms = []
-            cand_values: list[torch.Tensor] = []
-            cand_ids: list[torch.Tensor] = []
+            running = _RunningTop(n, top, rows.device) if top else None
             picked = torch.zeros(len(wanted), dtype=torch.float32, device=rows.device)
             buffer = torch.empty((HEAD_CHUNK, HEAD_BLOCK), dtype=weight.dtype, device=rows.device)
             for v in range(0, weight.shape[0], HEAD_BLOCK):
@@ -179,7 +179,8 @@ def _head_rows(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tenso
                 # one buffer for every block's logits (each is read before the next is written)
                 logits = (torch.mm(rows, block.t(), out=buffer) if len(block) == HEAD_BLOCK
                           else torch.mm(rows, block.t()))[:n]
-                norms.append(_logsumexp(logits))
+                lse, peak = _logsumexp_max(logits)
+                norms.append(lse)
                 # NOTE: the target's logit is read from the same block of logits the
                 # normaliser sums (not a separate dot product): in bfloat16 the product's
                 # output is rounded, and a target logit computed apart could exceed the
@@ -187,23 +188,20 @@ def _head_rows(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tenso
                 here = ((wanted >= v) & (wanted < v + logits.shape[1])).nonzero()[:, 0]
                 if len(here):
                     picked[here] = logits[here, wanted[here] - v].float()
-                if top:
-                    # NOTE: the block is still in cache: its own top-k costs little, and the
-                    # best of the blocks' candidates are the row's top-k (issue 19)
-                    got = torch.topk(logits, min(top, logits.shape[1]), dim=1)
-                    cand_values.append(got.values)
-                    cand_ids.append(got.indices + v)
+                if running is not None:
+                    running.add(logits, v, peak)
             lse = torch.logsumexp(torch.stack(norms, dim=1), dim=1)
-            if top:
-                values, ids = torch.cat(cand_values, dim=1), torch.cat(cand_ids, dim=1)
-                order = torch.topk(values, min(top, values.shape[1]), dim=1).indices
-                tops.append(ids.gather(1, order))
+            if running is not None:
+                tops.append(running.ids())
         else:
             logits = head(rows).float()
             lse = torch.logsumexp(logits, dim=1)
             picked = logits.gather(1, wanted[:, None])[:, 0]
             if top:
-                tops.append(torch.topk(logits, min(top, logits.shape[1]), dim=1).indices)
+                whole = _RunningTop(len(wanted), top, rows.device)
+                for v in range(0, logits.shape[1], HEAD_BLOCK):
+                    whole.add(logits[:, v : v + HEAD_BLOCK], v)
+                tops.append(whole.ids())
         parts.append((lse - picked).double())
     values = torch.cat(parts) if parts else torch.zeros(0, dtype=torch.float64)
     if not top:
@@ -268,18 +266,88 @@ class _HeadPool:
         self.count = len(targets) - n
 
 
-def _logsumexp(logits: torch.Tensor) -> torch.Tensor:
+def _logsumexp_max(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``torch.logsumexp(logits.float(), dim=1)`` as explicit float32 steps (the row maximum,
     ``exp(x - max)``, its sum, ``log``, ``+ max``) on one float32 copy of ``logits``, each step
-    in place. Widening bfloat16 is exact, so these are the floats the same steps give on the
-    bfloat16 logits through type promotion; converting once first is 1.5-1.8x faster here than
-    a mixed-type subtraction (which converts element by element, unvectorised). Finite logits
-    only (a linear head's)."""
+    in place, and the row maximum (float32, exact). Widening bfloat16 is exact, so these are the
+    floats the same steps give on the bfloat16 logits through type promotion; converting once
+    first is 1.5-1.8x faster here than a mixed-type subtraction (which converts element by
+    element, unvectorised). Finite logits only (a linear head's)."""
     import torch
 
     x = logits.to(torch.float32, copy=True)  # a copy even of float32: ``logits`` is read later
     top = x.amax(dim=1, keepdim=True)
-    return x.sub_(top).exp_().sum(dim=1).log_().add_(top[:, 0])
+    return x.sub_(top).exp_().sum(dim=1).log_().add_(top[:, 0]), top[:, 0]
+
+
+class _RunningTop:
+    """The ``top`` largest logits of each of ``n`` rows over vocabulary blocks added in id
+    order, and their ids: likeliest first, equal logits lowest id first (``_top_ids``)."""
+
+    def __init__(self, n: int, top: int, device: torch.device | str) -> None:
+        import torch
+
+        self.top = top
+        self.values = torch.full((n, top), -math.inf, dtype=torch.float32, device=device)
+        self.best = torch.full((n, top), -1, dtype=torch.long, device=device)
+        self.seen = 0
+
+    def add(self, logits: torch.Tensor, first: int, peak: torch.Tensor | None = None) -> None:
+        """The block of logits of ids ``first``.. (after every lower id); ``peak``: each
+        row's maximum of it as float32, when already at hand."""
+        import torch
+
+        if peak is None:
+            peak = logits.amax(dim=1).float()
+        self.seen = first + logits.shape[1]
+        # NOTE: only rows whose block maximum beats their running top-th value can change
+        # their top (about top * ln(blocks) blocks of 128 per row, not all of them); a tie
+        # with it loses, since this block's ids are the higher ones
+        need = (peak > self.values[:, -1]).nonzero()[:, 0]
+        if not len(need):
+            return
+        vals, ids = _top_ids(logits[need], self.top)
+        both_v = torch.cat([self.values[need], vals], dim=1)
+        both_i = torch.cat([self.best[need], ids + first], dim=1)
+        # stable: a running entry (a lower id) stays before an equal new one
+        order = torch.sort(both_v, dim=1, descending=True, stable=True).indices[:, : self.top]
+        self.values[need] = both_v.gather(1, order)
+        self.best[need] = both_i.gather(1, order)
+
+    def ids(self) -> torch.Tensor:
+        return self.best[:, : min(self.top, self.seen)]
+
+
+def _top_ids(logits: torch.Tensor, top: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``top`` largest logits of each row, likeliest first, equal logits in the order of
+    their ids (lowest first), as (values, float32; ids): a defined order, so the expected
+    words do not depend on a sort's tie order (bfloat16 logits tie often: 8 bits of mantissa).
+
+    Each logit is widened (exactly) to the next wider float type and its column's tie rank
+    written into the low bits the widening leaves zero: keys that keep the logits' order and
+    have no ties, so ``torch.topk`` on them has one answer. Finite logits only."""
+    import torch
+
+    k = min(top, logits.shape[1])
+    # float type -> (the wider type it widens to exactly, that type's integer view, the low
+    # bits a widened value leaves zero)
+    wide = {torch.bfloat16: (torch.float32, torch.int32, 16),
+            torch.float16: (torch.float32, torch.int32, 13),
+            torch.float32: (torch.float64, torch.int64, 29)}.get(logits.dtype)
+    if wide is None or logits.shape[1] > 1 << wide[2]:
+        # NOTE: no spare bits (float64 logits, or more columns than codes): a stable sort by
+        # value keeps equal values in column order
+        order = torch.sort(logits, dim=1, descending=True, stable=True).indices[:, :k]
+        return logits.gather(1, order).float(), order
+    dtype, itype, spare = wide
+    x = logits.to(dtype) + 0.0  # + 0.0: -0.0 becomes +0.0 (they are equal logits)
+    bits = x.view(itype)
+    col = torch.arange(logits.shape[1], device=logits.device, dtype=itype)
+    # a larger key for a lower id: positive floats grow with their bits, negative ones shrink
+    code = torch.where(bits >= 0, (1 << spare) - 1 - col, col)
+    keys = (bits | code).view(dtype)
+    ids = torch.topk(keys, k, dim=1).indices
+    return x.gather(1, ids).float(), ids
 
 
 def score_sequences(

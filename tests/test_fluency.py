@@ -505,6 +505,37 @@ def test_top_tokens_come_off_the_same_logits_and_change_no_number() -> None:
         surprisal_top(plain, states, targets, 0)
 
 
+@pytest.mark.parametrize(("dtype", "bias"), [("bfloat16", False), ("float32", False),
+                                             ("float32", True)])
+def test_top_tokens_break_ties_by_the_lowest_id(dtype: str, bias: bool) -> None:
+    """Equal logits (common in bfloat16) come out lowest id first, wherever they fall among the
+    vocabulary blocks and whichever blocks the running top lets the projection skip."""
+    import torch
+
+    from mtqa.surprisal import HEAD_BLOCK, surprisal, surprisal_top
+
+    torch.manual_seed(11)
+    vocab, hidden, rows = 2 * HEAD_BLOCK + 900, 8, 600
+    head = torch.nn.Linear(hidden, vocab, bias=bias)  # a bias: the head is called whole
+    with torch.no_grad():  # small whole numbers: every logit is exact and most of them tie
+        head.weight.copy_(torch.randint(-4, 5, (vocab, hidden)).float())
+        if bias:
+            head.bias.zero_()
+        head.weight[3 * HEAD_BLOCK // 2] = 9.0  # one row's best sits in the second block only
+    head = head.to(getattr(torch, dtype))
+    states = torch.zeros(rows, hidden)
+    states[torch.arange(rows), torch.arange(rows) % hidden] = 1.0
+    states[::7] *= -1.0  # negative logits tie too
+    targets = torch.randint(0, vocab, (rows,))
+    values, best = surprisal_top(head, states, targets, 3)
+    assert torch.equal(values, surprisal(head, states, targets))
+    logits = (states.to(head.weight.dtype) @ head.weight.detach().t()).double().numpy()
+    for r in range(rows):
+        order = np.lexsort((np.arange(vocab), -logits[r]))[:3]  # value down, then id up
+        assert best[r].tolist() == order.tolist(), r
+    assert (best == 3 * HEAD_BLOCK // 2).any()
+
+
 def test_word_scores_pickled_before_expectations_load_without_them() -> None:
     import pickle
 
