@@ -2,8 +2,9 @@
 
 A *unit* is a set of body sentences: one sentence of an article, or one line of MQM data (the
 unit the model is fitted on). ``unit_features`` collects, for a unit, the raw numbers of every
-checker that ran: language-model statistics, counts of structure/grammar/LM findings by
-severity, and, with a line-parallel reference, chrF/BLEU/similarity/length ratio of the aligned
+checker that ran: language-model statistics, counts of structure/grammar findings by severity,
+the LM's findings graded by ``FluencyChecker.major_weight`` (continuous: a span's severity flips
+at a threshold, its weight does not), and, with a line-parallel reference, chrF/BLEU/similarity/length ratio of the aligned
 pairs, unaligned sentences and fact or wording mismatches.
 
 ``Calibration`` holds one small model per set of available checkers (the LM may be off, the
@@ -110,7 +111,8 @@ def unit_features(sd: SegmentedDocument, results: Sequence[CheckResult],
     """Raw numbers of the body sentences ``sentences`` of ``sd`` from each checker's result.
 
     Keys present depend on what ran: ``lm_*`` with the fluency checker, ``ref_*`` with a
-    parallel-mode reference result; the counts of findings are always there.
+    parallel-mode reference result; the counts of findings are always there (``n_fluency_major``
+    and ``n_fluency_minor`` are sums of each LM span's major weight and its complement).
     """
     idx = [i for i in sentences if sd.sentences[i].kind is Kind.BODY]
     chosen = set(idx)
@@ -145,6 +147,13 @@ def unit_features(sd: SegmentedDocument, results: Sequence[CheckResult],
                 out["ref_facts"] = out.get("ref_facts", 0.0) + 1.0
                 continue
             group = "blocking" if f.category in _BLOCKING else r.checker
+            if group == FluencyChecker.name:
+                # NOTE: the LM's spans are graded, not counted: a span whose peak sits on the
+                # major threshold must not move the score by a whole major span
+                major = FluencyChecker.major_weight(f.confidence)
+                for sev, part in (("major", major), ("minor", 1.0 - major)):
+                    out[f"n_{group}_{sev}"] = out.get(f"n_{group}_{sev}", 0.0) + part
+                continue
             sev = "major" if f.severity in (Severity.MAJOR, Severity.CRITICAL) else "minor"
             key = f"n_{group}_{sev}"
             out[key] = out.get(key, 0.0) + 1.0

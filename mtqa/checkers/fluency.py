@@ -356,6 +356,18 @@ class FluencyChecker(BaseChecker):
     EXTEND_LEFT: ClassVar[int] = 1
     EXTEND_RIGHT: ClassVar[int] = 1
 
+    @classmethod
+    def major_weight(cls, confidence: float) -> float:
+        """How major a span of this checker is, 0 to 1 and continuous: 0 where a span first
+        appears (its peak at ``Z_MINOR``), 1 from the major threshold (``Z_MAJOR``, confidence
+        .5) up. A span's ``confidence`` is ``sigmoid(peak - Z_MAJOR)``; the calibration counts
+        this weight instead of the severity, so a score never jumps when one span's peak
+        crosses the threshold (its severity does; the span calibration re-judges it anyway).
+        """
+        c = min(max(confidence, 1e-12), 1.0 - 1e-12)
+        peak_over = math.log(c / (1.0 - c))  # peak - Z_MAJOR
+        return min(max(1.0 + peak_over / (cls.Z_MAJOR - cls.Z_MINOR), 0.0), 1.0)
+
     def __init__(
         self,
         *,
