@@ -506,7 +506,7 @@ def test_top_tokens_come_off_the_same_logits_and_change_no_number() -> None:
 
 
 @pytest.mark.parametrize(("dtype", "bias"), [("bfloat16", False), ("float32", False),
-                                             ("float32", True)])
+                                             ("float32", True), ("float64", False)])
 def test_top_tokens_break_ties_by_the_lowest_id(dtype: str, bias: bool) -> None:
     """Equal logits (common in bfloat16) come out lowest id first, wherever they fall among the
     vocabulary blocks and whichever blocks the running top lets the projection skip."""
