@@ -312,6 +312,25 @@ def _product(linear: nn.Linear, x: torch.Tensor,
     return y if out is None else y.to(out)
 
 
+def _rows_for_this_cpu() -> int:
+    """``ROWS`` on this machine: 512 where the CPU has AMX (its tile kernels want big products),
+    256 elsewhere (AVX512-BF16, AVX2, CUDA).
+
+    The padding is what a lone short document pays for: on an AVX512-BF16 CPU without AMX (AMD
+    EPYC, 2 cores, Gemma-3-270M bf16) a one-sentence document's LM reading takes 0.36 s with 512
+    rows and 0.20 s with 256 (0.12 s with 128, but a 200-sentence batch is then 11% slower), the
+    seed article and the batch unchanged within noise (one run, three interleaved rounds,
+    issue 17's note). The floats do not depend on the choice there (that CPU's kernels
+    give a row the same result for 64-512 rows: measured on the seed and 64 BNC sentences);
+    with AMX they do, which is why every product has one fixed row count at all.
+    """
+    try:
+        caps = torch.cpu.get_capabilities()  # type: ignore[attr-defined,unused-ignore]
+    except (AttributeError, RuntimeError):
+        return 256
+    return 512 if caps.get("amx_bf16") else 256
+
+
 #: rows of every matrix product the model runs (the decoder's projections and, in
 #: ``mtqa.surprisal``, the vocabulary head): a product of more rows is run as products of
 #: exactly this many, the last one padded with zero rows. oneDNN and MKL pick their kernels and
@@ -320,9 +339,12 @@ def _product(linear: nn.Linear, x: torch.Tensor,
 #: float32 by ~1e-7 where K is 1,024 or more); at one shape it does not depend on its position
 #: or on the other rows. With AMX on two cores 512 rows run at 1,550-1,850 GFLOP/s on the
 #: model's shapes, 256 at 1,100-1,500, 32 at ~480: padding a pass's last product to 512 rows
-#: (256 wasted on average) costs less than smaller products from ~300 rows a pass on (a lone
-#: short document pays most: ~0.1 s more with Gemma). ``benchmarks/lm_speed.py`` prints them.
-ROWS = 512
+#: (256 wasted on average) costs less than smaller products from ~300 rows a pass on. Without
+#: AMX (AVX512-BF16 on AMD EPYC: 256 rows 820 GFLOP/s, 512 rows 860, 128 rows 810) the
+#: padding costs more than the rate gains, so 256 (``_rows_for_this_cpu``). Fixed for the
+#: process: a row's floats depend on the machine, never on the batch.
+#: ``benchmarks/lm_speed.py`` prints the rates.
+ROWS = _rows_for_this_cpu()
 
 
 def row_product(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:

@@ -11,7 +11,7 @@ whichever other sequences share its forward pass, and for any ``max_rows``, in b
 float32. Every row of a pass is padded to ``padded_length`` of its own length (a pass only
 holds rows of one padded length), so the attention kernel, whose blocking changes with the
 sequence length, sees a length the row alone decides; and every matrix product, the vocabulary
-head's included (``HEAD_CHUNK``), runs on a fixed number of rows (``mtqa.llama.ROWS``), the
+head's included, runs on a fixed number of rows (``mtqa.llama.ROWS``), the
 last one padded: oneDNN and MKL choose kernels by the number of rows, and with AMX bfloat16 a
 row's result changes with it by up to 1/64 of a value (issue 17; AVX512-BF16 without AMX did
 not show it). ``tests/test_precision.py`` checks both. ``score_continuations`` scores texts given a context (the reference
@@ -33,15 +33,12 @@ if TYPE_CHECKING:
     from mtqa.llama import Cache
 
 __all__ = [
-    "HEAD_CHUNK", "batches", "padded_length", "score_continuations", "score_sequences",
+    "batches", "padded_length", "score_continuations", "score_sequences",
     "score_sequences_top", "surprisal", "surprisal_top",
 ]
 
-#: hidden states turned into vocabulary logits at once (bounds peak memory): every product of
-#: the head has this many rows, the last chunk padded (as the decoder's have ``mtqa.llama.ROWS``)
-HEAD_CHUNK = 512
-#: vocabulary entries per block of the log-normaliser: a block of logits (HEAD_CHUNK x HEAD_BLOCK
-#: floats, 4 MB) stays in cache between the projection and its logsumexp, which makes the
+#: vocabulary entries per block of the log-normaliser: a block of logits (``mtqa.llama.ROWS``
+#: x HEAD_BLOCK floats, 2-4 MB) stays in cache between the projection and its logsumexp, which makes the
 #: projection 15-30% faster on 2 cores than writing out all 49k logits of a row at once
 #: (``benchmarks/lm_speed.py`` prints the ratio)
 HEAD_BLOCK = 2048
@@ -115,7 +112,7 @@ def _padded(seqs: Sequence[Sequence[int]], device: str) -> tuple[torch.Tensor, t
 
 
 def surprisal(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """``-log p(target)`` for each row of ``hidden`` (float64), in chunks of ``HEAD_CHUNK``.
+    """``-log p(target)`` for each row of ``hidden`` (float64), in chunks of ``mtqa.llama.ROWS``.
 
     A plain linear head (no bias: Llama's) is applied block by block over the vocabulary and
     the blocks' log-normalisers combined (in float32), the target's logit read from its own
@@ -140,6 +137,14 @@ def surprisal_top(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Te
     return values, best
 
 
+def _chunk() -> int:
+    """Rows of every product of the vocabulary head: the decoder's ``mtqa.llama.ROWS`` (read at
+    call time; imports torch)."""
+    from mtqa import llama
+
+    return llama.ROWS
+
+
 def _head_pass(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor,
                top: int) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Surprisals of ``targets`` and, with ``top > 0``, the ids of each row's top tokens
@@ -157,23 +162,24 @@ def _head_rows(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tenso
     weight = getattr(head, "weight", None)
     blocked = (isinstance(head, torch.nn.Linear) and head.bias is None
                and isinstance(weight, torch.Tensor) and weight.dim() == 2)
+    chunk = _chunk()
     parts = []
     tops = []
-    for c in range(0, len(targets), HEAD_CHUNK):
-        rows, wanted = hidden[c : c + HEAD_CHUNK], targets[c : c + HEAD_CHUNK]
+    for c in range(0, len(targets), chunk):
+        rows, wanted = hidden[c : c + chunk], targets[c : c + chunk]
         if blocked:
             assert weight is not None  # noqa: S101 - checked above
-            # NOTE: every product of the head has HEAD_CHUNK rows, the last chunk padded with
+            # NOTE: every product of the head has ROWS rows, the last chunk padded with
             # zero rows: a row's logits then do not depend on how many rows share its chunk
             # (oneDNN's kernels change with the number of rows; see mtqa.llama.ROWS)
             n = len(wanted)
-            full = rows.new_zeros((HEAD_CHUNK, rows.shape[1]), dtype=weight.dtype)
+            full = rows.new_zeros((chunk, rows.shape[1]), dtype=weight.dtype)
             full[:n] = rows
             rows = full
             norms = []
             running = _RunningTop(n, top, rows.device) if top else None
             picked = torch.zeros(len(wanted), dtype=torch.float32, device=rows.device)
-            buffer = torch.empty((HEAD_CHUNK, HEAD_BLOCK), dtype=weight.dtype, device=rows.device)
+            buffer = torch.empty((chunk, HEAD_BLOCK), dtype=weight.dtype, device=rows.device)
             for v in range(0, weight.shape[0], HEAD_BLOCK):
                 block = weight[v : v + HEAD_BLOCK]
                 # one buffer for every block's logits (each is read before the next is written)
@@ -212,10 +218,10 @@ def _head_rows(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tenso
 
 class _HeadPool:
     """Rows for the vocabulary head, gathered across forward passes: the head runs on every
-    full ``HEAD_CHUNK`` of them as they come and once, padded, on the rest at ``finish``. Each
-    pass's head products would otherwise pad their last chunk (256 rows of 512 wasted on
-    average, per pass); the floats are the same either way, since every product has
-    ``HEAD_CHUNK`` rows whichever rows fill it."""
+    full chunk (``mtqa.llama.ROWS`` rows) of them as they come and once, padded, on the rest at
+    ``finish``. Each pass's head products would otherwise pad their last chunk (half a chunk wasted on average,
+    per pass); the floats are the same either way, since every product has ``ROWS`` rows
+    whichever rows fill it."""
 
     def __init__(self, head: torch.nn.Module, top: int) -> None:
         self.head, self.top = head, top
@@ -233,8 +239,9 @@ class _HeadPool:
         self.pending.append((states, targets))
         self.owners.extend(owners)
         self.count += len(targets)
-        if self.count >= HEAD_CHUNK:
-            self._run(self.count - self.count % HEAD_CHUNK)
+        chunk = _chunk()
+        if self.count >= chunk:
+            self._run(self.count - self.count % chunk)
 
     def finish(self, sequences: int) -> tuple[list[list[float]], list[list[tuple[int, ...]]]]:
         """Each of ``sequences`` sequences' surprisals and top ids (none without ``top``, or

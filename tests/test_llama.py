@@ -286,7 +286,7 @@ def test_blocked_head_equals_the_full_log_softmax() -> None:
     torch.manual_seed(3)
     vocab, hidden = 5000, 48  # several HEAD_BLOCKs, the last one partial
     plain = torch.nn.Linear(hidden, vocab, bias=False)
-    states = torch.randn(700, hidden) * 3  # more rows than one HEAD_CHUNK
+    states = torch.randn(700, hidden) * 3  # more rows than one head chunk (ROWS)
     targets = torch.randint(0, vocab, (700,))
     want = -torch.log_softmax(plain(states).double(), dim=1).gather(1, targets[:, None])[:, 0]
     got = surprisal(plain, states, targets)
@@ -356,6 +356,27 @@ def test_a_rows_product_does_not_depend_on_the_other_rows(k: int, n: int,
     every = surprisal(head, states, targets)
     for m in (1, 40, 700):
         assert torch.equal(surprisal(head, states[:m], targets[:m]), every[:m]), m
+
+
+def test_the_row_count_follows_the_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    """512 rows per product where the CPU has AMX (its tile kernels want them), 256 elsewhere
+    (without AMX the padding costs a lone short document more than the bigger products gain),
+    and 256 where torch cannot say; the module's ROWS is what this machine gets."""
+    from mtqa import llama
+
+    caps = dict(torch.cpu.get_capabilities())
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {**caps, "amx_bf16": True})
+    assert llama._rows_for_this_cpu() == 512
+    monkeypatch.setattr(torch.cpu, "get_capabilities",
+                        lambda: {**caps, "amx_bf16": False, "avx512_bf16": True})
+    assert llama._rows_for_this_cpu() == 256
+
+    def broken() -> dict[str, bool]:
+        raise RuntimeError("no cpuinfo")
+
+    monkeypatch.setattr(torch.cpu, "get_capabilities", broken)
+    assert llama._rows_for_this_cpu() == 256
+    assert llama.ROWS == (512 if caps.get("amx_bf16") else 256)
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
