@@ -54,6 +54,7 @@ from mtqa.io import (
     read_text,
     write_text_atomic,
 )
+from mtqa.encoders import embedder_precision
 from mtqa.models import lm_precision
 from mtqa.pipeline import Checker
 from mtqa.render.csv import render_csv
@@ -257,6 +258,8 @@ def config_signature(settings: Settings, calibration: str = "") -> str:
     if settings.reads_with_lm:  # NOTE: else the precision changes nothing (nor is torch imported)
         data["precision"] = lm_precision(settings.lm_model, device=settings.device,
                                          backend=settings.lm_backend, precision=settings.precision)
+    if "reference" in settings.checkers:  # the sentence encoder reads the same setting
+        data["embedder_precision"] = embedder_precision(settings.precision, settings.device)
     return json.dumps({"mtqa": __version__, "settings": data, "calibration": calibration},
                       sort_keys=True)
 

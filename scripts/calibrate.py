@@ -128,7 +128,7 @@ def build_features(path: Path, out: Path, lm_cache: Path | None, limit: int | No
     structure = StructureChecker()
     grammar = GrammarChecker(backend="harper")
     reference = ReferenceChecker(mode="parallel", lm=True, lm_model=lm_model,
-                                 lm_precision=precision)
+                                 lm_precision=precision, embedder_precision=precision)
     st_free = structure.check(free_docs)
     st_ref = structure.check(ref_docs)
     gr_free = grammar.check(free_docs)
@@ -214,7 +214,7 @@ def build_paragraph_features(path: Path, out: Path, lm_cache: Path | None,
     structure = StructureChecker()
     grammar = GrammarChecker(backend="harper")
     reference = ReferenceChecker(mode="parallel", lm=True, lm_model=lm_model,
-                                 lm_precision=precision)
+                                 lm_precision=precision, embedder_precision=precision)
     st_free, st_ref = structure.check(free_docs), structure.check(ref_docs)
     gr_free, gr_ref = grammar.check(free_docs), grammar.check(ref_docs)
     rf = []

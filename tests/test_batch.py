@@ -14,6 +14,7 @@ import sys
 import textwrap
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
@@ -272,6 +273,27 @@ def _tiny_lm_checker(path: Path, precision: str) -> Checker:
     model = load_llama(path, [path / "model.safetensors"], lm_precision(precision=precision))
     settings = Settings(checkers=("structure", "fluency"), precision=precision)
     return Checker(settings, checkers={"fluency": FluencyChecker(model=model, tokenizer=fast)})
+
+
+def test_the_store_keys_on_the_precision_the_embedder_runs_in(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without the language model the precision still changes the reference checker's
+    embeddings: the key holds the resolved one, so ``auto`` on a bf16 machine is not read as
+    ``auto`` on an fp32 one (and a run without the reference checker does not care)."""
+    import torch
+
+    settings = Settings(checkers=("structure", "reference"), precision="auto")
+
+    def key(native: bool, s: Settings = settings) -> dict[str, Any]:
+        caps = {"avx512_bf16": True} if native else {"avx2": True}
+        monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: caps, raising=False)
+        data: dict[str, Any] = json.loads(config_signature(s))["settings"]
+        return data
+
+    assert key(True)["embedder_precision"] == "bf16"
+    assert key(False)["embedder_precision"] == "fp32"
+    plain = Settings(checkers=("structure",), precision="auto")
+    assert "embedder_precision" not in key(True, plain)
 
 
 def test_the_store_keys_on_the_precision_the_lm_runs_in(tmp_path: Path,

@@ -464,19 +464,69 @@ def test_seed_alignment_against_annotation(model_checker: ReferenceChecker, abc_
 
 
 @pytest.mark.model
-def test_model_batch_size_does_not_change_embeddings(model_checker: ReferenceChecker, abc_text: str) -> None:
+@pytest.mark.parametrize(("precision", "tolerance"), [("fp32", 1e-5), ("bf16", 2e-3)])
+def test_model_batch_size_does_not_change_embeddings(abc_text: str, precision: str,
+                                                     tolerance: float) -> None:
+    """Padding never leaks into a sentence's embedding: batches of 1 and of 8 agree, to float32
+    rounding in fp32 and to bfloat16 rounding in bf16 (a batch's padded length changes the
+    products' shapes, and autocast rounds their outputs to 8 bits: measured up to 9e-4 on the
+    seed; the checker's own batch size is fixed, and each document embeds in a call of its own,
+    so this never moves a report)."""
     from mtqa.encoders import SentenceTransformerEncoder
 
     doc = segment(Document(id="abc", mt=abc_text))
     texts = [doc.text(s) for s in doc.sentences]
-    enc = model_checker._encoder
-    assert isinstance(enc, SentenceTransformerEncoder)
-    enc.batch_size = 1
+    enc = SentenceTransformerEncoder(precision=precision, batch_size=1)
     one = enc.encode(texts)
     enc.batch_size = 8
     eight = enc.encode(texts)
-    enc.batch_size = ReferenceChecker.BATCH_SIZE
-    np.testing.assert_allclose(one, eight, atol=1e-5)
+    np.testing.assert_allclose(one, eight, atol=tolerance)
+
+
+def test_the_embedder_runs_in_the_precision_the_setting_resolves_to(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """``auto``: bf16 where the CPU computes bfloat16 natively, fp32 elsewhere (as the
+    language model); fp32 and bf16 as asked; anything else refused."""
+    import torch
+
+    from mtqa.encoders import embedder_precision
+
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"avx512_bf16": True},
+                        raising=False)
+    assert embedder_precision("auto") == "bf16"
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"avx2": True}, raising=False)
+    assert embedder_precision("auto") == "fp32"
+    assert embedder_precision("bf16") == "bf16"
+    assert embedder_precision("fp32") == "fp32"
+    with pytest.raises(ValueError, match="fp16"):
+        embedder_precision("fp16")
+
+
+@pytest.mark.model
+def test_bf16_embeddings_stay_close_to_fp32_and_the_signature_says_which(
+        abc_text: str, hill_text: str) -> None:
+    """The bundled encoder in bf16 (autocast) against fp32 on the seed pair: really other
+    floats, each embedding within a cosine of 1e-4 of its fp32 one, the same alignment, and the
+    signature (so the batch store) names the precision."""
+    fp32 = ReferenceChecker(embedder_precision="fp32")
+    bf16 = ReferenceChecker(embedder_precision="bf16")
+    assert "|emb:all-MiniLM-L6-v2/fp32|" in fp32.signature
+    assert "|emb:all-MiniLM-L6-v2/bf16|" in bf16.signature
+    texts = []
+    for text in (abc_text, hill_text):
+        doc = segment(Document(id="d", mt=text))
+        texts += [doc.text(s) for s in doc.sentences]
+    a, b = fp32._embed(texts), bf16._embed(texts)
+    assert not np.array_equal(a, b)
+    assert float(((a * b).sum(axis=1)).min()) > 0.9999
+    assert float(np.abs(a @ a.T - b @ b.T).max()) < 0.01
+    doc = segment(Document(id="abc", mt=abc_text, ref=(hill_text,)))
+    ra, rb = fp32.check([doc])[0].reference, bf16.check([doc])[0].reference
+    assert ra is not None and rb is not None
+    assert [(x.mt, x.ref) for x in ra.alignment] == [(x.mt, x.ref) for x in rb.alignment]
+    assert rb.mt_coverage == ra.mt_coverage and rb.ref_coverage == ra.ref_coverage
+    for x, y in zip(ra.alignment, rb.alignment):
+        assert y.similarity == pytest.approx(x.similarity, abs=0.01)
 
 
 def test_parallel_blank_reference_line_leaves_its_sentences_unsupported() -> None:

@@ -196,6 +196,7 @@ class ReferenceChecker(BaseChecker):
         lm_backend: str = "auto",
         lm_precision: str = "auto",
         language_model: LoadedLM | None = None,
+        embedder_precision: str = "auto",
     ) -> None:
         """Build the checker; the embedding model is loaded here, once.
 
@@ -216,6 +217,9 @@ class ReferenceChecker(BaseChecker):
                 checker's).
             language_model: a loaded model to read with instead (lent by the owner's
                 ``mtqa.models.ModelPool``, so the fluency checker's copy; tests).
+            embedder_precision: the sentence encoder's precision (``auto``, ``fp32``, ``bf16``:
+                ``mtqa.encoders.embedder_precision``); ``from_settings`` passes the one the
+                language model is given. An injected ``encoder`` keeps its own.
 
         Raises:
             ConfigError: an unknown mode.
@@ -229,9 +233,10 @@ class ReferenceChecker(BaseChecker):
         self.floor = floor
         self.comparable_ter = comparable_ter
         if encoder is None:
-            st = SentenceTransformerEncoder(embedder, batch_size=batch_size, device=device)
+            st = SentenceTransformerEncoder(embedder, batch_size=batch_size, device=device,
+                                            precision=embedder_precision)
             self._encoder: Encoder | None = st
-            self.embedder_name = st.name
+            self.embedder_name = f"{st.name}/{st.precision}"
         else:
             self._encoder = encoder
             self.embedder_name = embedder or type(encoder).__name__
@@ -274,7 +279,7 @@ class ReferenceChecker(BaseChecker):
                 logger.warning("reference: reading pairs without the language model: %s",
                                exc.reason)
         return cls(embedder=settings.embedder, mode=settings.ref_mode, device=settings.device,
-                   language_model=language_model)
+                   language_model=language_model, embedder_precision=settings.precision)
 
     @property
     def signature(self) -> str:
