@@ -250,12 +250,16 @@ def config_signature(settings: Settings, calibration: str = "") -> str:
     fingerprint (a re-fitted file under the same path changes scores), as JSON.
 
     The gate policy is left out: verdicts are recomputed whenever outputs are written. The
-    precision is the one the language model runs in (``mtqa.models.lm_precision``): ``auto``
-    reads bf16 on a machine with native bfloat16 and fp32 on another, and their reports differ.
+    precision is resolved as each model reads it: ``precision``, the one the language model
+    runs in (``mtqa.models.lm_precision``), and ``embedder_precision``, the reference checker's
+    sentence encoder's (``mtqa.encoders.embedder_precision``): ``auto`` reads bf16 on a machine
+    with native bfloat16 and fp32 on another, and their reports differ; ``auto`` and what it
+    resolves to share results. A run that reads with neither keeps neither.
     """
     data = settings.to_dict()
     data.pop("policy", None)
-    if settings.reads_with_lm:  # NOTE: else the precision changes nothing (nor is torch imported)
+    data.pop("precision", None)
+    if settings.reads_with_lm:  # NOTE: else the LM's precision changes nothing
         data["precision"] = lm_precision(settings.lm_model, device=settings.device,
                                          backend=settings.lm_backend, precision=settings.precision)
     if "reference" in settings.checkers:  # the sentence encoder reads the same setting

@@ -153,8 +153,9 @@ _SETTINGS_OPTIONS: tuple[inspect.Parameter, ...] = (
     _option("lm_backend", Optional[LmBackend], "--lm-backend",  # noqa: UP007
             help=f"How the LM runs (default: {_default('lm_backend')})."),
     _option("precision", Optional[Precision], "--precision",  # noqa: UP007
-            help=f"LM weights (default: {_default('precision')}: bf16 where the CPU has native "
-                 "bf16 or on CUDA, else fp32)."),
+            help=f"LM weights and the reference checker's sentence encoder (default: "
+                 f"{_default('precision')}: bf16 where the CPU has native bf16 or on CUDA, "
+                 "else fp32)."),
     _option("grammar_backend", Optional[GrammarBackend], "--grammar-backend",  # noqa: UP007
             help=f"Grammar backend (default: {_default('grammar_backend')}: LanguageTool when "
                  "reachable, else Harper)."),

@@ -66,8 +66,9 @@ GRAMMAR_BACKENDS: tuple[str, ...] = ("auto", "languagetool", "harper")
 REF_MODES: tuple[str, ...] = ("auto", "parallel", "comparable")
 #: where the models run; ``cuda:N`` names one GPU
 DEVICES: tuple[str, ...] = ("cpu", "cuda")
-#: the language model's weight type: ``auto`` resolves to bf16 on CPUs with native bf16 (and on
-#: CUDA), else fp32 (``mtqa.models.resolve_precision``)
+#: the language model's weight type, and the reference checker's sentence encoder's: ``auto``
+#: resolves to bf16 on CPUs with native bf16 (and on CUDA), else fp32
+#: (``mtqa.models.resolve_precision``, ``mtqa.encoders.embedder_precision``)
 PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16")
 
 _DEVICE = re.compile(r"cuda(?::\d+)?")
@@ -108,7 +109,8 @@ class Settings:
     #: one of LM_BACKENDS
     lm_backend: str = "auto"
     #: one of PRECISIONS; ``auto`` (bf16 where the device computes it natively, for the native
-    #: backend; fp32 elsewhere) is resolved where the model loads (``mtqa.models.lm_precision``)
+    #: backend; fp32 elsewhere) is resolved where the model loads (``mtqa.models.lm_precision``);
+    #: the reference checker's sentence encoder reads it too (``mtqa.encoders.embedder_precision``)
     precision: str = "auto"
     # grammar
     #: one of GRAMMAR_BACKENDS

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
-from mtqa.errors import CheckerUnavailable
+from mtqa.errors import CheckerUnavailable, ConfigError
 
 if TYPE_CHECKING:
     from numpy.typing import NDArray
@@ -61,7 +61,11 @@ def resolve_embedder(name: str | None) -> str:
 def embedder_precision(precision: str, device: str | None = None) -> str:
     """What ``precision`` (``mtqa.config.PRECISIONS``, the setting the language model reads too)
     means for the sentence encoder: ``auto`` is bf16 where the device computes bfloat16
-    natively (``mtqa.models.native_bf16``), else fp32.
+    natively (``mtqa.models.native_bf16``), else fp32 — on its own terms, whichever backend
+    runs the language model (``auto`` keeps a transformers-run LM in fp32, not the encoder).
+
+    Raises:
+        ConfigError: ``precision`` is none of ``auto``, ``fp32``, ``bf16``.
 
     In bf16 the encoder runs under torch's autocast: matrix products (and attention) in
     bfloat16 with float32 accumulation, weights kept in float32. On the seed pair's 63
@@ -75,8 +79,8 @@ def embedder_precision(precision: str, device: str | None = None) -> str:
 
         return "bf16" if native_bf16(device or "cpu") else "fp32"
     if precision not in ("fp32", "bf16"):
-        err = f"embedder precision must be auto, fp32 or bf16, not {precision!r}"
-        raise ValueError(err)
+        err = f"reference: precision must be one of auto, fp32, bf16, not {precision!r}"
+        raise ConfigError(err)
     return precision
 
 

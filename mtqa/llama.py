@@ -313,14 +313,15 @@ def _product(linear: nn.Linear, x: torch.Tensor,
 
 
 def _rows_for_this_cpu() -> int:
-    """``ROWS`` on this machine: 512 where the CPU has AMX (its tile kernels want big products),
-    256 elsewhere (AVX512-BF16, AVX2, CUDA).
+    """``ROWS`` on this machine: 512 where the host CPU has AMX (its tile kernels want big
+    products), 256 elsewhere (AVX512-BF16, AVX2, and where torch cannot say; a CUDA run follows
+    its host CPU).
 
     The padding is what a lone short document pays for: on an AVX512-BF16 CPU without AMX (AMD
     EPYC, 2 cores, Gemma-3-270M bf16) a one-sentence document's LM reading takes 0.36 s with 512
     rows and 0.20 s with 256 (0.12 s with 128, but a 200-sentence batch is then 11% slower), the
     seed article and the batch unchanged within noise (one run, three interleaved rounds,
-    issue 17's note). The floats do not depend on the choice there (that CPU's kernels
+    issue 17's note). The bf16 floats do not depend on the choice there (that CPU's kernels
     give a row the same result for 64-512 rows: measured on the seed and 64 BNC sentences);
     with AMX they do, which is why every product has one fixed row count at all.
     """

@@ -38,7 +38,7 @@ __all__ = [
 ]
 
 #: vocabulary entries per block of the log-normaliser: a block of logits (``mtqa.llama.ROWS``
-#: x HEAD_BLOCK floats, 2-4 MB) stays in cache between the projection and its logsumexp, which makes the
+#: x HEAD_BLOCK floats, 1-4 MB) stays in cache between the projection and its logsumexp, which makes the
 #: projection 15-30% faster on 2 cores than writing out all 49k logits of a row at once
 #: (``benchmarks/lm_speed.py`` prints the ratio)
 HEAD_BLOCK = 2048

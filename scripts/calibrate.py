@@ -1009,8 +1009,9 @@ def main() -> None:
     parser.add_argument("--rebuild", action="store_true", help="Recompute the feature file.")
     parser.add_argument("--limit", type=int, default=None)
     parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
-                        help="The LM's weight type for the feature pass (auto: bf16 where the "
-                             "CPU has it natively, as mtqa's default).")
+                        help="The LM's and the sentence encoder's precision for the feature "
+                             "pass (auto: bf16 where the CPU has it natively, as mtqa's "
+                             "default).")
     parser.add_argument("--lm-model", default=None,
                         help="the language model to read with (default: the default model, "
                              "Gemma-3-270M; SmolLM2-135M-Instruct: the first default)")

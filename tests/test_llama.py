@@ -358,6 +358,32 @@ def test_a_rows_product_does_not_depend_on_the_other_rows(k: int, n: int,
         assert torch.equal(surprisal(head, states[:m], targets[:m]), every[:m]), m
 
 
+def test_every_product_has_rows_rows_the_head_included(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The decoder's products and the vocabulary head's all run on ``mtqa.llama.ROWS`` rows
+    (read at call time), whatever the number of rows asked for: the invariant batch
+    invariance rests on, checked on the shapes themselves (on a CPU whose kernels do not
+    change with the rows, the floats alone could not show a product of another size)."""
+    from mtqa import llama
+
+    monkeypatch.setattr(llama, "ROWS", 64)
+    seen: list[int] = []
+    mm = torch.mm
+
+    def spy(a: torch.Tensor, b: torch.Tensor, **kw: Any) -> torch.Tensor:
+        seen.append(a.shape[0])
+        return mm(a, b, **kw)
+
+    monkeypatch.setattr(torch, "mm", spy)
+    torch.manual_seed(5)
+    w = torch.randn(48, 32)
+    for m in (1, 63, 64, 65, 200):
+        y = llama.row_product(torch.randn(m, 32), w)
+        assert y.shape == (m, 48)
+    head = torch.nn.Linear(32, 5000, bias=False)
+    surprisal(head, torch.randn(150, 32), torch.randint(0, 5000, (150,)))
+    assert seen and set(seen) == {64}, sorted(set(seen))
+
+
 def test_the_row_count_follows_the_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
     """512 rows per product where the CPU has AMX (its tile kernels want them), 256 elsewhere
     (without AMX the padding costs a lone short document more than the bigger products gain),

@@ -498,8 +498,10 @@ def test_the_embedder_runs_in_the_precision_the_setting_resolves_to(
     assert embedder_precision("auto") == "fp32"
     assert embedder_precision("bf16") == "bf16"
     assert embedder_precision("fp32") == "fp32"
-    with pytest.raises(ValueError, match="fp16"):
+    with pytest.raises(ConfigError, match="fp16"):
         embedder_precision("fp16")
+    with pytest.raises(ConfigError, match="fp16"):  # refused with an injected encoder too
+        ReferenceChecker(encoder=HashEncoder(), embedder_precision="fp16")
 
 
 @pytest.mark.model

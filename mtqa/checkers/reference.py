@@ -57,6 +57,7 @@ from mtqa.align import (
 )
 from mtqa.checkers.base import BaseChecker
 from mtqa.encoders import Encoder, SentenceTransformerEncoder
+from mtqa.encoders import embedder_precision as resolve_embedder_precision
 from mtqa.errors import CheckerUnavailable, ConfigError, InputError
 from mtqa.facts import FACT_LABELS, NameAnswers, NameIndex, compare_facts, find_facts
 from mtqa.normalize import WORD, normalize
@@ -217,24 +218,26 @@ class ReferenceChecker(BaseChecker):
                 checker's).
             language_model: a loaded model to read with instead (lent by the owner's
                 ``mtqa.models.ModelPool``, so the fluency checker's copy; tests).
-            embedder_precision: the sentence encoder's precision (``auto``, ``fp32``, ``bf16``:
-                ``mtqa.encoders.embedder_precision``); ``from_settings`` passes the one the
-                language model is given. An injected ``encoder`` keeps its own.
+            embedder_precision: the sentence encoder's precision (``auto``, ``fp32``, ``bf16``,
+                resolved by ``mtqa.encoders.embedder_precision`` on the encoder's own terms);
+                ``from_settings`` passes the ``precision`` setting, the one the language model
+                is given too. An injected ``encoder`` keeps its own (the value is still checked).
 
         Raises:
-            ConfigError: an unknown mode.
+            ConfigError: an unknown mode or embedder precision.
             CheckerUnavailable: the embedding model cannot be loaded.
         """
         if mode not in MODES:
             err = f"reference mode {mode!r} is not one of {', '.join(MODES)}"
             raise ConfigError(err)
+        resolved_precision = resolve_embedder_precision(embedder_precision, device)
         self.mode = mode
         self.threshold = threshold
         self.floor = floor
         self.comparable_ter = comparable_ter
         if encoder is None:
             st = SentenceTransformerEncoder(embedder, batch_size=batch_size, device=device,
-                                            precision=embedder_precision)
+                                            precision=resolved_precision)
             self._encoder: Encoder | None = st
             self.embedder_name = f"{st.name}/{st.precision}"
         else:
