@@ -86,6 +86,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=Settings().batch_size)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--lm-model", default=None,
+                        help="the language model (default: the default model, Gemma-3-270M)")
     parser.add_argument("--engine", choices=("local", "ray"), default="local",
                         help="ray: compare the local engine with Ray Data (1 and 2 actors).")
     parser.add_argument("--profile", type=int, default=0, metavar="N",
@@ -97,7 +99,7 @@ def main() -> None:
     articles = build_articles(args.data, args.n, with_ref=not args.no_ref)
     words = sum(len(str(a["mt"]).split()) for a in articles)
     settings = Settings(checkers=tuple(args.checkers.split(",")), batch_size=args.batch_size,
-                        device=args.device, threads=args.threads)
+                        device=args.device, threads=args.threads, lm_model=args.lm_model)
     if args.engine == "ray":
         compare_engines(articles, words, settings, args.chunk_size)
         return
@@ -132,7 +134,8 @@ def main() -> None:
     lm = timings.get("fluency", 0.0) + timings.get("fluency.load", 0.0)
     checked = sum(v for k, v in timings.items() if not k.endswith(".load"))
     print(f"{len(articles)} articles, {words:,} words, checkers {','.join(settings.checkers)}, "
-          f"device {settings.device}, refs {'no' if args.no_ref else 'yes'}")
+          f"device {settings.device}, refs {'no' if args.no_ref else 'yes'}, "
+          f"LM {settings.lm_model or 'default'}")
     print(f"scored {summary.scored}, passed {summary.passed}, failed {summary.failed}, "
           f"errors {len(summary.errors)}")
     print(f"wall {wall:.1f}s: {60 * len(articles) / wall:.0f} articles/min; "
