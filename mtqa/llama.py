@@ -44,6 +44,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mtqa.models import cpu_has
+
 __all__ = [
     "ROWS", "Cache", "DecoderOutput", "LlamaLM", "LlamaSpec", "cast_weights", "load_llama",
     "load_llama_cached", "precision_of", "row_product", "unsupported",
@@ -314,8 +316,8 @@ def _product(linear: nn.Linear, x: torch.Tensor,
 
 def _rows_for_this_cpu() -> int:
     """``ROWS`` on this machine: 512 where the host CPU has AMX (its tile kernels want big
-    products), 256 elsewhere (AVX512-BF16, AVX2, and where torch cannot say; a CUDA run follows
-    its host CPU).
+    products, ``mtqa.models.cpu_has``), 256 elsewhere (AVX512-BF16, AVX2, and where neither torch
+    nor ``/proc/cpuinfo`` can say; a CUDA run follows its host CPU).
 
     The padding is what a lone short document pays for: on an AVX512-BF16 CPU without AMX (AMD
     EPYC, 2 cores, Gemma-3-270M bf16) a one-sentence document's LM reading takes 0.36 s with 512
@@ -325,11 +327,7 @@ def _rows_for_this_cpu() -> int:
     give a row the same result for 64-512 rows: measured on the seed and 64 BNC sentences);
     with AMX they do, which is why every product has one fixed row count at all.
     """
-    try:
-        caps = torch.cpu.get_capabilities()  # type: ignore[attr-defined,unused-ignore]
-    except (AttributeError, RuntimeError):
-        return 256
-    return 512 if caps.get("amx_bf16") else 256
+    return 512 if cpu_has("amx_bf16") else 256
 
 
 #: rows of every matrix product the model runs (the decoder's projections and, in
@@ -343,8 +341,8 @@ def _rows_for_this_cpu() -> int:
 #: (256 wasted on average) costs less than smaller products from ~300 rows a pass on. Without
 #: AMX (AVX512-BF16 on AMD EPYC: 256 rows 820 GFLOP/s, 512 rows 860, 128 rows 810) the
 #: padding costs more than the rate gains, so 256 (``_rows_for_this_cpu``). Fixed for the
-#: process: a row's floats depend on the machine, never on the batch.
-#: ``benchmarks/lm_speed.py`` prints the rates.
+#: process: a row's floats depend on the machine, never on the batch. (Rates by row count:
+#: one run each, issue 17's notes; ``benchmarks/lm_speed.py`` prints them at 2,048 rows.)
 ROWS = _rows_for_this_cpu()
 
 

@@ -46,6 +46,7 @@ __all__ = [
     "file_sha256",
     "find_bundled_gguf",
     "backend_tokenizer",
+    "cpu_has",
     "lm_precision",
     "load_lm",
     "native_bf16",
@@ -154,16 +155,25 @@ def native_bf16(device: str = "cpu") -> bool:
 
     if device.startswith("cuda"):
         return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    return cpu_has("avx512_bf16", "amx_bf16")
+
+
+def cpu_has(*flags: str) -> bool:
+    """Whether the host CPU has any of ``flags`` (``avx512_bf16``, ``amx_bf16``, ...), as torch
+    reports them (``torch.cpu.get_capabilities()``), else as ``/proc/cpuinfo`` lists them; False
+    where neither can say. Imports torch."""
+    import torch
+
     try:
         caps = torch.cpu.get_capabilities()  # type: ignore[attr-defined,unused-ignore]
-        return bool(caps.get("avx512_bf16") or caps.get("amx_bf16"))
+        return any(caps.get(f) for f in flags)
     except (AttributeError, RuntimeError):
         pass
     try:
-        flags = Path("/proc/cpuinfo").read_text(encoding="ascii", errors="replace").split()
+        listed = Path("/proc/cpuinfo").read_text(encoding="ascii", errors="replace").split()
     except OSError:
         return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+    return any(f in listed for f in flags)
 
 
 def resolve_precision(precision: str, backend: str, device: str = "cpu") -> str:

@@ -386,9 +386,12 @@ def test_every_product_has_rows_rows_the_head_included(monkeypatch: pytest.Monke
 
 def test_the_row_count_follows_the_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
     """512 rows per product where the CPU has AMX (its tile kernels want them), 256 elsewhere
-    (without AMX the padding costs a lone short document more than the bigger products gain),
-    and 256 where torch cannot say; the module's ROWS is what this machine gets."""
-    from mtqa import llama
+    (without AMX the padding costs a lone short document more than the bigger products gain);
+    where torch cannot say, what /proc/cpuinfo lists, and 256 where neither can; the module's
+    ROWS is what this machine gets."""
+    from pathlib import Path
+
+    from mtqa import llama, models
 
     caps = dict(torch.cpu.get_capabilities())
     monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {**caps, "amx_bf16": True})
@@ -401,6 +404,20 @@ def test_the_row_count_follows_the_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
         raise RuntimeError("no cpuinfo")
 
     monkeypatch.setattr(torch.cpu, "get_capabilities", broken)
+    try:
+        listed = Path("/proc/cpuinfo").read_text(encoding="ascii", errors="replace").split()
+    except OSError:
+        listed = []
+    assert llama._rows_for_this_cpu() == (512 if "amx_bf16" in listed else 256)
+
+    class Unreadable:
+        def __init__(self, *_: object) -> None:
+            pass
+
+        def read_text(self, **_: object) -> str:
+            raise OSError("no /proc here")
+
+    monkeypatch.setattr(models, "Path", Unreadable)
     assert llama._rows_for_this_cpu() == 256
     assert llama.ROWS == (512 if caps.get("amx_bf16") else 256)
 
