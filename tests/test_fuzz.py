@@ -182,7 +182,10 @@ def test_random_jsonl_lines(checker: Checker, tmp_path_factory: pytest.TempPathF
     docs = [d for d in items if not isinstance(d, BadRecord)]
     # one record or one error per non-blank line, numbered as the file is (records split on
     # "\n" only: U+2028 and friends inside JSON strings stay in the record)
-    assert len(items) == sum(1 for line in lines if line.strip())
+    # (a byte-order mark opening the file is the encoding's mark, not text: a first line of
+    # only U+FEFF is blank, found by this test on 2026-12-04)
+    content = [lines[0].removeprefix("\ufeff"), *lines[1:]]
+    assert len(items) == sum(1 for line in content if line.strip())
     for d in docs:
         lineno = int(d.origin.rsplit(":", 1)[1])
         record = json.loads(lines[lineno - 1])
@@ -201,6 +204,15 @@ KNOWN = [
     ("u2028-in-string", '{"mt": "The talks\u2028went well."}\n{"mt": "Second."}\n', 2),
     ("u0085-in-string", '{"mt": "The talks\u0085went well."}\n', 1),
 ]
+
+
+def test_a_lone_byte_order_mark_opening_a_file_is_a_blank_line(tmp_path: Path) -> None:
+    """Found by ``test_random_jsonl_lines``: the mark is the encoding's, the line after it the
+    first record, numbered as the file is."""
+    path = tmp_path / "input.jsonl"
+    path.write_text('\ufeff\n{"mt": "Fine."}\n', encoding="utf-8")
+    (doc,) = list(load(path))
+    assert isinstance(doc, Document) and doc.mt == "Fine." and doc.origin == f"{path}:2"
 
 
 @pytest.mark.parametrize(("text", "expected_docs"),
