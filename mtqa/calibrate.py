@@ -120,6 +120,11 @@ def unit_features(sd: SegmentedDocument, results: Sequence[CheckResult],
     chars = sum(e - s for s, e in ranges)
     words = sum(len(sd.doc.mt[s:e].split()) for s, e in ranges)
     out: dict[str, float] = {"words": float(words), "chars": float(chars)}
+    # NOTE: the context flag (``CONTEXT``): other body text in the document, so the unit is one
+    # of a paragraph's or an article's (the scan stops at the first body sentence outside the
+    # unit: no quadratic cost on an article)
+    out["in_context"] = float(bool(idx) and any(
+        s.kind is Kind.BODY and i not in chosen for i, s in enumerate(sd.sentences)))
 
     def inside(start: int) -> bool:
         return any(s <= start < e for s, e in ranges)
@@ -216,7 +221,32 @@ def _inputs(raw: Mapping[str, float]) -> dict[str, float]:
             x["ref_lm_cond_mean"] = cond / raw["ref_lm_cond_tokens"]
             x["ref_lm_cond_log"] = math.log1p(max(cond, 0.0))
             x["ref_lm_gain_share"] = (free - cond) / max(free, 1.0)
+    # NOTE: context inputs (``CONTEXT``): the same readings of a unit that shares its document
+    # with other body text. Zero for a unit that is the whole body (a lone sentence), so a
+    # model fitted with them scores sentences exactly as its base model does
+    for flag, key in CONTEXT.items():
+        on = 1.0 if raw.get(key, 0.0) > 0.0 else 0.0
+        x[flag] = on
+        for name in [k for k in x if k.startswith(CONTEXT_OF)]:
+            x[f"{flag}*{name}"] = on * x[name]
     return x
+
+
+#: the context inputs: name -> the raw 0/1 feature that switches it on: ``ctx``, a unit of a
+#: document with other body text (a sentence of a paragraph or an article; the LM read it with
+#: its neighbours, the aligner chose among more sentences). Tried too, 2026-12-04: a second
+#: flag for units that follow body text (the LM's context), alone or beside ``ctx``, and
+#: context weights for the finding counts: each lowered the cross-validated paragraph figures
+CONTEXT: Mapping[str, str] = MappingProxyType({"ctx": "in_context"})
+#: the inputs whose weight may differ in context (the LM's and the reference metrics' readings
+#: and the length; counts of findings mean the same anywhere), each times each context flag
+CONTEXT_OF = ("log_words", "lm_", "ref_chrf", "ref_bleu", "ref_similarity", "ref_shorter",
+              "ref_longer", "ref_lm_")
+
+
+def is_context_input(name: str) -> bool:
+    """Whether ``name`` is a context input (a ``CONTEXT`` flag or one of its products)."""
+    return name in CONTEXT or name.split("*", 1)[0] in CONTEXT
 
 
 def model_inputs(raw: Mapping[str, float]) -> dict[str, float]:
@@ -240,13 +270,17 @@ class UnitModel:
     #: fixed penalty per unit of a raw count, added to the fitted expectation (``PRIOR``)
     prior: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
 
-    def expected_penalty(self, raw: Mapping[str, float]) -> float:
+    def linear_predictor(self, raw: Mapping[str, float]) -> float:
+        """``intercept + sum_k coef_k * (x_k - center_k) / scale_k`` of a unit's raw features."""
         x = _inputs(raw)
         # NOTE: an input this unit lacks (a figure a checker could not give) counts as average
-        z = sum(c * (x.get(name, m) - m) / s
-                for name, m, s, c in zip(self.inputs, self.center, self.scale, self.coef))
+        return self.intercept + sum(
+            c * (x.get(name, m) - m) / s
+            for name, m, s, c in zip(self.inputs, self.center, self.scale, self.coef))
+
+    def expected_penalty(self, raw: Mapping[str, float]) -> float:
         fixed = sum(w * raw.get(key, 0.0) for key, w in self.prior.items())
-        return math.exp(min(self.intercept + z, 10.0)) + fixed
+        return math.exp(min(self.linear_predictor(raw), 10.0)) + fixed
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -296,7 +330,8 @@ def fit_poisson(rows: Sequence[Mapping[str, float]], target: Sequence[float], *,
                 groups: Sequence[str] | None = None, rank_weight: float = 0.0,
                 aggregates: Sequence[Aggregate] | None = None,
                 aggregate_weight: float | None = None,
-                weights: Sequence[float] | None = None) -> UnitModel:
+                weights: Sequence[float] | None = None,
+                base: UnitModel | None = None) -> UnitModel:
     """Fit a UnitModel by penalised Poisson maximum likelihood (quasi-Poisson: any target >= 0).
 
     Weights of ``MONOTONE_PREFIXES`` inputs are constrained to be non-negative. With ``prior``
@@ -318,27 +353,47 @@ def fit_poisson(rows: Sequence[Mapping[str, float]], target: Sequence[float], *,
     paragraphs, whose inputs scale with length and context differently from sentences'.
     ``weights`` scale each row's likelihood term (default 1; 0 leaves a row to the ranking
     term of its aggregate alone).
+
+    Context inputs (``is_context_input``) are left out, except with ``base``: then only they
+    are fitted, on top of ``base`` (its weights, intercept and prior fixed: its linear predictor
+    is each row's offset), uncentred, so that the returned model (``base`` with the context
+    inputs added) scores every unit without context exactly as ``base`` does. This is how one
+    model serves sentences and paragraphs: the sentences' fit is not traded for the
+    paragraphs'.
     """
     from scipy.optimize import minimize
     from scipy.sparse import csr_matrix
 
-    prior = dict(prior or {})
+    if base is not None:
+        prior = dict(base.prior)
+    else:
+        prior = dict(prior or {})
     fixed_inputs = {key[2:] for key in prior}  # "n_structure_major" -> "structure_major"
     xs = [_inputs(r) for r in rows]
     names = tuple(inputs) if inputs is not None else tuple(sorted({k for x in xs for k in x}))
-    names = tuple(k for k in names if k not in fixed_inputs)
+    names = tuple(k for k in names if k not in fixed_inputs
+                  and is_context_input(k) == (base is not None))
+    if base is not None:
+        # NOTE: a context product of an input the base model does not read is no input either
+        names = tuple(k for k in names if k in CONTEXT or k.split("*", 1)[1] in base.inputs)
     mat = np.array([[x.get(k, math.nan) for k in names] for x in xs], dtype=np.float64)
     fixed = np.array([sum(w * r.get(k, 0.0) for k, w in prior.items()) for r in rows])
     y = np.maximum(np.asarray(target, dtype=np.float64) - fixed, 0.0)
     # a unit without an input counts as average, as in UnitModel.expected_penalty
     present = ~np.isnan(mat)
     center = np.where(present, mat, 0.0).sum(axis=0) / np.maximum(present.sum(axis=0), 1)
+    offset = np.zeros(len(y))
+    if base is not None:
+        # NOTE: uncentred: a context input is 0 on a unit without context (and where missing)
+        center = np.zeros(len(names))
+        offset = np.array([base.linear_predictor(r) for r in rows])
     mat = np.where(present, mat, center)
     scale = mat.std(axis=0)
     scale[scale < 1e-9] = 1.0
     z = (mat - center) / scale
     lw = np.ones(len(y)) if weights is None else np.asarray(weights, dtype=np.float64)
-    n = float(lw.sum())
+    # NOTE: rows in the ranking terms alone (all weights 0): the penalty is per row
+    n = float(lw.sum()) if lw.sum() > 0 else float(len(y))
     better, worse = _ranked_pairs(groups, target) if groups is not None and rank_weight > 0 \
         else (np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64))
 
@@ -355,7 +410,7 @@ def fit_poisson(rows: Sequence[Mapping[str, float]], target: Sequence[float], *,
         a_better = a_worse = np.zeros(0, dtype=np.int64)
 
     def loss(w: np.ndarray) -> tuple[float, np.ndarray]:
-        eta = np.clip(w[0] + z @ w[1:], -30.0, 10.0)
+        eta = np.clip(offset + w[0] + z @ w[1:], -30.0, 10.0)
         mu = np.exp(eta)
         nll = float(np.sum(lw * (mu - y * eta))) / n + 0.5 * l2 * float(w[1:] @ w[1:]) / n
         grad = np.concatenate([[np.sum(lw * (mu - y))], z.T @ (lw * (mu - y))]) / n
@@ -382,11 +437,17 @@ def fit_poisson(rows: Sequence[Mapping[str, float]], target: Sequence[float], *,
         return nll, grad
 
     w0 = np.zeros(len(names) + 1)
-    w0[0] = math.log(max(float(y.mean()), 1e-3))
-    bounds = [(None, None)] + [(0.0, None) if k.startswith(MONOTONE_PREFIXES) else (None, None)
-                               for k in names]
+    w0[0] = 0.0 if base is not None else math.log(max(float(y.mean()), 1e-3))
+    bounds = [(0.0, 0.0) if base is not None else (None, None)] + [
+        (0.0, None) if k.split("*", 1)[-1].startswith(MONOTONE_PREFIXES) else (None, None)
+        for k in names]
     res = minimize(loss, w0, jac=True, method="L-BFGS-B", bounds=bounds)
     w = res.x
+    if base is not None:
+        return UnitModel(base.inputs + names, base.center + tuple(map(float, center)),
+                         base.scale + tuple(map(float, scale)),
+                         base.coef + tuple(map(float, w[1:])), base.intercept,
+                         prior=MappingProxyType(prior))
     return UnitModel(names, tuple(map(float, center)), tuple(map(float, scale)),
                      tuple(map(float, w[1:])), float(w[0]), prior=MappingProxyType(prior))
 

@@ -13,8 +13,9 @@ The LM pass (~380k tokens) takes 12-15 min on 2 cores; ``--lm-cache`` keeps it (
 ``(signature, line indices) -> WordScores`` as ``benchmarks/fluency_mqm.py`` writes it). The
 reference checker's LM reading of every line after its reference takes about as long again.
 Each unit model's within-segment ranking weight is chosen by cross-validation over the training
-documents (``choose_rank_weight``); major spans must reach ``SpanModel.MAJOR_PRECISION +
-MAJOR_MARGIN`` training precision.
+documents (``choose_rank_weight``); with ``--paragraph-features``, so are its context inputs,
+fitted after it with its weights fixed (``choose_context``); major spans must reach
+``SpanModel.MAJOR_PRECISION + MAJOR_MARGIN`` training precision.
 """
 
 from __future__ import annotations
@@ -80,6 +81,21 @@ def _unevidence(d: Mapping[str, Any] | None) -> WordEvidence | None:
         return None
     return WordEvidence(tuple(d["start"]), tuple(d["end"]),
                         {k: tuple(float(x) for x in v) for k, v in d["values"].items()})
+
+
+def _units(sd: Any, results: list[CheckResult]) -> list[dict[str, Any]]:
+    """The scoring units of a checked document as the pipeline scores it
+    (``mtqa.aggregate.scoring_units``): sentence count, character range, raw features."""
+    from mtqa.aggregate import scoring_units
+
+    ref = next((r.reference for r in results if r.reference is not None), None)
+    rows = []
+    for unit in scoring_units(sd, ref):
+        rows.append({"sentences": len(unit),
+                     "range": [min(sd.sentences[i].start for i in unit),
+                               max(sd.sentences[i].end for i in unit)],
+                     "raw": cal.unit_features(sd, results, unit)})
+    return rows
 
 
 def build_features(path: Path, out: Path, lm_cache: Path | None, limit: int | None,
@@ -158,6 +174,9 @@ def build_features(path: Path, out: Path, lm_cache: Path | None, limit: int | No
                 "gold_categories": [e.category for e in r.errors],
                 "free": cal.unit_features(sd_f, free, units_f),
                 "ref": cal.unit_features(sd_r, withref, units_r),
+                # NOTE: the line as the pipeline scores it: a line of several sentences is
+                # several units, each in context (``cal.CONTEXT``)
+                "units_free": _units(sd_f, free), "units_ref": _units(sd_r, withref),
                 "findings_free": _finding_rows(free),
                 "findings_ref": _finding_rows(withref),
                 "body_free": _body(sd_f), "body_ref": _body(sd_r),
@@ -174,7 +193,6 @@ def build_paragraph_features(path: Path, out: Path, lm_cache: Path | None,
     paragraph to ``out``: its lines, their MQM penalties and character ranges, the summed
     penalty, shifted gold spans, and for each side the raw features of each scoring unit
     (``mtqa.aggregate.scoring_units``) as the pipeline computes them in paragraph context."""
-    from mtqa.aggregate import scoring_units
     from mtqa.checkers.fluency import FluencyChecker, WordScores
     from mtqa.checkers.grammar import GrammarChecker
     from mtqa.checkers.reference import ReferenceChecker
@@ -226,16 +244,6 @@ def build_paragraph_features(path: Path, out: Path, lm_cache: Path | None,
                  "grammar": grammar.signature, "reference": reference.signature,
                  "paragraphs": "mtqa.evaluate.paragraph_units, seed 22"}
 
-    def units(sd: Any, results: list[CheckResult]) -> list[dict[str, Any]]:
-        ref = next((r.reference for r in results if r.reference is not None), None)
-        rows = []
-        for unit in scoring_units(sd, ref):
-            rows.append({"sentences": len(unit),
-                         "range": [min(sd.sentences[i].start for i in unit),
-                                   max(sd.sentences[i].end for i in unit)],
-                         "raw": cal.unit_features(sd, results, unit)})
-        return rows
-
     tmp = out.with_suffix(".tmp")
     with tmp.open("w", encoding="utf-8") as fh:
         fh.write(json.dumps({"signatures": signature, "data": str(path),
@@ -253,7 +261,7 @@ def build_paragraph_features(path: Path, out: Path, lm_cache: Path | None,
                 "mqm": rec.mqm, "length": len(rec.hypothesis),
                 "gold": [[e.start, e.end, e.severity] for e in rec.errors],
                 "gold_categories": [e.category for e in rec.errors],
-                "units_free": units(free_docs[k], free), "units_ref": units(ref_docs[k], withref),
+                "units_free": _units(free_docs[k], free), "units_ref": _units(ref_docs[k], withref),
                 "findings_free": _finding_rows(free), "findings_ref": _finding_rows(withref),
                 "body_free": _body(free_docs[k]), "body_ref": _body(ref_docs[k]),
                 "words_fluency": None if wf is None else _evidence(wf),
@@ -321,7 +329,10 @@ class ParagraphSet:
     """
 
     def __init__(self, paras: Sequence[Mapping[str, Any]], side: str, lm: bool, name: str,
-                 cap: float) -> None:
+                 cap: float, lines: bool = False) -> None:
+        #: MQM lines (``line_documents``), not paragraphs: each is scored by its units' summed
+        #: expected penalty (the quantity mtqa evaluate ranks lines by), not the mean
+        self.lines = lines
         self.paras = list(paras)
         self.raws: list[dict[str, float]] = []
         self.target: list[float] = []
@@ -333,6 +344,9 @@ class ParagraphSet:
             n = 0.0
             for unit in row[f"units_{side}"]:
                 raw = _raw({"u": unit["raw"]}, "u", lm)
+                # NOTE: feature files built before ``unit_features`` gave the context flag: a
+                # unit of a paragraph of several units is in context
+                raw.setdefault("in_context", float(len(row[f"units_{side}"]) > 1))
                 if cal.variant_for(raw) != name:
                     continue
                 share = sum(min(float(m), cap) * _overlap(unit["range"], rng) / max(rng[1] - rng[0], 1)
@@ -350,18 +364,24 @@ class ParagraphSet:
 
     def aggregates(self, paras: Sequence[int], offset: dict[int, int]) -> list[cal.Aggregate]:
         """The paragraphs ``paras`` as fit aggregates, their units at ``offset[unit]``."""
+        kind = "line" if self.lines else "paragraph"
         return [cal.Aggregate(tuple(offset[j] for j in self.members[p]),
-                              str(self.paras[p]["seg_id"]), float(self.paras[p]["mqm"]),
-                              self.sentences[p])
+                              f"{kind}:{self.paras[p]['seg_id']}", float(self.paras[p]["mqm"]),
+                              1.0 if self.lines else self.sentences[p])
                 for p in paras if self.members[p]]
 
     def scores(self, model: cal.UnitModel, paras: Sequence[int]) -> dict[int, float]:
         """mtqa's score of each paragraph: the map of its units' mean expected penalty per
-        sentence (100 where the variant scores none of it), as ``mtqa.aggregate`` does."""
+        sentence (100 where the variant scores none of it), as ``mtqa.aggregate`` does; of
+        each line, minus the units' summed expected penalty (what ``mtqa evaluate`` reports
+        as ``-mtqa expected penalty``)."""
         out = {}
         for p in paras:
             e = sum(model.expected_penalty(self.raws[j]) for j in self.members[p])
-            out[p] = cal.penalty_to_score(e / self.sentences[p]) if self.members[p] else 100.0
+            if self.lines:
+                out[p] = -e
+            else:
+                out[p] = cal.penalty_to_score(e / self.sentences[p]) if self.members[p] else 100.0
         return out
 
     def figures(self, paras: Sequence[int], score: Mapping[int, float]) -> dict[str, float]:
@@ -369,35 +389,53 @@ class ParagraphSet:
 
 
 def _fit(rows: Sequence[Mapping[str, Any]], raws: Sequence[Mapping[str, float]],
-         fit_rows: Sequence[int], target: Sequence[float], l2: float, lam: float,
-         par: ParagraphSet | None = None, par_rows: Sequence[int] = (),
-         lam_paragraphs: float = 0.0) -> cal.UnitModel:
-    """(The paragraph units' likelihood weight is ``PARAGRAPH_LIKELIHOOD``.)"""
-    """One unit model on the lines ``fit_rows`` and, with ``par``, the units of the
-    paragraphs ``par_rows`` (each paragraph ranked against the other systems' as a whole)."""
+         fit_rows: Sequence[int], target: Sequence[float], l2: float, lam: float) -> cal.UnitModel:
+    """One unit model on the lines ``fit_rows``, ranking weight ``lam`` within segments."""
     xs = [raws[k] for k in fit_rows]
     ys = [target[k] for k in fit_rows]
     groups = [str(rows[k]["seg_id"]) for k in fit_rows]
-    aggregates = None
-    weights = [1.0] * len(xs)
-    if par is not None and par_rows:
-        units = par.units_of(par_rows)
+    return cal.fit_poisson(xs, ys, l2=l2, prior=cal.PRIOR, groups=groups, rank_weight=lam)
+
+
+def line_documents(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The MQM lines of a feature file as one-line documents for ``ParagraphSet(lines=True)``:
+    a line of several sentences is several scoring units in context, as the pipeline scores it
+    (``build_features`` keeps them as ``units_free``/``units_ref``)."""
+    docs = []
+    for r in rows:
+        if "units_free" not in r:
+            raise SystemExit("the feature file has no scoring units per line (built before "
+                             "2026-12-04): rebuild it with --rebuild")
+        docs.append({"doc_id": r["doc_id"], "seg_id": r["seg_id"], "system": r["system"],
+                     "mqm": r["mqm"], "mqm_lines": [r["mqm"]],
+                     "line_ranges": [[0, int(r["length"])]],
+                     "units_free": r["units_free"], "units_ref": r["units_ref"]})
+    return docs
+
+
+def _fit_context(base: cal.UnitModel, parts: Sequence[tuple[ParagraphSet, Sequence[int]]],
+                 option: tuple[float, float, float]) -> cal.UnitModel:
+    """``base`` with its context inputs fitted on the documents of ``parts`` (each a set and
+    the documents of it to fit on: the lines and the paragraphs of the training documents):
+    ``option`` is (the units' likelihood weight, the documents' ranking weight, the L2 weight);
+    (0, 0, _) is ``base`` itself. A unit without context scores as ``base`` scores it
+    (``cal.fit_poisson``'s ``base``)."""
+    likelihood, rank, l2 = option
+    if (likelihood, rank) == (0.0, 0.0):
+        return base
+    xs: list[dict[str, float]] = []
+    ys: list[float] = []
+    aggregates: list[cal.Aggregate] = []
+    for par, docs in parts:
+        units = par.units_of(docs)
         offset = {j: len(xs) + i for i, j in enumerate(units)}
         xs += [par.raws[j] for j in units]
         ys += [par.target[j] for j in units]
-        groups += [f"unit:{j}" for j in units]  # NOTE: a unit is ranked only in its paragraph
-        aggregates = par.aggregates(par_rows, offset)
-        weights += [PARAGRAPH_LIKELIHOOD] * len(units)
-    return cal.fit_poisson(xs, ys, l2=l2, prior=cal.PRIOR, groups=groups, rank_weight=lam,
-                           aggregates=aggregates, aggregate_weight=lam_paragraphs,
-                           weights=weights)
-
-
-#: the likelihood weight of a paragraph's sentence units against an MQM line's (the lines'
-#: penalties are observed per unit; a paragraph's are spread over its units by length): 0, the
-#: paragraphs enter only their ranking term. Measured 2026-12-02 on the held-out documents, a
-#: weight of 1 / .3 / .1 lowered the sentences' pooled Kendall by .011-.020 (issue 22 note)
-PARAGRAPH_LIKELIHOOD = 0.0
+        aggregates += par.aggregates(docs, offset)
+    if not xs:
+        return base
+    return cal.fit_poisson(xs, ys, l2=l2, aggregates=aggregates, aggregate_weight=rank,
+                           weights=[likelihood] * len(xs), base=base)
 
 
 #: weights of the within-segment ranking term tried (``cal.fit_poisson``), and the folds of the
@@ -409,6 +447,14 @@ FOLDS = 4
 #: moves the absolute level the gate reads (a weight of 100 chosen for a .003 gain put the BNC
 #: originals' median score at 74 instead of 85, 2026-12-03), and .003 is within the folds' noise
 RANK_GAIN = 0.005
+#: the context fits tried, simplest first: (paragraph units' likelihood weight, paragraphs'
+#: ranking weight); (0, 0) leaves the context inputs out. Before 2026-12-04 paragraphs entered
+#: the sentence model's own fit (ranking term only: their likelihood moved held-out sentence
+#: Kendall by .011-.020), and still cost the sentences .005-.015 (issue 22)
+CONTEXT_OPTIONS = tuple((lik, rank, l2) for lik, rank in ((0.0, 0.0), (0.0, 10.0), (1.0, 0.0),
+                                                        (1.0, 10.0), (0.0, 30.0), (1.0, 30.0),
+                                                        (0.0, 100.0), (1.0, 100.0))
+                        for l2 in ((10.0,) if rank == 0 else (1000.0, 100.0, 10.0)))
 
 
 def _smallest_near_best(weights: Sequence[float], figure: Callable[[float], float]) -> float:
@@ -417,41 +463,35 @@ def _smallest_near_best(weights: Sequence[float], figure: Callable[[float], floa
     return min(w for w in weights if figure(w) >= top - RANK_GAIN)
 
 
-def choose_rank_weight(rows: Sequence[Mapping[str, Any]], raws: Sequence[Mapping[str, float]],
-                       fit_rows: Sequence[int], target: Sequence[float], l2: float,
-                       par: ParagraphSet | None = None, par_train: Sequence[int] = ()
-                       ) -> tuple[float, float, dict[str, float]]:
-    """The ranking weights (sentences, paragraphs) with the best cross-validated
-    within-segment Kendall (the smallest within ``RANK_GAIN`` of it), among those whose
-    cross-validated pooled Kendall stays within .01 of the likelihood-only fit's.
-
-    Folds are whole training documents (every system's lines of a document in one fold), so
-    no segment is in both sides of a fold; held-out documents are never read. The sentence
-    weight is chosen first, on the sentence figures, as without paragraphs (paragraph units
-    in the likelihood only); then, with it fixed, the paragraphs' weight, on the paragraph
-    figures, among the weights that keep the sentences' cross-validated pooled and
-    within-segment Kendall within .01 of the first step's.
-    """
+def _folds(rows: Sequence[Mapping[str, Any]], fit_rows: Sequence[int]) -> dict[Any, int]:
+    """Fold of each training document (every system's lines of a document in one fold)."""
     docs = list(dict.fromkeys(rows[k]["doc_id"] for k in fit_rows))
-    fold_of = {d: i % FOLDS for i, d in enumerate(docs)}
+    return {d: i % FOLDS for i, d in enumerate(docs)}
 
-    def cv(lam: float, lam_p: float) -> list[float]:
+
+def choose_rank_weight(rows: Sequence[Mapping[str, Any]], raws: Sequence[Mapping[str, float]],
+                       fit_rows: Sequence[int], target: Sequence[float], l2: float
+                       ) -> tuple[float, dict[str, float]]:
+    """The sentence ranking weight with the best cross-validated within-segment Kendall (the
+    smallest within ``RANK_GAIN`` of it), among those whose cross-validated pooled Kendall
+    stays within .01 of the likelihood-only fit's.
+
+    Folds are whole training documents, so no segment is in both sides of a fold; held-out
+    documents are never read.
+    """
+    fold_of = _folds(rows, fit_rows)
+
+    def cv(lam: float) -> list[float]:
         figs: list[list[float]] = []
         for f in range(FOLDS):
             tr = [k for k in fit_rows if fold_of[rows[k]["doc_id"]] != f]
             te = [k for k in fit_rows if fold_of[rows[k]["doc_id"]] == f]
-            ptr = [p for p in par_train if fold_of.get(par.paras[p]["doc_id"]) != f] if par else []
-            pte = [p for p in par_train if fold_of.get(par.paras[p]["doc_id"]) == f] if par else []
-            model = _fit(rows, raws, tr, target, l2, lam, par, ptr, lam_p)
+            model = _fit(rows, raws, tr, target, l2, lam)
             sf = figures(rows, te, {k: -model.expected_penalty(raws[k]) for k in te})
-            row = [sf["kendall"], sf["within_kendall"]]
-            if par is not None:
-                pf = par.figures(pte, par.scores(model, pte)) if len(pte) > 2 else {}
-                row += [pf.get("kendall", math.nan), pf.get("within_kendall", math.nan)]
-            figs.append(row)
-        return [float(np.nanmean([r[i] for r in figs])) for i in range(len(figs[0]))]
+            figs.append([sf["kendall"], sf["within_kendall"]])
+        return [float(np.nanmean([r[i] for r in figs])) for i in range(2)]
 
-    table = {lam: cv(lam, 0.0) for lam in RANK_WEIGHTS}
+    table = {lam: cv(lam) for lam in RANK_WEIGHTS}
     floor = table[0.0][0] - 0.01
     best = _smallest_near_best([lam for lam in RANK_WEIGHTS if table[lam][0] >= floor],
                                lambda x: table[x][1])
@@ -459,31 +499,62 @@ def choose_rank_weight(rows: Sequence[Mapping[str, Any]], raws: Sequence[Mapping
     for lam, t in table.items():
         out[f"cv_pooled_rank{lam:g}"] = t[0]
         out[f"cv_within_rank{lam:g}"] = t[1]
-    if par is None:
-        return best, 0.0, out
-    ptable = {0.0: table[best]}
-    ptable.update({lp: cv(best, lp) for lp in RANK_WEIGHTS if lp > 0})
-    first = table[best]
+    return best, out
 
-    def keeps(t: list[float]) -> bool:
-        return (t[0] >= first[0] - 0.01 and t[1] >= first[1] - 0.01
-                and t[2] >= first[2] - 0.01)
 
-    best_p = _smallest_near_best([lp for lp, t in ptable.items() if keeps(t)],
-                                 lambda x: ptable[x][3])
-    out["paragraph_rank_weight"] = best_p
-    for lp, t in ptable.items():
-        out[f"cv_paragraph_pooled_rank{lp:g}"] = t[2]
-        out[f"cv_paragraph_within_rank{lp:g}"] = t[3]
-        out[f"cv_sentence_within_with_paragraph_rank{lp:g}"] = t[1]
-    return best, best_p, out
+def choose_context(rows: Sequence[Mapping[str, Any]], raws: Sequence[Mapping[str, float]],
+                   fit_rows: Sequence[int], target: Sequence[float], l2: float, lam: float,
+                   lines: ParagraphSet, par: ParagraphSet, par_train: Sequence[int]
+                   ) -> tuple[tuple[float, float, float], dict[str, float]]:
+    """The context fit (``CONTEXT_OPTIONS``) with the best cross-validated within-segment
+    Kendall of paragraphs (the simplest within ``RANK_GAIN`` of it), among those that keep the
+    cross-validated figures of the lines as the pipeline scores them (a line of several
+    sentences in context) within .005 of the base model's, and the paragraphs' pooled Kendall
+    within .01.
+
+    Each fold fits the sentence model on its training documents' lines (ranking weight
+    ``lam``), then the context inputs on its training documents' lines and paragraphs, and
+    scores the other documents' lines and paragraphs.
+    """
+    fold_of = _folds(rows, fit_rows)
+    table: dict[tuple[float, float, float], list[list[float]]] = {o: [] for o in CONTEXT_OPTIONS}
+    for f in range(FOLDS):
+        tr = [k for k in fit_rows if fold_of[rows[k]["doc_id"]] != f]
+        te = [k for k in fit_rows if fold_of[rows[k]["doc_id"]] == f]
+        ptr = [p for p in par_train if fold_of.get(par.paras[p]["doc_id"]) != f]
+        pte = [p for p in par_train if fold_of.get(par.paras[p]["doc_id"]) == f]
+        if len(pte) <= 2:
+            continue
+        base = _fit(rows, raws, tr, target, l2, lam)
+        for option in CONTEXT_OPTIONS:
+            model = _fit_context(base, [(lines, tr), (par, ptr)], option)
+            lf = lines.figures(te, lines.scores(model, te))
+            pf = par.figures(pte, par.scores(model, pte))
+            table[option].append([lf["kendall"], lf["within_kendall"],
+                                  pf["kendall"], pf["within_kendall"]])
+    mean = {o: [float(np.nanmean([r[i] for r in t])) for i in range(4)]
+            for o, t in table.items()}
+    none = mean[CONTEXT_OPTIONS[0]]
+    ok = [o for o in CONTEXT_OPTIONS if mean[o][0] >= none[0] - 0.005
+          and mean[o][1] >= none[1] - 0.005 and mean[o][2] >= none[2] - 0.01]
+    top = max(mean[o][3] for o in ok)
+    best = next(o for o in ok if mean[o][3] >= top - RANK_GAIN)
+    out: dict[str, float] = {"context_likelihood": best[0], "paragraph_rank_weight": best[1],
+                             "context_l2": best[2]}
+    for (lik, rank, l2c), figs in mean.items():
+        tag = f"lik{lik:g}_rank{rank:g}_l2{l2c:g}"
+        for name, v in zip(("line_pooled", "line_within", "paragraph_pooled",
+                            "paragraph_within"), figs):
+            out[f"cv_{name}_{tag}"] = v
+    return best, out
 
 
 def fit_all(head: Mapping[str, Any], rows: list[dict[str, Any]], l2: float, cap: float,
             paragraphs: Sequence[Mapping[str, Any]] | None = None,
             records: Sequence[MqmRecord] = ()) -> tuple[dict[str, cal.UnitModel], dict[str, Any]]:
     """The unit models of every variant; with ``paragraphs`` (and the MQM ``records`` they were
-    built from, for chrF on the same paragraphs) fitted on the mix."""
+    built from, for chrF on the same paragraphs) each with the context inputs chosen by
+    ``choose_context`` fitted on top (the lines and paragraphs of the training documents)."""
     train, test, held_docs = split(rows)
     held = set(held_docs)
     chrf: dict[int, float] = {}
@@ -510,16 +581,26 @@ def fit_all(head: Mapping[str, Any], rows: list[dict[str, Any]], l2: float, cap:
         usable = [cal.variant_for(x) == name for x in raws]
         fit_rows = [k for k in train if usable[k]]
         par = ParagraphSet(paragraphs, side, lm, name, cap) if paragraphs else None
+        lines = ParagraphSet(line_documents(rows), side, lm, name, cap, lines=True) \
+            if paragraphs else None
         p_train = [p for p, r in enumerate(paragraphs or []) if r["doc_id"] not in held]
         p_test = [p for p, r in enumerate(paragraphs or []) if r["doc_id"] in held]
-        lam, lam_p, cv = choose_rank_weight(rows, raws, fit_rows, target, l2, par, p_train)
-        model = _fit(rows, raws, fit_rows, target, l2, lam, par, p_train, lam_p)
+        lam, cv = choose_rank_weight(rows, raws, fit_rows, target, l2)
+        model = _fit(rows, raws, fit_rows, target, l2, lam)
+        if par is not None and lines is not None:
+            option, cv_context = choose_context(rows, raws, fit_rows, target, l2, lam, lines,
+                                                par, p_train)
+            model = _fit_context(model, [(lines, fit_rows), (par, p_train)], option)
+            cv.update(cv_context)
         score = [cal.penalty_to_score(model.expected_penalty(x)) if ok else 100.0
                  for x, ok in zip(raws, usable)]
         f_train, f_test = figures(rows, train, score), figures(rows, test, score)
         figs = {f"train_{k}": v for k, v in f_train.items()}
         figs.update({f"held_out_{k}": v for k, v in f_test.items()})
-        if par is not None:
+        if par is not None and lines is not None:
+            # NOTE: the lines as the pipeline scores them (several sentences: units in context)
+            lf = lines.figures(test, lines.scores(model, test))
+            figs.update({f"held_out_pipeline_{k}": v for k, v in lf.items()})
             ps = par.scores(model, p_test)
             figs.update({f"held_out_paragraph_{k}": v for k, v in par.figures(p_test, ps).items()})
             if side == "ref":
