@@ -365,6 +365,8 @@ def fit_poisson(rows: Sequence[Mapping[str, float]], target: Sequence[float], *,
     from scipy.sparse import csr_matrix
 
     if base is not None:
+        if any(is_context_input(k) for k in base.inputs):
+            raise ValueError("fit_poisson: the base model already has context inputs")
         prior = dict(base.prior)
     else:
         prior = dict(prior or {})

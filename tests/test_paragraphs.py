@@ -169,6 +169,8 @@ def test_context_inputs_fit_paragraphs_and_leave_sentences_as_they_were() -> Non
     low, high = ({**units[0], "lm_z0_max": v} for v in (-1.0, 1.0))
     ratio = model.expected_penalty(high) / model.expected_penalty(low)
     assert ratio == pytest.approx(math.exp(0.6), rel=0.3)  # the context slope, not the base's
+    with pytest.raises(ValueError, match="already has context inputs"):
+        cal.fit_poisson(units, y, l2=1.0, base=model)
     again = cal.UnitModel.from_dict(json.loads(json.dumps(model.to_dict())))
     assert again.expected_penalty(units[5]) == pytest.approx(model.expected_penalty(units[5]),
                                                              rel=1e-4)
